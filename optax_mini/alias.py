@@ -1,0 +1,113 @@
+"""``adam_mini``: the drop-in replacement for ``optax.adamw``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Union
+
+import jax
+import optax
+
+from optax_mini import blocks as blocks_lib
+from optax_mini import transform
+
+__all__ = ["adam_mini", "default_weight_decay_mask"]
+
+
+def default_weight_decay_mask(params: Any) -> Any:
+  """Decay tensors with two or more axes; not norm scales, biases, scalars.
+
+  This is the official package's choice (no decay on ``norm``/``ln``/``bias``
+  names, embeddings and ``lm_head`` decayed) expressed on shapes, so it needs
+  no names.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_mini import default_weight_decay_mask
+    >>> default_weight_decay_mask({"kernel": jnp.ones((2, 3)), "scale": jnp.ones(3)})
+    {'kernel': True, 'scale': False}
+  """
+  return jax.tree.map(lambda p: len(getattr(p, "shape", ())) >= 2, params)
+
+
+def adam_mini(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
+    mask: Union[Any, Callable[[optax.Params], Any]] | None = None,
+    *,
+    head_dim: int | None = None,
+    mu_dtype: Any | None = None,
+    blocks: blocks_lib.Blocks = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adam-mini: AdamW with one second moment per block of parameters.
+
+  Same arguments and meaning as :func:`optax.adamw`, and the same update except
+  that :math:`v` is averaged over blocks (one per attention head for
+  query/key, per token for embeddings, per output neuron for value, attention
+  out, MLP and ``lm_head`` kernels, one per tensor for norm scales; biases keep
+  plain Adam). That halves the optimizer state:
+
+  .. math::
+
+    \theta_t = \theta_{t-1} - \alpha_t \left(
+      \frac{\hat m_{t,i}}{\sqrt{\hat v_{t,B(i)} + \bar\varepsilon} + \varepsilon}
+      + \lambda \theta_{t-1} \right)
+
+  Args:
+    learning_rate: a scalar or a schedule.
+    b1: decay rate of the first moment.
+    b2: decay rate of the per-block second moment.
+    eps: added to the denominator outside the square root.
+    eps_root: added inside the square root.
+    weight_decay: decoupled weight decay, a scalar or a schedule.
+    mask: which leaves are decayed, a pytree of bools or a function of the
+      params, exactly as in :func:`optax.adamw`. ``None`` (default): leaves
+      with two or more axes (:func:`default_weight_decay_mask`), as the
+      official implementation does.
+    head_dim: size of one attention head, needed for flat
+      ``[in, heads*head_dim]`` query/key kernels. Static: under
+      ``optax.inject_hyperparams`` pass ``static_args=('head_dim',)``.
+    mu_dtype: dtype of the first moment (``None``: the parameters' dtype).
+      ``jnp.bfloat16`` quarters the state of float32 AdamW.
+    blocks: partition overrides: a :class:`~optax_mini.BlockRules`, a list of
+      ``(pattern, role_or_spec)`` rules, or a pytree of
+      :class:`~optax_mini.BlockSpec`. Check the result with
+      :func:`optax_mini.explain`.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import optax_mini
+    >>> params = {"q_proj": {"kernel": jnp.ones((8, 8))}, "norm": {"scale": jnp.ones(8)}}
+    >>> tx = optax_mini.adam_mini(learning_rate=1e-3, head_dim=4)
+    >>> state = tx.init(params)
+    >>> loss = lambda p: jnp.sum(p["q_proj"]["kernel"] ** 2) + jnp.sum(p["norm"]["scale"])
+    >>> grads = jax.grad(loss)(params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+
+  References:
+    Zhang et al., `Adam-mini: Use Fewer Learning Rates To Gain More
+    <https://arxiv.org/abs/2406.16793>`_, ICLR 2025.
+  """
+  if mask is None:
+    mask = default_weight_decay_mask
+  return optax.chain(
+      transform.scale_by_adam_mini(
+          b1=b1,
+          b2=b2,
+          eps=eps,
+          eps_root=eps_root,
+          mu_dtype=mu_dtype,
+          head_dim=head_dim,
+          blocks=blocks,
+      ),
+      optax.add_decayed_weights(weight_decay, mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )

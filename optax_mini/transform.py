@@ -1,0 +1,225 @@
+"""``scale_by_adam_mini``: Adam's update with one second moment per block."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax._src import numerics, utils
+
+from optax_mini import blocks as blocks_lib
+
+__all__ = ["ScaleByAdamMiniState", "scale_by_adam_mini"]
+
+
+class ScaleByAdamMiniState(NamedTuple):
+  """State of :func:`scale_by_adam_mini`.
+
+  Attributes:
+    count: number of updates so far, int32 scalar.
+    mu: first moment, shaped like the parameters (dtype ``mu_dtype``).
+    nu: second moment, one float32 entry per block: each leaf has the
+      ``v_shape`` of its :class:`~optax_mini.BlockSpec` (float64 for float64
+      parameters).
+  """
+
+  count: jax.typing.ArrayLike
+  mu: optax.Updates
+  nu: optax.Updates
+
+
+def _v_dtype(dtype: Any) -> jnp.dtype:
+  # v is tiny, so it is kept at >= float32 whatever the parameter dtype (the
+  # official 1.1.1 uses the parameter dtype, a complaint for bf16: upstream #26).
+  real = jnp.finfo(jnp.promote_types(dtype, jnp.float32)).dtype
+  return jnp.dtype(real)
+
+
+def _compute_dtype(dtype: Any) -> jnp.dtype:
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _check_inexact(path, leaf) -> None:
+  if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+    raise ValueError(
+        f"{blocks_lib.path_str(path)}: shape {tuple(leaf.shape)} has dtype "
+        f"{leaf.dtype}; Adam-mini optimises floating-point (or complex) "
+        "parameters only. Leave integer/boolean leaves out of the optimised "
+        "tree (e.g. nnx.Optimizer(..., wrt=nnx.Param), or optax.masked / "
+        "optax.set_to_zero for them)."
+    )
+
+
+def _mean_square(g: jax.Array, layout: blocks_lib.Layout) -> jax.Array:
+  """Per-block mean of |g|^2, shaped ``layout.v_shape``, in v's dtype."""
+  g = g.astype(_compute_dtype(g.dtype))
+  g2 = jnp.real(g * jnp.conj(g)) if jnp.iscomplexobj(g) else g * g
+  g2 = g2.reshape(layout.view_shape)
+  return jnp.mean(g2, axis=layout.view_reduce).reshape(layout.v_shape)
+
+
+def _v_zeros(leaf: Any, layout: blocks_lib.Layout) -> jax.Array:
+  # Built from eval_shape of the reduction itself so that, under a sharded
+  # (or sharding-in-types) jit, v carries the sharding a real update gives it
+  # (the adafactor recipe).
+  def reduce(x):
+    return _mean_square(x, layout).astype(_v_dtype(x.dtype))
+
+  target = jax.eval_shape(reduce, leaf)
+  return jnp.zeros_like(target)
+
+
+def scale_by_adam_mini(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: Any | None = None,
+    *,
+    head_dim: int | None = None,
+    blocks: blocks_lib.Blocks = None,
+) -> optax.GradientTransformation:
+  r"""Rescale updates by the Adam-mini algorithm.
+
+  Adam with one second moment per *block* of parameters instead of one per
+  parameter. For a leaf with gradient :math:`g_t` cut into blocks :math:`B`
+  (see :mod:`optax_mini.blocks`),
+
+  .. math::
+
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+    v_{t,B} &= \beta_2 v_{t-1,B} + (1 - \beta_2)
+      \tfrac{1}{|B|}\textstyle\sum_{i \in B} |g_{t,i}|^2 \\
+    u_{t,i} &= \frac{m_{t,i} / (1 - \beta_1^t)}
+      {\sqrt{v_{t,B(i)} / (1 - \beta_2^t) + \bar\varepsilon} + \varepsilon}
+
+  which is :func:`optax.scale_by_adam` when every block is one element. Chain
+  it like ``optax.scale_by_adam``; :func:`optax_mini.adam_mini` is the
+  ready-made AdamW drop-in.
+
+  Blocks are derived once per tree structure from the leaves' paths and shapes
+  (a static decision at trace time): no per-step cost, no retracing.
+
+  Args:
+    b1: decay rate of the first moment.
+    b2: decay rate of the per-block second moment.
+    eps: added to the denominator, outside the square root.
+    eps_root: added inside the square root.
+    mu_dtype: dtype of the first moment; ``None``: the parameters' dtype. The
+      second moment is float32 whatever the parameters' dtype.
+    head_dim: size of one attention head, needed by flat
+      ``[in, heads*head_dim]`` query/key kernels. A shape, so static: under
+      ``optax.inject_hyperparams`` pass ``static_args=('head_dim',)``.
+    blocks: ``None`` (default rules), a :class:`~optax_mini.BlockRules`, a list
+      of ``(pattern, role_or_spec)`` rules, or a pytree of
+      :class:`~optax_mini.BlockSpec` with the parameters' structure.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a
+    :class:`ScaleByAdamMiniState`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import optax_mini
+    >>> params = {"mlp": {"kernel": jnp.ones((3, 4))}, "norm": {"scale": jnp.ones(4)}}
+    >>> tx = optax.chain(optax_mini.scale_by_adam_mini(), optax.scale(-1e-2))
+    >>> state = tx.init(params)
+    >>> jax.tree.map(jnp.shape, state[0].nu)  # one v per output neuron / tensor
+    {'mlp': {'kernel': (4,)}, 'norm': {'scale': ()}}
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+
+  References:
+    Zhang et al., `Adam-mini: Use Fewer Learning Rates To Gain More
+    <https://arxiv.org/abs/2406.16793>`_, ICLR 2025.
+  """
+  mu_dtype = utils.canonicalize_dtype(mu_dtype)
+  head_dim = blocks_lib.check_head_dim(head_dim)
+  if callable(blocks) and not isinstance(blocks, blocks_lib.BlockRules):
+    blocks_lib._as_block_rules(blocks)  # raises the explanatory TypeError
+
+  def layouts_for(tree):
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    paths = tuple(p for p, _ in leaves_with_path)
+    leaves = [x for _, x in leaves_with_path]
+    for path, leaf in leaves_with_path:
+      _check_inexact(path, leaf)
+    shapes = tuple(tuple(x.shape) for x in leaves)
+    specs = blocks_lib._flat_specs(paths, shapes, treedef, head_dim, blocks)
+    layouts = [s.layout(shape) for s, shape in zip(specs, shapes)]
+    return treedef, paths, leaves, layouts
+
+  def init_fn(params):
+    treedef, _, leaves, layouts = layouts_for(params)
+    mu = [
+        jnp.zeros_like(p, dtype=mu_dtype if mu_dtype is not None else None)
+        for p in leaves
+    ]
+    nu = [_v_zeros(p, layout) for p, layout in zip(leaves, layouts)]
+    return ScaleByAdamMiniState(
+        count=jnp.zeros([], jnp.int32),
+        mu=jax.tree_util.tree_unflatten(treedef, mu),
+        nu=jax.tree_util.tree_unflatten(treedef, nu),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    treedef, paths, grads, layouts = layouts_for(updates)
+    mus = _flatten_like(treedef, state.mu, "mu", updates)
+    nus = _flatten_like(treedef, state.nu, "nu", updates)
+    count_inc = numerics.safe_increment(state.count)
+    # Bias corrections in float32, as the official code does them in Python
+    # floats; they multiply the tiny v-shaped scale, never the full tensor.
+    bc1 = 1 - jnp.asarray(b1, jnp.float32) ** count_inc
+    bc2 = 1 - jnp.asarray(b2, jnp.float32) ** count_inc
+    new_updates, new_mu, new_nu = [], [], []
+    for path, g, mu, nu, layout in zip(paths, grads, mus, nus, layouts):
+      if tuple(nu.shape) != layout.v_shape:
+        raise ValueError(
+            f"{blocks_lib.path_str(path)}: the state's v has shape "
+            f"{tuple(nu.shape)} but this transform's partition gives the "
+            f"gradient of shape {tuple(g.shape)} a v of shape {layout.v_shape}."
+            " The state was made by a transform with another partition "
+            "(head_dim or blocks=); re-create it with this transform's init, "
+            "or use the same head_dim/blocks that made it."
+        )
+      if tuple(mu.shape) != tuple(g.shape):
+        raise ValueError(
+            f"{blocks_lib.path_str(path)}: gradient shape {tuple(g.shape)} "
+            f"differs from the state's mu shape {tuple(mu.shape)}; the "
+            "gradients must have the parameters' shapes."
+        )
+      cdt = _compute_dtype(g.dtype)
+      g_c = g.astype(cdt)
+      m = (1 - b1) * g_c + b1 * mu.astype(cdt)
+      v = (1 - b2) * _mean_square(g, layout) + b2 * nu.astype(_v_dtype(g.dtype))
+      v = v.astype(nu.dtype)
+      # Work on the v-shaped array, then one broadcast multiply over m: the
+      # only full-size passes are the ones Adam needs for m.
+      scale = (1 / bc1) / (jnp.sqrt(v / bc2 + eps_root) + eps)
+      scale = scale.reshape(layout.keepdims_shape)
+      u = (m.reshape(layout.view_shape) * scale).reshape(g.shape)
+      new_updates.append(u.astype(g.dtype))
+      new_mu.append(m.astype(mu_dtype if mu_dtype is not None else mu.dtype))
+      new_nu.append(v)
+    unflatten = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)  # noqa: E731
+    return unflatten(new_updates), ScaleByAdamMiniState(
+        count=count_inc, mu=unflatten(new_mu), nu=unflatten(new_nu)
+    )
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _flatten_like(treedef, tree, name: str, updates) -> list[Any]:
+  try:
+    return treedef.flatten_up_to(tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"scale_by_adam_mini: the gradients' tree structure does not match the "
+        f"optimizer state's {name}: {e}. The gradients must have the structure "
+        f"of the parameters the state was initialised with "
+        f"({jax.tree_util.tree_structure(updates)})."
+    ) from None
