@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Union
 
@@ -14,12 +15,15 @@ from optax_mini import transform
 __all__ = ["adam_mini", "default_weight_decay_mask"]
 
 
-def default_weight_decay_mask(params: Any) -> Any:
+def default_weight_decay_mask(
+    params: Any, *, head_dim: int | None = None, blocks: blocks_lib.Blocks = None
+) -> Any:
   """Decay tensors with two or more axes; not norm scales, biases, scalars.
 
   This is the official package's choice (no decay on ``norm``/``ln``/``bias``
-  names, embeddings and ``lm_head`` decayed) expressed on shapes, so it needs
-  no names.
+  names; embeddings and ``lm_head`` decayed) expressed on shapes, so it needs
+  no names. Layer-stack axes declared in ``blocks`` (``BlockRules(stacked=)``)
+  do not count: a scanned ``[layers, dim]`` norm scale is not decayed.
 
   Example:
     >>> import jax.numpy as jnp
@@ -27,7 +31,12 @@ def default_weight_decay_mask(params: Any) -> Any:
     >>> default_weight_decay_mask({"kernel": jnp.ones((2, 3)), "scale": jnp.ones(3)})
     {'kernel': True, 'scale': False}
   """
-  return jax.tree.map(lambda p: len(getattr(p, "shape", ())) >= 2, params)
+  specs = blocks_lib.block_specs(params, head_dim=head_dim, blocks=blocks)
+  return jax.tree.map(
+      lambda p, spec: len(getattr(p, "shape", ())) - len(spec.stack_axes) >= 2,
+      params,
+      specs,
+  )
 
 
 def adam_mini(
@@ -66,8 +75,8 @@ def adam_mini(
     weight_decay: decoupled weight decay, a scalar or a schedule.
     mask: which leaves are decayed, a pytree of bools or a function of the
       params, exactly as in :func:`optax.adamw`. ``None`` (default): leaves
-      with two or more axes (:func:`default_weight_decay_mask`), as the
-      official implementation does.
+      with two or more axes, not counting layer-stack axes
+      (:func:`default_weight_decay_mask`), as the official implementation does.
     head_dim: size of one attention head, needed for flat
       ``[in, heads*head_dim]`` query/key kernels. Static: under
       ``optax.inject_hyperparams`` pass ``static_args=('head_dim',)``.
@@ -97,7 +106,7 @@ def adam_mini(
     <https://arxiv.org/abs/2406.16793>`_, ICLR 2025.
   """
   if mask is None:
-    mask = default_weight_decay_mask
+    mask = functools.partial(default_weight_decay_mask, head_dim=head_dim, blocks=blocks)
   return optax.chain(
       transform.scale_by_adam_mini(
           b1=b1,

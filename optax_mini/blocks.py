@@ -292,8 +292,9 @@ class BlockRules:
       :class:`Rule` or a ``(pattern, target)`` pair.
     stacked: ``{pattern: axis}``: leaves whose path matches ``pattern`` carry
       layer-stack axes (``nnx.scan``/``nnx.vmap``: ``0``; MaxText: ``1``); an
-      int or a tuple of ints. Rules then apply per layer and the stack axes are
-      never averaged.
+      int or a tuple of ints; the first matching pattern wins, so put the
+      more specific ones first. Rules then apply per layer, the stack axes are
+      never averaged, and the default weight-decay mask does not count them.
     value_as_one_block: treat each value projection as one block (per layer),
       as the official README advises for runs shorter than ~10k steps
       (paper, Appendix C.3).
@@ -464,13 +465,19 @@ def _stack_axes_for(
   return ()
 
 
-def _lift(spec_axes: tuple[int, ...], logical_to_full: tuple[int, ...], where: str, nd: int) -> tuple[int, ...]:
+def _lift(
+    spec_axes: tuple[int, ...], logical_to_full: tuple[int, ...], where: str, shape: tuple[int, ...]
+) -> tuple[int, ...]:
+  nd = len(logical_to_full)
   out = []
   for a in spec_axes:
     if not -nd <= a < nd:
+      stacked = len(shape) - nd
+      layer = f" ({stacked} layer-stack axes excluded)" if stacked else ""
       raise ValueError(
-          f"{where}: one layer of this leaf has {nd} axes, but its block spec "
-          f"names axis {a}. Fix the BlockSpec for this leaf."
+          f"{where}: shape {shape} has {nd} axes{layer}, but the block spec "
+          f"that matched it names axis {a}. Expected axes in [{-nd}, {nd}); fix "
+          "the BlockSpec (or the rule's pattern, so it does not match this leaf)."
       )
     out.append(logical_to_full[a % nd])
   return tuple(out)
@@ -530,9 +537,9 @@ def _spec_for(
   def finish(reduce, head_axis, hd, role):
     lifted_head = None
     if head_axis is not None:
-      lifted_head = _lift((head_axis,), logical_to_full, where, nd)[0]
+      lifted_head = _lift((head_axis,), logical_to_full, where, shape)[0]
     spec = BlockSpec(
-        reduce_axes=_lift(reduce, logical_to_full, where, nd),
+        reduce_axes=_lift(reduce, logical_to_full, where, shape),
         head_axis=lifted_head,
         head_dim=hd,
         stack_axes=stack,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, Union
@@ -160,7 +161,7 @@ def explain(
   """
   specs = blocks_lib.block_specs(params, head_dim=head_dim, blocks=blocks)
   if mask is None:
-    mask = alias.default_weight_decay_mask
+    mask = functools.partial(alias.default_weight_decay_mask, head_dim=head_dim, blocks=blocks)
   decay = mask(params) if callable(mask) else mask
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
   spec_leaves = treedef.flatten_up_to(specs)

@@ -1,0 +1,326 @@
+"""The partition: which block every leaf gets, from its path and shape.
+
+Expected v shapes are written out by hand from REFERENCE.md's Flax-layout
+table, never computed with the code under test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optax_mini
+from optax_mini import BlockRules, BlockSpec
+
+S = jax.ShapeDtypeStruct
+F32 = jnp.float32
+
+
+def v_shapes(params, **kwargs):
+  """The nu shapes a real init produces (what the optimizer will keep)."""
+  state = optax_mini.scale_by_adam_mini(**kwargs).init(params)
+  return jax.tree.map(lambda x: tuple(x.shape), state.nu)
+
+
+def leaf(*shape):
+  return jnp.zeros(shape, F32)
+
+
+# ---------------------------------------------------------------------------
+# Naming conventions
+
+
+def test_hf_nnx_names_gqa():
+  dim, heads, kv_heads, head_dim, ffn, vocab = 32, 4, 2, 8, 48, 61
+  layer = {
+      "self_attn": {
+          "q_proj": {"kernel": leaf(dim, heads * head_dim), "bias": leaf(heads * head_dim)},
+          "k_proj": {"kernel": leaf(dim, kv_heads * head_dim)},
+          "v_proj": {"kernel": leaf(dim, kv_heads * head_dim)},
+          "o_proj": {"kernel": leaf(heads * head_dim, dim)},
+      },
+      "mlp": {
+          "gate_proj": {"kernel": leaf(dim, ffn)},
+          "up_proj": {"kernel": leaf(dim, ffn)},
+          "down_proj": {"kernel": leaf(ffn, dim)},
+      },
+      "input_layernorm": {"scale": leaf(dim)},
+  }
+  params = {
+      "model": {"embed_tokens": {"embedding": leaf(vocab, dim)}, "layers": {0: layer}, "norm": {"scale": leaf(dim)}},
+      "lm_head": {"kernel": leaf(dim, vocab)},
+  }
+  got = v_shapes(params, head_dim=head_dim)
+  lay = got["model"]["layers"][0]
+  assert lay["self_attn"]["q_proj"]["kernel"] == (heads,)
+  assert lay["self_attn"]["q_proj"]["bias"] == (heads * head_dim,)  # plain Adam
+  assert lay["self_attn"]["k_proj"]["kernel"] == (kv_heads,)  # GQA exact
+  assert lay["self_attn"]["v_proj"]["kernel"] == (kv_heads * head_dim,)
+  assert lay["self_attn"]["o_proj"]["kernel"] == (dim,)
+  assert lay["mlp"]["gate_proj"]["kernel"] == (ffn,)
+  assert lay["mlp"]["down_proj"]["kernel"] == (dim,)
+  assert lay["input_layernorm"]["scale"] == ()
+  assert got["model"]["embed_tokens"]["embedding"] == (vocab,)
+  assert got["model"]["norm"]["scale"] == ()
+  assert got["lm_head"]["kernel"] == (vocab,)
+
+
+def test_meta_easylm_names():
+  params = {
+      "tok_embeddings": {"embedding": leaf(100, 16)},
+      "layers": [
+          {
+              "attention": {
+                  "wq": {"kernel": leaf(16, 16)},
+                  "wk": {"kernel": leaf(16, 8)},
+                  "wv": {"kernel": leaf(16, 8)},
+                  "wo": {"kernel": leaf(16, 16)},
+              },
+              "feed_forward": {"w1": {"kernel": leaf(16, 40)}, "w2": {"kernel": leaf(40, 16)}, "w3": {"kernel": leaf(16, 40)}},
+              "attention_norm": {"kernel": leaf(16)},
+          }
+      ],
+      "output": {"kernel": leaf(16, 100)},
+  }
+  got = v_shapes(params, head_dim=4)
+  att = got["layers"][0]["attention"]
+  assert (att["wq"]["kernel"], att["wk"]["kernel"], att["wv"]["kernel"], att["wo"]["kernel"]) == ((4,), (2,), (8,), (16,))
+  assert got["layers"][0]["feed_forward"]["w1"]["kernel"] == (40,)
+  assert got["layers"][0]["feed_forward"]["w2"]["kernel"] == (16,)
+  assert got["layers"][0]["attention_norm"]["kernel"] == ()  # a 1-D "kernel" is one block
+  assert got["tok_embeddings"]["embedding"] == (100,)
+  assert got["output"]["kernel"] == (100,)
+
+
+def test_maxtext_dense_general_names_need_no_head_dim():
+  embed, heads, kv_heads, head_dim, mlp, vocab = 16, 4, 2, 8, 24, 50
+  params = {
+      "token_embedder": {"embedding": leaf(vocab, embed)},
+      "decoder": {
+          "layers_0": {
+              "self_attention": {
+                  "query": {"kernel": leaf(embed, heads, head_dim)},
+                  "key": {"kernel": leaf(embed, kv_heads, head_dim)},
+                  "value": {"kernel": leaf(embed, kv_heads, head_dim)},
+                  "out": {"kernel": leaf(heads, head_dim, embed)},
+              },
+              "mlp": {"wi_0": {"kernel": leaf(embed, mlp)}, "wi_1": {"kernel": leaf(embed, mlp)}, "wo": {"kernel": leaf(mlp, embed)}},
+          },
+          "decoder_norm": {"scale": leaf(embed)},
+          "logits_dense": {"kernel": leaf(embed, vocab)},
+      },
+  }
+  got = v_shapes(params)
+  att = got["decoder"]["layers_0"]["self_attention"]
+  assert att["query"]["kernel"] == (heads,)
+  assert att["key"]["kernel"] == (kv_heads,)
+  assert att["value"]["kernel"] == (kv_heads, head_dim)  # one per output neuron
+  assert att["out"]["kernel"] == (embed,)
+  assert got["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel"] == (mlp,)
+  assert got["decoder"]["decoder_norm"]["scale"] == ()
+  assert got["decoder"]["logits_dense"]["kernel"] == (vocab,)
+  assert got["token_embedder"]["embedding"] == (vocab,)
+
+
+def test_gemma_heads_first_layouts():
+  n, k, d, h = 4, 2, 16, 8
+  params = {"attn": {"q_einsum": {"w": leaf(n, d, h)}, "kv_einsum": {"w": leaf(2, k, d, h)}, "attn_vec_einsum": {"w": leaf(n, h, d)}}}
+  got = v_shapes(params)["attn"]
+  assert got["q_einsum"]["w"] == (n,)
+  assert got["kv_einsum"]["w"] == (2, k)
+  assert got["attn_vec_einsum"]["w"] == (d,)
+
+
+def test_gpt2_fused_qkv_splits_into_heads():
+  params = {"h": {"0": {"attn": {"c_attn": {"kernel": leaf(16, 48), "bias": leaf(48)}, "c_proj": {"kernel": leaf(16, 16)}}}}}
+  got = v_shapes(params, head_dim=4)["h"]["0"]["attn"]
+  assert got["c_attn"]["kernel"] == (12,)  # 3 x 4 heads
+  assert got["c_attn"]["bias"] == (48,)
+  assert got["c_proj"]["kernel"] == (16,)
+
+
+def test_heads_times_head_dim_different_from_dim():
+  # Qwen3/Gemma style: 4 heads of 16 on a 24-wide model. The official code's
+  # dim*dim//n_heads chunks would cut across heads here.
+  params = {"q_proj": {"kernel": leaf(24, 64)}, "k_proj": {"kernel": leaf(24, 32)}, "o_proj": {"kernel": leaf(64, 24)}}
+  got = v_shapes(params, head_dim=16)
+  assert got == {"q_proj": {"kernel": (4,)}, "k_proj": {"kernel": (2,)}, "o_proj": {"kernel": (24,)}}
+
+
+def test_heads_are_column_blocks_in_flax_layout():
+  # Head 1 of a flat [in, heads*head_dim] kernel is columns 4..7, not rows.
+  g = np.zeros((6, 12), np.float32)
+  g[:, 4:8] = 2.0
+  tx = optax_mini.scale_by_adam_mini(b1=0.0, b2=0.0, head_dim=4)
+  params = {"q_proj": {"kernel": jnp.zeros((6, 12))}}
+  state = tx.init(params)
+  _, state = tx.update({"q_proj": {"kernel": jnp.asarray(g)}}, state)
+  np.testing.assert_allclose(state.nu["q_proj"]["kernel"], [0.0, 4.0, 0.0])
+
+
+def test_low_rank_leaves_under_kernel_modules_fall_through():
+  # Upstream IndexError: a 1-D leaf whose name contains a per-row keyword.
+  params = {
+      "embeddings": {"LayerNorm": {"scale": leaf(16), "bias": leaf(16)}, "word_embeddings": {"embedding": leaf(30, 16)}},
+      "mlp": {"norm": {"scale": leaf(16)}, "fc1": {"kernel": leaf(16, 32)}},
+      "scalar_gate": leaf(),
+  }
+  got = v_shapes(params)
+  assert got["embeddings"]["LayerNorm"] == {"scale": (), "bias": (16,)}
+  assert got["embeddings"]["word_embeddings"]["embedding"] == (30,)
+  assert got["mlp"]["norm"]["scale"] == ()
+  assert got["mlp"]["fc1"]["kernel"] == (32,)
+  assert got["scalar_gate"] == ()
+
+
+def test_unknown_kernels_get_one_block_per_output_feature():
+  params = {"conv": {"kernel": leaf(3, 3, 8, 16)}, "w": leaf(5, 7)}
+  assert v_shapes(params) == {"conv": {"kernel": (16,)}, "w": (7,)}
+
+
+# ---------------------------------------------------------------------------
+# Path normalisation
+
+
+def test_whole_components_not_substrings():
+  params = {
+      "value_head": {"kernel": leaf(8, 3)},  # not a value projection
+      "query_norm": {"scale": leaf(8)},  # not a query kernel
+      "keyboard": {"kernel": leaf(8, 6)},  # no head_dim needed: not "key"
+  }
+  got = v_shapes(params)
+  assert got == {"value_head": {"kernel": (3,)}, "query_norm": {"scale": ()}, "keyboard": {"kernel": (6,)}}
+  labels = {r.path: r.role for r in optax_mini.explain(params).rows}
+  assert labels["['value_head']['kernel']"] == "neuron (default)"
+
+
+def test_matching_is_case_insensitive():
+  assert v_shapes({"Q_Proj": {"Kernel": leaf(8, 8)}}, head_dim=2) == {"Q_Proj": {"Kernel": (4,)}}
+
+
+def test_path_key_types_normalise_alike():
+  @dataclasses.dataclass
+  class Attn:
+    q_proj: jax.Array
+    norm: jax.Array
+
+  jax.tree_util.register_dataclass(Attn, data_fields=["q_proj", "norm"], meta_fields=[])
+
+  class Opaque:  # flattened without keys -> FlattenedIndexKey
+
+    def __init__(self, children):
+      self.children = children
+
+  jax.tree_util.register_pytree_node(Opaque, lambda o: (o.children, None), lambda _, c: Opaque(list(c)))
+
+  params = {
+      "by_int": {0: {"q_proj": leaf(8, 8)}},  # DictKey(int)
+      "by_attr": Attn(q_proj=leaf(8, 8), norm=leaf(8)),  # GetAttrKey
+      "by_seq": [{"q_proj": leaf(8, 8)}],  # SequenceKey
+      "opaque": Opaque([leaf(8, 8)]),
+  }
+  got = v_shapes(params, head_dim=4)
+  assert got["by_int"][0]["q_proj"] == (2,)
+  assert got["by_attr"].q_proj == (2,)
+  assert got["by_attr"].norm == ()
+  assert got["by_seq"][0]["q_proj"] == (2,)
+  assert got["opaque"].children[0] == (8,)  # no name: a default kernel
+
+
+def test_trailing_value_attribute_is_dropped():
+  path = (jax.tree_util.DictKey("layers"), jax.tree_util.DictKey(0), jax.tree_util.DictKey("v_proj"),
+          jax.tree_util.DictKey("kernel"), jax.tree_util.GetAttrKey("value"))
+  assert optax_mini.normalize_path(path) == ("layers", "0", "v_proj", "kernel")
+  # Every nnx.State path ends in .value: it must not make everything a value.
+  spec = optax_mini.block_spec_for(path[:3] + (jax.tree_util.DictKey("scale"), path[-1]), leaf(8))
+  assert spec.v_shape((8,)) == ()
+
+
+# ---------------------------------------------------------------------------
+# Overrides
+
+
+def test_value_as_one_block():
+  params = {"attn": {"v_proj": {"kernel": leaf(16, 8)}, "o_proj": {"kernel": leaf(8, 16)}}}
+  got = v_shapes(params, blocks=BlockRules(value_as_one_block=True))
+  assert got == {"attn": {"v_proj": {"kernel": ()}, "o_proj": {"kernel": (16,)}}}
+
+
+def test_user_rules_come_first_and_first_match_wins():
+  params = {"attn": {"q_proj": {"kernel": leaf(16, 8)}}, "mlp": {"fc1": {"kernel": leaf(16, 8)}}}
+  rules = BlockRules(rules=[("attn/q_proj", "tensor"), ("attn/*", "element"), ("fc1", BlockSpec(reduce_axes=(1,)))])
+  got = v_shapes(params, blocks=rules)
+  assert got == {"attn": {"q_proj": {"kernel": ()}}, "mlp": {"fc1": {"kernel": (16,)}}}
+  # A plain list of rules works too.
+  assert v_shapes(params, blocks=[("q_proj", "neuron")]) == {"attn": {"q_proj": {"kernel": (8,)}}, "mlp": {"fc1": {"kernel": (8,)}}}
+
+
+def test_pytree_of_specs():
+  params = {"a": leaf(4, 6), "b": leaf(3)}
+  specs = {"a": BlockSpec(reduce_axes=(1,)), "b": BlockSpec()}
+  assert v_shapes(params, blocks=specs) == {"a": (4,), "b": (3,)}
+
+
+def test_stacked_layers_nnx_scan_axis0():
+  layers, dim, heads, head_dim = 3, 16, 4, 4
+  params = {
+      "layers": {
+          "attn": {"q_proj": {"kernel": leaf(layers, dim, heads * head_dim)}, "v_proj": {"kernel": leaf(layers, dim, 8)}},
+          "norm": {"scale": leaf(layers, dim)},
+      },
+      "embed_tokens": {"embedding": leaf(40, dim)},
+  }
+  got = v_shapes(params, head_dim=head_dim, blocks=BlockRules(stacked={"layers": 0}))
+  assert got["layers"]["attn"]["q_proj"]["kernel"] == (layers, heads)
+  assert got["layers"]["attn"]["v_proj"]["kernel"] == (layers, 8)
+  assert got["layers"]["norm"]["scale"] == (layers,)  # one per layer, never across
+  assert got["embed_tokens"]["embedding"] == (40,)
+  one = v_shapes(params, blocks=BlockRules(stacked={"layers": 0}, value_as_one_block=True), head_dim=head_dim)
+  assert one["layers"]["attn"]["v_proj"]["kernel"] == (layers,)
+
+
+def test_stacked_layers_maxtext_axis1():
+  embed, layers, heads, head_dim = 16, 3, 4, 8
+  params = {"decoder": {"layers": {
+      "self_attention": {"query": {"kernel": leaf(embed, layers, heads, head_dim)}, "out": {"kernel": leaf(heads, layers, head_dim, embed)}},
+      "mlp": {"wi_0": {"kernel": leaf(embed, layers, 32)}},
+      "pre_self_attention_norm": {"scale": leaf(embed, layers)},
+  }}}
+  got = v_shapes(params, blocks=BlockRules(stacked={"decoder/layers": 1}))["decoder"]["layers"]
+  assert got["self_attention"]["query"]["kernel"] == (layers, heads)
+  assert got["self_attention"]["out"]["kernel"] == (layers, embed)
+  assert got["mlp"]["wi_0"]["kernel"] == (layers, 32)
+  assert got["pre_self_attention_norm"]["scale"] == (layers,)
+
+
+def test_blocks_survive_inject_hyperparams():
+  params = {"attn": {"v_proj": {"kernel": jnp.ones((8, 4))}}}
+  rules = BlockRules(value_as_one_block=True)
+  tx = optax.inject_hyperparams(optax_mini.adam_mini)(learning_rate=1e-2, blocks=rules)
+  state = tx.init(params)
+  assert state.inner_state[0].nu["attn"]["v_proj"]["kernel"].shape == ()
+
+
+def test_explain_table_and_totals():
+  params = {
+      "embed_tokens": {"embedding": S((100, 16), F32)},
+      "q_proj": {"kernel": S((16, 16), F32), "bias": S((16,), F32)},
+      "norm": {"scale": S((16,), F32)},
+  }
+  report = optax_mini.explain(params, head_dim=4, mu_dtype=jnp.bfloat16)
+  text = str(report)
+  for needle in ("path", "v shape", "['q_proj']['kernel']", "heads [q_proj]", "(0, 1/4)", "[4]", "decay", "parameters:", "1,888"):
+    assert needle in text, needle
+  assert report.num_params == 100 * 16 + 16 * 16 + 16 + 16
+  assert report.num_v == 100 + 4 + 16 + 1
+  decay = {r.path: r.decayed for r in report.rows}
+  assert decay == {"['embed_tokens']['embedding']": True, "['norm']['scale']": False,
+                   "['q_proj']['bias']": False, "['q_proj']['kernel']": True}
+  n = report.num_params
+  assert report.adamw_bytes == 8 * n + 4
+  assert report.adam_mini_bytes == 4 * n + 4 * report.num_v + 4
+  assert report.adam_mini_mu_dtype_bytes == 2 * n + 4 * report.num_v + 4

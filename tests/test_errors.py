@@ -1,0 +1,105 @@
+"""Bad input gets one clear ValueError naming the path, the shape and the fix."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import optax_mini
+from optax_mini import BlockRules, BlockSpec
+
+
+def init(params, **kwargs):
+  return optax_mini.adam_mini(1e-3, **kwargs).init(params)
+
+
+def test_flat_qk_kernel_without_head_dim():
+  params = {"layers": {"3": {"self_attn": {"k_proj": {"kernel": jnp.zeros((64, 32))}}}}}
+  with pytest.raises(ValueError) as err:
+    init(params)
+  msg = str(err.value)
+  assert "['layers']['3']['self_attn']['k_proj']['kernel']" in msg
+  assert "(64, 32)" in msg
+  assert "head_dim=" in msg  # the fix
+  assert "blocks=" in msg  # the alternative fix
+
+
+def test_head_dim_that_does_not_divide():
+  params = {"attn": {"q_proj": {"kernel": jnp.zeros((16, 40))}}}
+  with pytest.raises(ValueError) as err:
+    init(params, head_dim=16)
+  msg = str(err.value)
+  assert "['attn']['q_proj']['kernel']" in msg and "(16, 40)" in msg
+  assert "head_dim=16" in msg and "40" in msg
+
+
+def test_head_dim_disagreeing_with_a_dense_general_kernel():
+  params = {"attention": {"query": {"kernel": jnp.zeros((16, 4, 8))}}}
+  with pytest.raises(ValueError, match=r"\['attention'\]\['query'\]\['kernel'\].*\(16, 4, 8\)"):
+    init(params, head_dim=4)
+
+
+def test_user_spec_that_does_not_fit_the_rank():
+  params = {"mlp": {"fc1": {"kernel": jnp.zeros((8, 4))}}}
+  with pytest.raises(ValueError) as err:
+    init(params, blocks=BlockRules(rules=[("fc1", BlockSpec(reduce_axes=(2,)))]))
+  msg = str(err.value)
+  assert "mlp/fc1/kernel" in msg or "['mlp']['fc1']['kernel']" in msg
+  assert "(8, 4)" in msg and "axis 2" in msg
+  with pytest.raises(ValueError, match=r"\['w'\].*\(3,\).*axis 1"):
+    init({"w": jnp.zeros(3)}, blocks={"w": BlockSpec(reduce_axes=(1,))})
+
+
+def test_spec_averaging_a_stack_axis():
+  params = {"layers": {"mlp": {"kernel": jnp.zeros((4, 8, 8))}}}
+  rules = BlockRules(stacked={"layers": 0}, rules=[("layers/mlp", BlockSpec(reduce_axes=(0, 1)))])
+  # reduce axes (0, 1) of one layer are leaf axes (1, 2): fine.
+  assert init(params, blocks=rules)[0].nu["layers"]["mlp"]["kernel"].shape == (4,)
+  with pytest.raises(ValueError, match="never averaged"):
+    init(params, blocks={"layers": {"mlp": {"kernel": BlockSpec(reduce_axes=(0, 1), stack_axes=(0,))}}})
+
+
+def test_spec_tree_with_the_wrong_structure():
+  with pytest.raises(ValueError, match="one BlockSpec per parameter"):
+    init({"a": jnp.zeros(3), "b": jnp.zeros(3)}, blocks={"a": BlockSpec()})
+
+
+def test_bad_rule_target():
+  with pytest.raises(ValueError, match="expected a BlockSpec or one of"):
+    BlockRules(rules=[("q_proj", "per_head")])
+
+
+def test_function_blocks_are_refused_with_the_reason():
+  with pytest.raises(TypeError, match="inject_hyperparams"):
+    optax_mini.scale_by_adam_mini(blocks=lambda path, leaf: BlockSpec())
+
+
+def test_traced_head_dim_explains_static_args():
+  params = {"q_proj": {"kernel": jnp.zeros((8, 8))}}
+  tx = optax.inject_hyperparams(optax_mini.adam_mini)(learning_rate=1e-3, head_dim=4)
+  with pytest.raises(ValueError, match=r"static_args=\('head_dim',\)"):
+    tx.init(params)
+  tx = optax.inject_hyperparams(optax_mini.adam_mini, static_args=("head_dim",))(learning_rate=1e-3, head_dim=4)
+  assert tx.init(params).inner_state[0].nu["q_proj"]["kernel"].shape == (2,)
+
+
+def test_state_from_another_partition_is_refused():
+  params = {"q_proj": {"kernel": jnp.zeros((8, 8))}}
+  state = init(params, head_dim=4)
+  tx = optax_mini.adam_mini(1e-3, head_dim=2)
+  with pytest.raises(ValueError, match=r"\['q_proj'\]\['kernel'\].*\(2,\).*\(4,\)"):
+    tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+
+
+def test_gradient_tree_mismatch():
+  params = {"a": jnp.zeros(3), "b": jnp.zeros(3)}
+  state = init(params)
+  with pytest.raises(ValueError, match="structure"):
+    optax_mini.adam_mini(1e-3).update({"a": jnp.zeros(3)}, state, {"a": jnp.zeros(3)})
+
+
+def test_integer_leaves_are_refused():
+  with pytest.raises(ValueError, match=r"\['step'\].*int32"):
+    init({"w": jnp.zeros((2, 2)), "step": jnp.zeros((), jnp.int32)})

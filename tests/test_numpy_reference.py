@@ -1,0 +1,205 @@
+"""Against a float64 NumPy Adam-mini, for what the official code cannot do.
+
+The reference implements REFERENCE.md's update with the blocks of each case
+written out by hand (reshape + mean), independent of ``optax_mini.blocks``.
+Also: with every block one element, Adam-mini is ``optax.adamw``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_mini
+from optax_mini import BlockRules
+
+LR, B1, B2, EPS, WD = 3e-2, 0.9, 0.95, 1e-8, 0.1
+STEPS = 5
+
+
+def numpy_adam_mini(params, grads_per_step, block_mean, decay):
+  """float64 reference. block_mean[name](g2) returns the per-block mean of g2,
+  broadcastable against g (keepdims)."""
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in p.items()}
+  v = {k: None for k in p}
+  for t, grads in enumerate(grads_per_step, start=1):
+    for k in p:
+      g = np.asarray(grads[k], np.float64)
+      mean = block_mean[k](g * g)
+      v[k] = (1 - B2) * mean if v[k] is None else B2 * v[k] + (1 - B2) * mean
+      m[k] = B1 * m[k] + (1 - B1) * g
+      if decay[k]:
+        p[k] = p[k] * (1 - LR * WD)
+      p[k] = p[k] - LR * (m[k] / (1 - B1**t)) / (np.sqrt(v[k] / (1 - B2**t)) + EPS)
+  return p, v
+
+
+def run_ours(params, grads_per_step, **kwargs):
+  tx = optax_mini.adam_mini(LR, b1=B1, b2=B2, eps=EPS, weight_decay=WD, **kwargs)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  for grads in grads_per_step:
+    params, state = step(params, state, grads)
+  return params, state[0].nu
+
+
+def random_case(shapes, seed=0):
+  rng = np.random.default_rng(seed)
+  params = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+  # Give each block its own gradient scale so a wrong partition shows.
+  grads = [
+      {k: (rng.normal(size=s) * rng.uniform(0.1, 3.0, size=s[-1:] if s else ())).astype(np.float32) for k, s in shapes.items()}
+      for _ in range(STEPS)
+  ]
+  return params, grads
+
+
+def nest(flat):
+  """'a/b/c' keys -> nested dicts (so the optimizer sees real paths)."""
+  out: dict = {}
+  for key, value in flat.items():
+    node = out
+    *parents, last = key.split("/")
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[last] = jnp.asarray(value)
+  return out
+
+
+def flat(tree):
+  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(x)
+          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def assert_close(ours, ref):
+  for k in ref:
+    rel = np.max(np.abs(ours[k] - ref[k])) / np.max(np.abs(ref[k]))
+    assert rel <= 1e-5, (k, rel)
+
+
+def check(shapes, block_mean, decay, expected_v_shapes, **kwargs):
+  params, grads = random_case(shapes)
+  ref, ref_v = numpy_adam_mini(params, grads, block_mean, decay)
+  ours, nu = run_ours(nest(params), [nest(g) for g in grads], **kwargs)
+  ours, nu = flat(ours), flat(nu)
+  assert {k: nu[k].shape for k in nu} == expected_v_shapes
+  assert_close(ours, ref)
+  for k in ref_v:
+    np.testing.assert_allclose(nu[k].reshape(np.squeeze(ref_v[k]).shape), np.squeeze(ref_v[k]), rtol=1e-5)
+
+
+def test_heads_times_head_dim_not_equal_to_dim():
+  # dim 24, 4 query heads and 2 kv heads of 16 (Qwen3-like: 64 != 24).
+  dim, heads, kv, hd = 24, 4, 2, 16
+  shapes = {
+      "attn/q_proj/kernel": (dim, heads * hd),
+      "attn/k_proj/kernel": (dim, kv * hd),
+      "attn/v_proj/kernel": (dim, kv * hd),
+      "attn/o_proj/kernel": (heads * hd, dim),
+      "norm/scale": (dim,),
+  }
+  block_mean = {
+      "attn/q_proj/kernel": lambda g2: g2.reshape(dim, heads, hd).mean(axis=(0, 2), keepdims=True).repeat(hd, 2).reshape(1, heads * hd),
+      "attn/k_proj/kernel": lambda g2: g2.reshape(dim, kv, hd).mean(axis=(0, 2), keepdims=True).repeat(hd, 2).reshape(1, kv * hd),
+      "attn/v_proj/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+      "attn/o_proj/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+      "norm/scale": lambda g2: g2.mean(),
+  }
+  decay = {k: len(s) >= 2 for k, s in shapes.items()}
+  expected = {"attn/q_proj/kernel": (heads,), "attn/k_proj/kernel": (kv,), "attn/v_proj/kernel": (kv * hd,),
+              "attn/o_proj/kernel": (dim,), "norm/scale": ()}
+  params, grads = random_case(shapes)
+  ref, _ = numpy_adam_mini(params, grads, block_mean, decay)
+  ours, nu = run_ours(nest(params), [nest(g) for g in grads], head_dim=hd)
+  assert {k: v.shape for k, v in flat(nu).items()} == expected
+  assert_close(flat(ours), ref)
+
+
+def test_dense_general_and_heads_first_kernels():
+  # [D, N, H] = [in, heads, head_dim] (flax/MaxText), [N, H, D] out, and
+  # Gemma's heads-first q_einsum [N, D, H] / kv_einsum [2, K, D, H].
+  d, n, k, h = 12, 4, 2, 6
+  shapes = {
+      "attention/query/kernel": (d, n, h),
+      "attention/key/kernel": (d, k, h),
+      "attention/value/kernel": (d, k, h),
+      "attention/out/kernel": (n, h, d),
+      "gemma/q_einsum/w": (n, d, h),
+      "gemma/kv_einsum/w": (2, k, d, h),
+  }
+  block_mean = {
+      "attention/query/kernel": lambda g2: g2.mean(axis=(0, 2), keepdims=True),
+      "attention/key/kernel": lambda g2: g2.mean(axis=(0, 2), keepdims=True),
+      "attention/value/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+      "attention/out/kernel": lambda g2: g2.mean(axis=(0, 1), keepdims=True),
+      "gemma/q_einsum/w": lambda g2: g2.mean(axis=(1, 2), keepdims=True),
+      "gemma/kv_einsum/w": lambda g2: g2.mean(axis=(2, 3), keepdims=True),
+  }
+  expected = {"attention/query/kernel": (n,), "attention/key/kernel": (k,), "attention/value/kernel": (k, h),
+              "attention/out/kernel": (d,), "gemma/q_einsum/w": (n,), "gemma/kv_einsum/w": (2, k)}
+  check(shapes, block_mean, dict.fromkeys(shapes, True), expected)
+
+
+def test_stacked_layers_are_never_averaged():
+  layers, dim, heads, hd, ffn = 3, 8, 2, 4, 12
+  shapes = {
+      "layers/attn/q_proj/kernel": (layers, dim, heads * hd),
+      "layers/mlp/up_proj/kernel": (layers, dim, ffn),
+      "layers/norm/scale": (layers, dim),
+      "layers/attn/q_proj/bias": (layers, heads * hd),
+      "maxtext/layers/query/kernel": (dim, layers, heads, hd),
+      "embed_tokens/embedding": (20, dim),
+  }
+  block_mean = {
+      "layers/attn/q_proj/kernel": lambda g2: g2.reshape(layers, dim, heads, hd).mean(axis=(1, 3), keepdims=True).repeat(hd, 3).reshape(layers, 1, heads * hd),
+      "layers/mlp/up_proj/kernel": lambda g2: g2.mean(axis=1, keepdims=True),
+      "layers/norm/scale": lambda g2: g2.mean(axis=1, keepdims=True),
+      "layers/attn/q_proj/bias": lambda g2: g2,
+      "maxtext/layers/query/kernel": lambda g2: g2.mean(axis=(0, 3), keepdims=True),
+      "embed_tokens/embedding": lambda g2: g2.mean(axis=1, keepdims=True),
+  }
+  decay = {k: len(s) >= 2 for k, s in shapes.items()}
+  expected = {"layers/attn/q_proj/kernel": (layers, heads), "layers/mlp/up_proj/kernel": (layers, ffn),
+              "layers/norm/scale": (layers,), "layers/attn/q_proj/bias": (layers, heads * hd),
+              "maxtext/layers/query/kernel": (layers, heads), "embed_tokens/embedding": (20,)}
+  # Stacked norm scales and biases are 2-D, but one layer's are 1-D: the
+  # default mask must not decay them.
+  decay["layers/norm/scale"] = decay["layers/attn/q_proj/bias"] = False
+  params, grads = random_case(shapes)
+  ref, _ = numpy_adam_mini(params, grads, block_mean, decay)
+  # First match wins, so the more specific pattern comes first.
+  rules = BlockRules(stacked={"maxtext/layers": 1, "layers": 0})
+  ours, nu = run_ours(nest(params), [nest(g) for g in grads], head_dim=hd, blocks=rules)
+  assert {k: v.shape for k, v in flat(nu).items()} == expected
+  assert_close(flat(ours), ref)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32])
+def test_single_element_blocks_equal_optax_adamw(dtype):
+  rng = np.random.default_rng(1)
+  params = {"w": jnp.asarray(rng.normal(size=(5, 7)), dtype), "b": jnp.asarray(rng.normal(size=(7,)), dtype),
+            "emb": {"embedding": jnp.asarray(rng.normal(size=(9, 3)), dtype)}}
+  mask = {"w": True, "b": False, "emb": {"embedding": True}}
+  every_element = BlockRules(rules=[("*", "element")])
+  mini = optax_mini.adam_mini(1e-2, b1=0.8, b2=0.9, eps=1e-6, weight_decay=0.3, mask=mask, blocks=every_element)
+  adamw = optax.adamw(1e-2, b1=0.8, b2=0.9, eps=1e-6, weight_decay=0.3, mask=mask)
+  s_mini, s_adamw = mini.init(params), adamw.init(params)
+  p_mini = p_adamw = params
+  for t in range(6):
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape) * (t + 1), dtype), params)
+    u_mini, s_mini = jax.jit(mini.update)(grads, s_mini, p_mini)
+    u_adamw, s_adamw = jax.jit(adamw.update)(grads, s_adamw, p_adamw)
+    for a, b in zip(jax.tree.leaves(u_mini), jax.tree.leaves(u_adamw)):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    p_mini, p_adamw = optax.apply_updates(p_mini, u_mini), optax.apply_updates(p_adamw, u_adamw)
+  for a, b in zip(jax.tree.leaves(p_mini), jax.tree.leaves(p_adamw)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
