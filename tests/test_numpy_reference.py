@@ -195,7 +195,7 @@ def test_single_element_blocks_equal_optax_adamw(dtype):
   s_mini, s_adamw = mini.init(params), adamw.init(params)
   p_mini = p_adamw = params
   for t in range(6):
-    grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape) * (t + 1), dtype), params)
+    grads = jax.tree.map(lambda x, t=t: jnp.asarray(rng.normal(size=x.shape) * (t + 1), dtype), params)
     u_mini, s_mini = jax.jit(mini.update)(grads, s_mini, p_mini)
     u_adamw, s_adamw = jax.jit(adamw.update)(grads, s_adamw, p_adamw)
     for a, b in zip(jax.tree.leaves(u_mini), jax.tree.leaves(u_adamw)):
