@@ -21,6 +21,7 @@ from optax_mini.blocks import (
     normalize_path,
 )
 from optax_mini.explain import BlockRow, PartitionReport, explain, state_bytes
+from optax_mini.sharding import abstract_state, state_shardings
 from optax_mini.transform import ScaleByAdamMiniState, scale_by_adam_mini
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "PartitionReport",
     "Rule",
     "ScaleByAdamMiniState",
+    "abstract_state",
     "adam_mini",
     "block_spec_for",
     "block_specs",
@@ -43,4 +45,5 @@ __all__ = [
     "normalize_path",
     "scale_by_adam_mini",
     "state_bytes",
+    "state_shardings",
 ]

@@ -51,6 +51,7 @@ def adam_mini(
     head_dim: int | None = None,
     mu_dtype: Any | None = None,
     blocks: blocks_lib.Blocks = None,
+    partition_specs: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam-mini: AdamW with one second moment per block of parameters.
 
@@ -86,6 +87,9 @@ def adam_mini(
       ``(pattern, role_or_spec)`` rules, or a pytree of
       :class:`~optax_mini.BlockSpec`. Check the result with
       :func:`optax_mini.explain`.
+    partition_specs: only inside ``shard_map`` with sharded parameters: their
+      ``PartitionSpec`` pytree, so that blocks spanning shards take the global
+      mean (see :func:`optax_mini.scale_by_adam_mini`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -116,6 +120,7 @@ def adam_mini(
           mu_dtype=mu_dtype,
           head_dim=head_dim,
           blocks=blocks,
+          partition_specs=partition_specs,
       ),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate),

@@ -52,20 +52,72 @@ def _check_inexact(path, leaf) -> None:
     )
 
 
-def _mean_square(g: jax.Array, layout: blocks_lib.Layout) -> jax.Array:
-  """Per-block mean of |g|^2, shaped ``layout.v_shape``, in v's dtype."""
+def _mean_square(
+    g: jax.Array, layout: blocks_lib.Layout, mesh_axes: tuple[str, ...] = ()
+) -> jax.Array:
+  """Per-block mean of |g|^2, shaped ``layout.v_shape``.
+
+  Inside ``shard_map`` a block may span shards: ``mesh_axes`` names the mesh
+  axes its averaged axes are split over; shards are equal-sized, so the mean
+  of the local means over them is the global mean.
+  """
   g = g.astype(_compute_dtype(g.dtype))
   g2 = jnp.real(g * jnp.conj(g)) if jnp.iscomplexobj(g) else g * g
   g2 = g2.reshape(layout.view_shape)
-  return jnp.mean(g2, axis=layout.view_reduce).reshape(layout.v_shape)
+  mean = jnp.mean(g2, axis=layout.view_reduce).reshape(layout.v_shape)
+  if mesh_axes:
+    mean = jax.lax.pmean(mean, mesh_axes)
+  return mean
 
 
-def _v_zeros(leaf: Any, layout: blocks_lib.Layout) -> jax.Array:
+def _reduced_mesh_axes(
+    spec: blocks_lib.BlockSpec, ndim: int, pspec: Any, where: str
+) -> tuple[str, ...]:
+  """Mesh axes over which the averaged axes of a shard_map-local leaf are split."""
+  if pspec is None:
+    return ()
+  entries = tuple(pspec)
+  if len(entries) > ndim:
+    raise ValueError(
+        f"{where}: partition spec {pspec} has {len(entries)} entries but the leaf has "
+        f"{ndim} axes. partition_specs= must be the PartitionSpecs the parameters "
+        "are sharded with inside shard_map (its in_specs)."
+    )
+  entries = entries + (None,) * (ndim - len(entries))
+  reduced = {a % ndim for a in spec.reduce_axes}
+  names: list[str] = []
+  for axis in sorted(reduced):
+    entry = entries[axis]
+    if entry is None:
+      continue
+    for name in (entry,) if isinstance(entry, str) else tuple(entry):
+      if name not in names:
+        names.append(name)
+  return tuple(names)
+
+
+def _axes_bound(mesh_axes: tuple[str, ...]) -> bool:
+  """Whether we are tracing inside a shard_map that binds these mesh axes."""
+  try:
+    for name in mesh_axes:
+      jax.lax.axis_size(name)
+  except NameError:
+    return False
+  return True
+
+
+def _v_zeros(leaf: Any, layout: blocks_lib.Layout, mesh_axes: tuple[str, ...] = ()) -> jax.Array:
   # Built from eval_shape of the reduction itself so that, under a sharded
   # (or sharding-in-types) jit, v carries the sharding a real update gives it
   # (the adafactor recipe).
+  # Inside shard_map the pmean makes v invariant over the averaged mesh axes;
+  # tracing it here gives the zeros the same varying-axes type. Outside it
+  # (abstract init, state_shardings) the leaves are global: no pmean.
+  if not _axes_bound(mesh_axes):
+    mesh_axes = ()
+
   def reduce(x):
-    return _mean_square(x, layout).astype(_v_dtype(x.dtype))
+    return _mean_square(x, layout, mesh_axes).astype(_v_dtype(x.dtype))
 
   target = jax.eval_shape(reduce, leaf)
   return jnp.zeros_like(target)
@@ -80,6 +132,7 @@ def scale_by_adam_mini(
     *,
     head_dim: int | None = None,
     blocks: blocks_lib.Blocks = None,
+    partition_specs: Any = None,
 ) -> optax.GradientTransformation:
   r"""Rescale updates by the Adam-mini algorithm.
 
@@ -115,6 +168,14 @@ def scale_by_adam_mini(
     blocks: ``None`` (default rules), a :class:`~optax_mini.BlockRules`, a list
       of ``(pattern, role_or_spec)`` rules, or a pytree of
       :class:`~optax_mini.BlockSpec` with the parameters' structure.
+    partition_specs: only for use inside ``shard_map`` with sharded
+      parameters (FSDP): a pytree of ``jax.sharding.PartitionSpec`` with the
+      parameters' structure, the specs they are sharded with (shard_map's
+      ``in_specs``). Blocks are then derived from the local shards, and a
+      block whose averaged axes are split over mesh axes takes the global mean
+      (a ``pmean`` over those axes). Not needed under ``jit`` (sharded or not)
+      or ``pmap`` with replicated parameters, where the transform sees global
+      arrays.
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a
@@ -150,15 +211,23 @@ def scale_by_adam_mini(
     shapes = tuple(tuple(x.shape) for x in leaves)
     specs = blocks_lib._flat_specs(paths, shapes, treedef, head_dim, blocks)
     layouts = [s.layout(shape) for s, shape in zip(specs, shapes)]
-    return treedef, paths, leaves, layouts
+    if partition_specs is None:
+      mesh_axes = [()] * len(leaves)
+    else:
+      pspecs = _flatten_partition_specs(treedef, partition_specs)
+      mesh_axes = [
+          _reduced_mesh_axes(spec, len(shape), pspec, blocks_lib.path_str(path))
+          for spec, shape, pspec, path in zip(specs, shapes, pspecs, paths)
+      ]
+    return treedef, paths, leaves, layouts, mesh_axes
 
   def init_fn(params):
-    treedef, _, leaves, layouts = layouts_for(params)
+    treedef, _, leaves, layouts, mesh_axes = layouts_for(params)
     mu = [
         jnp.zeros_like(p, dtype=mu_dtype if mu_dtype is not None else None)
         for p in leaves
     ]
-    nu = [_v_zeros(p, layout) for p, layout in zip(leaves, layouts)]
+    nu = [_v_zeros(p, layout, axes) for p, layout, axes in zip(leaves, layouts, mesh_axes)]
     return ScaleByAdamMiniState(
         count=jnp.zeros([], jnp.int32),
         mu=jax.tree_util.tree_unflatten(treedef, mu),
@@ -167,16 +236,24 @@ def scale_by_adam_mini(
 
   def update_fn(updates, state, params=None):
     del params
-    treedef, paths, grads, layouts = layouts_for(updates)
+    treedef, paths, grads, layouts, mesh_axes = layouts_for(updates)
     mus = _flatten_like(treedef, state.mu, "mu", updates)
     nus = _flatten_like(treedef, state.nu, "nu", updates)
+    unbound = sorted({a for axes in mesh_axes for a in axes if not _axes_bound((a,))})
+    if unbound:
+      raise ValueError(
+          f"scale_by_adam_mini(partition_specs=...): mesh axes {unbound} are not bound. "
+          "partition_specs is for updates inside jax.shard_map, where each device "
+          "holds a shard; under jit (sharded or not) the transform sees global "
+          "arrays and needs no partition_specs."
+      )
     count_inc = numerics.safe_increment(state.count)
     # Bias corrections in float32, as the official code does them in Python
     # floats; they multiply the tiny v-shaped scale, never the full tensor.
     bc1 = 1 - jnp.asarray(b1, jnp.float32) ** count_inc
     bc2 = 1 - jnp.asarray(b2, jnp.float32) ** count_inc
     new_updates, new_mu, new_nu = [], [], []
-    for path, g, mu, nu, layout in zip(paths, grads, mus, nus, layouts):
+    for path, g, mu, nu, layout, axes in zip(paths, grads, mus, nus, layouts, mesh_axes):
       if tuple(nu.shape) != layout.v_shape:
         raise ValueError(
             f"{blocks_lib.path_str(path)}: the state's v has shape "
@@ -195,7 +272,7 @@ def scale_by_adam_mini(
       cdt = _compute_dtype(g.dtype)
       g_c = g.astype(cdt)
       m = (1 - b1) * g_c + b1 * mu.astype(cdt)
-      v = (1 - b2) * _mean_square(g, layout) + b2 * nu.astype(_v_dtype(g.dtype))
+      v = (1 - b2) * _mean_square(g, layout, axes) + b2 * nu.astype(_v_dtype(g.dtype))
       v = v.astype(nu.dtype)
       # Work on the v-shaped array, then one broadcast multiply over m: the
       # only full-size passes are the ones Adam needs for m.
@@ -222,4 +299,14 @@ def _flatten_like(treedef, tree, name: str, updates) -> list[Any]:
         f"optimizer state's {name}: {e}. The gradients must have the structure "
         f"of the parameters the state was initialised with "
         f"({jax.tree_util.tree_structure(updates)})."
+    ) from None
+
+
+def _flatten_partition_specs(treedef, partition_specs) -> list[Any]:
+  try:
+    return treedef.flatten_up_to(partition_specs)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        "partition_specs= must be a pytree of jax.sharding.PartitionSpec with the "
+        f"parameters' structure ({treedef}); {e}"
     ) from None
