@@ -18,25 +18,33 @@ __all__ = ["adam_mini", "default_weight_decay_mask"]
 def default_weight_decay_mask(
     params: Any, *, head_dim: int | None = None, blocks: blocks_lib.Blocks = None
 ) -> Any:
-  """Decay tensors with two or more axes; not norm scales, biases, scalars.
+  """Decay kernels and embeddings; not biases, norm scales or scalars.
 
-  This is the official package's choice (no decay on ``norm``/``ln``/``bias``
-  names; embeddings and ``lm_head`` decayed) expressed on shapes, so it needs
-  no names. Layer-stack axes declared in ``blocks`` (``BlockRules(stacked=)``)
+  The official package's choice (no decay on ``norm``/``ln``/``bias`` names;
+  embeddings and ``lm_head`` decayed), expressed on shapes plus the bias
+  name: a leaf is decayed when it has two or more axes and no path component
+  is ``bias`` / ``*_bias`` (so ``[heads, head_dim]`` attention biases are not
+  decayed). Layer-stack axes declared in ``blocks`` (``BlockRules(stacked=)``)
   do not count: a scanned ``[layers, dim]`` norm scale is not decayed.
 
   Example:
     >>> import jax.numpy as jnp
     >>> from optax_mini import default_weight_decay_mask
-    >>> default_weight_decay_mask({"kernel": jnp.ones((2, 3)), "scale": jnp.ones(3)})
-    {'kernel': True, 'scale': False}
+    >>> default_weight_decay_mask({"kernel": jnp.ones((2, 3)), "scale": jnp.ones(3),
+    ...                            "bias": jnp.ones((2, 3))})
+    {'bias': False, 'kernel': True, 'scale': False}
   """
   specs = blocks_lib.block_specs(params, head_dim=head_dim, blocks=blocks)
-  return jax.tree.map(
-      lambda p, spec: len(getattr(p, "shape", ())) - len(spec.stack_axes) >= 2,
-      params,
-      specs,
-  )
+  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+  decay = []
+  for (path, leaf), spec in zip(leaves_with_path, treedef.flatten_up_to(specs)):
+    components = blocks_lib.normalize_path(path)
+    is_bias = any(blocks_lib.Rule(p, "element").matches(components) for p in _BIAS_PATTERNS)
+    decay.append(len(getattr(leaf, "shape", ())) - len(spec.stack_axes) >= 2 and not is_bias)
+  return treedef.unflatten(decay)
+
+
+_BIAS_PATTERNS = ("bias", "*_bias")
 
 
 def adam_mini(
@@ -82,7 +90,9 @@ def adam_mini(
       ``[in, heads*head_dim]`` query/key kernels. Static: under
       ``optax.inject_hyperparams`` pass ``static_args=('head_dim',)``.
     mu_dtype: dtype of the first moment (``None``: the parameters' dtype).
-      ``jnp.bfloat16`` quarters the state of float32 AdamW.
+      ``jnp.bfloat16`` quarters the state of float32 AdamW. As with
+      ``optax.adam``, under ``optax.inject_hyperparams`` a dtype must be
+      static: ``static_args=('head_dim', 'mu_dtype')``.
     blocks: partition overrides: a :class:`~optax_mini.BlockRules`, a list of
       ``(pattern, role_or_spec)`` rules, or a pytree of
       :class:`~optax_mini.BlockSpec`. Check the result with
