@@ -1,0 +1,1 @@
+"""A LLaMA-style Flax NNX model trained with Adam-mini (see README.md)."""

@@ -1,0 +1,36 @@
+"""The Colab quickstart runs top to bottom (a few-step run) and is stored stripped."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+nbformat = pytest.importorskip("nbformat", reason="the notebook test needs the test extras (nbformat, nbclient, ipykernel)")
+nbclient = pytest.importorskip("nbclient", reason="the notebook test needs the test extras (nbformat, nbclient, ipykernel)")
+
+
+def test_committed_notebook_has_no_outputs():
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  for cell in nb.cells:
+    if cell.cell_type == "code":
+      assert cell.outputs == [] and cell.execution_count is None, "strip outputs before committing"
+
+
+def test_quickstart_runs(tmp_path, monkeypatch):
+  monkeypatch.setenv("OPTAX_MINI_QUICK", "1")
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+  client.execute(env=dict(os.environ))
+  text = "\n".join(
+      out.get("text", "") + "".join(out.get("data", {}).get("text/plain", ""))
+      for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+  )
+  assert "heads [q_proj]" in text  # the explain table
+  assert "v entries" in text
+  assert "Adam-mini" in text and "AdamW" in text  # the comparison table
+  assert "Llama-2-7B" in text and "0.500x" in text  # 7B: half of AdamW's state
+  images = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs if "image/png" in out.get("data", {})]
+  assert len(images) >= 2  # loss curves and the memory bar chart
