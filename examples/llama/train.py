@@ -47,7 +47,10 @@ from examples.llama import model as model_lib  # noqa: E402
 OPTIMIZERS = ("adam_mini", "adamw")
 # Flags that may change between a run and its --resume without changing
 # what is computed.
-_RESUME_FREE_FLAGS = frozenset({"resume", "stop_at", "quiet", "explain", "checkpoint_every", "out"})
+# The mesh is among them: a sharded checkpoint restores onto another mesh.
+_RESUME_FREE_FLAGS = frozenset(
+  {"resume", "stop_at", "quiet", "explain", "checkpoint_every", "out", "fsdp", "tp"}
+)
 Params = dict[str, Any]
 
 
@@ -133,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     "--explain", action="store_true", help="print Adam-mini's block table for the model first"
   )
   p.add_argument("--quiet", action="store_true", help="no progress bar and no printed summary")
+  p.add_argument(
+    "--fsdp",
+    type=int,
+    default=1,
+    help="mesh axis sharding the batch and the parameters' input axis (FSDP); "
+    "fsdp*tp devices are used. On a CPU, set "
+    "XLA_FLAGS=--xla_force_host_platform_device_count=N before starting",
+  )
+  p.add_argument(
+    "--tp", type=int, default=1, help="mesh axis sharding heads and MLP features (tensor parallel)"
+  )
   return p
 
 
@@ -219,6 +233,15 @@ def tree_bytes(tree: Any) -> int:
   return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
 
 
+def _bytes_per_device(tree: Any) -> int:
+  """Largest per-device share of ``tree``'s bytes (all of it on one device)."""
+  per_device: dict[Any, int] = {}
+  for x in jax.tree.leaves(tree):
+    for shard in getattr(x, "addressable_shards", ()):
+      per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+  return max(per_device.values(), default=0)
+
+
 def _cross_entropy(
   graphdef: nnx.GraphDef,
   params: Params,
@@ -230,8 +253,53 @@ def _cross_entropy(
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
+# Megatron-style tensor parallelism: q/k/v, gate/up and lm_head split their
+# output features (heads) over "tp", o_proj/down_proj their input features;
+# every kernel's other axis is split over "fsdp".
+_ROW_PARALLEL = ("o_proj", "down_proj")
+
+
+def param_shardings(params: Params, mesh: jax.sharding.Mesh) -> Any:
+  """``NamedSharding`` per parameter on an ``("fsdp", "tp")`` mesh.
+
+  Axes that the mesh axis does not divide stay unsharded, so any preset runs
+  on any mesh. 1-D leaves (norm scales) are replicated.
+  """
+  P = jax.sharding.PartitionSpec
+
+  def spec(path, x):
+    if x.ndim != 2:
+      return jax.sharding.NamedSharding(mesh, P())
+    names = [str(getattr(k, "key", k)) for k in path]
+    axes = ("tp", "fsdp") if any(n in _ROW_PARALLEL for n in names) else ("fsdp", "tp")
+    entries = tuple(a if x.shape[i] % mesh.shape[a] == 0 else None for i, a in enumerate(axes))
+    return jax.sharding.NamedSharding(mesh, P(*entries))
+
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def make_mesh(fsdp: int, tp: int) -> jax.sharding.Mesh | None:
+  """An ``("fsdp", "tp")`` mesh, or ``None`` for one device."""
+  if fsdp < 1 or tp < 1:
+    raise ValueError(f"--fsdp {fsdp} --tp {tp}: both must be at least 1.")
+  if fsdp * tp == 1:
+    return None
+  if fsdp * tp > len(jax.devices()):
+    raise ValueError(
+      f"--fsdp {fsdp} --tp {tp} needs {fsdp * tp} devices, but jax sees "
+      f"{len(jax.devices())}. On a CPU, start with "
+      f"XLA_FLAGS=--xla_force_host_platform_device_count={fsdp * tp}."
+    )
+  # Auto axes: the model is written without sharding annotations and jit's
+  # partitioner propagates the parameters' and the batch's shardings.
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  return jax.make_mesh((fsdp, tp), ("fsdp", "tp"), axis_types=auto, devices=jax.devices()[: fsdp * tp])
+
+
 def make_steps(
-  graphdef: nnx.GraphDef, tx: optax.GradientTransformation
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  shardings: tuple[Any, Any, Any] | None = None,
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
   """Jitted ``train_step(params, opt_state, inputs, targets)`` and ``eval_step``.
 
@@ -239,22 +307,34 @@ def make_steps(
   merged into the module inside the trace: the optimizer then sees paths
   like ``['layers'][0]['self_attn']['q_proj']['kernel']`` with no ``.value``
   suffix, and the whole state checkpoints as an ordinary pytree.
+
+  ``shardings``: ``(params, opt_state, batch)`` shardings on a mesh; jit's
+  SPMD partitioner does the rest (no hand-written communication).
   """
 
   def loss_fn(params, inputs, targets):
     return _cross_entropy(graphdef, params, inputs, targets).mean()
 
-  @jax.jit
   def train_step(params, opt_state, inputs, targets):
     loss, grads = jax.value_and_grad(loss_fn)(params, inputs, targets)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  @jax.jit
   def eval_step(params, inputs, targets):
     return _cross_entropy(graphdef, params, inputs, targets).sum()
 
-  return train_step, eval_step
+  if shardings is None:
+    return jax.jit(train_step), jax.jit(eval_step)
+  param_sh, state_sh, batch_sh = shardings
+  replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
+  return (
+    jax.jit(
+      train_step,
+      in_shardings=(param_sh, state_sh, batch_sh, batch_sh),
+      out_shardings=(param_sh, state_sh, replicated),
+    ),
+    jax.jit(eval_step, in_shardings=(param_sh, batch_sh, batch_sh), out_shardings=replicated),
+  )
 
 
 def evaluate(
@@ -372,9 +452,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(optax_mini.explain(params, head_dim=config.head_dim, blocks=adam_mini_blocks(args)))
   schedule = make_schedule(args)
   tx = make_optimizer(args.optimizer, schedule, args, config)
+  mesh = make_mesh(args.fsdp, args.tp)
+  shardings = None
+  if mesh is None:
+    opt_state = tx.init(params)
+  else:
+    import optax_mini
+
+    if args.batch_size % args.fsdp:
+      raise ValueError(f"--batch-size {args.batch_size} must be divisible by --fsdp {args.fsdp}.")
+    param_sh = param_shardings(params, mesh)
+    params = jax.device_put(params, param_sh)
+    # The state's shardings follow from the parameters' (Adam-mini's v: the
+    # axes each block keeps); optax_mini works this out for any optimizer.
+    state_sh = optax_mini.state_shardings(tx, params)
+    opt_state = jax.jit(tx.init, out_shardings=state_sh)(params)
+    batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
+    shardings = (param_sh, state_sh, batch_sh)
   state = {
     "params": params,
-    "opt_state": tx.init(params),
+    "opt_state": opt_state,
     "step": jnp.zeros((), jnp.int32),
   }
 
@@ -389,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   with open(os.path.join(args.out, "config.json"), "w") as f:
     json.dump(_run_config(args), f, indent=2)
 
-  train_step, eval_step = make_steps(graphdef, tx)
+  train_step, eval_step = make_steps(graphdef, tx, shardings)
   params, opt_state = state["params"], state["opt_state"]
   last_step = args.steps if args.stop_at is None else min(args.steps, args.stop_at)
   tokens_per_step = args.batch_size * args.seq_len
@@ -498,6 +595,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     "seed": args.seed,
     "corpus": corpus.source,
     "jax_backend": jax.default_backend(),
+    "mesh": {"fsdp": args.fsdp, "tp": args.tp},
+    # Per device: what one accelerator must hold for the optimizer.
+    "opt_state_bytes_per_device": _bytes_per_device(opt_state),
   }
   with open(os.path.join(args.out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
