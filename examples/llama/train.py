@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument("--batch-size", type=int, default=16)
   p.add_argument("--seq-len", type=int, default=128)
-  p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+  p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
   p.add_argument("--warmup", type=int, default=30, help="linear warmup steps from 0 to --lr")
   p.add_argument(
     "--min-lr-ratio", type=float, default=0.1, help="final learning rate as a fraction of --lr"
