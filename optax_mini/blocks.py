@@ -34,6 +34,7 @@ import dataclasses
 import fnmatch
 import functools
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Union
 
@@ -289,7 +290,11 @@ class BlockRules:
 
   Attributes:
     rules: rules tried before :data:`DEFAULT_RULES`, in order; each a
-      :class:`Rule` or a ``(pattern, target)`` pair.
+      :class:`Rule` or a ``(pattern, target)`` pair. When several rules match
+      a leaf, the first one wins (a later, overlapping rule is never
+      consulted for it). A rule that claims no leaf at all (a typo, or a rule
+      shadowed by earlier ones) draws one ``UserWarning`` naming it when the
+      optimizer state is initialised.
     stacked: ``{pattern: axis}``: leaves whose path matches ``pattern`` carry
       layer-stack axes (``nnx.scan``/``nnx.vmap``: ``0``; MaxText: ``1``); an
       int or a tuple of ints; the first matching pattern wins, so put the
@@ -528,6 +533,19 @@ def _spec_for(
     rules: BlockRules,
     where: str,
 ) -> BlockSpec:
+  return _claim(components, shape, head_dim, rules, where)[0]
+
+
+def _claim(
+    components: tuple[str, ...],
+    shape: tuple[int, ...],
+    head_dim: int | None,
+    rules: BlockRules,
+    where: str,
+) -> tuple[BlockSpec, int | None]:
+  """The leaf's spec and the index (in ``rules.all_rules()``) of the rule
+  that claimed it, ``None`` for the fallback; the index lets
+  :func:`warn_unclaimed_rules` find user rules that claimed nothing."""
   ndim = len(shape)
   stack = _stack_axes_for(components, ndim, rules.stacked, where)
   logical_to_full = tuple(a for a in range(ndim) if a not in stack)
@@ -548,7 +566,7 @@ def _spec_for(
     spec.layout(shape, where)  # validate now: errors name the path
     return spec
 
-  for rule in rules.all_rules():
+  for index, rule in enumerate(rules.all_rules()):
     if not _pattern_matches(rule.pattern, components):
       continue
     target = rule.target
@@ -556,7 +574,7 @@ def _spec_for(
       return finish(
           target.reduce_axes, target.head_axis, target.head_dim,
           f"{target.role} [{rule.pattern}]",
-      )
+      ), index
     role = target
     if role in _KERNEL_ROLES and nd < 2:
       continue
@@ -566,10 +584,10 @@ def _spec_for(
     else:
       label = f"{role} [{rule.pattern}]"
     reduce, head_axis, hd = _role_spec(role, logical_shape, head_dim, where, rule.pattern)
-    return finish(reduce, head_axis, hd, label)
+    return finish(reduce, head_axis, hd, label), index
   role = "neuron" if nd >= 2 else "tensor"
   reduce, head_axis, hd = _role_spec(role, logical_shape, head_dim, where, "")
-  return finish(reduce, head_axis, hd, f"{role} (default)")
+  return finish(reduce, head_axis, hd, f"{role} (default)"), None
 
 
 def check_head_dim(head_dim: Any) -> int | None:
@@ -683,9 +701,60 @@ def _flat_specs(paths, shapes, treedef, head_dim, blocks) -> list[BlockSpec]:
   return list(spec_leaves)
 
 
-@functools.lru_cache(maxsize=256)
 def _flat_specs_from_rules(paths, shapes, head_dim, rules) -> tuple[BlockSpec, ...]:
+  return tuple(spec for spec, _ in _flat_claims_from_rules(paths, shapes, head_dim, rules))
+
+
+@functools.lru_cache(maxsize=256)
+def _flat_claims_from_rules(paths, shapes, head_dim, rules) -> tuple[tuple[BlockSpec, int | None], ...]:
   return tuple(
-      _spec_for(normalize_path(path), shape, head_dim, rules, path_str(path))
+      _claim(normalize_path(path), shape, head_dim, rules, path_str(path))
       for path, shape in zip(paths, shapes)
   )
+
+
+def warn_unclaimed_rules(paths, shapes, head_dim: int | None, blocks: Blocks) -> None:
+  """Warns, naming it, about each user rule or ``stacked`` pattern that
+  claimed no leaf (usually a typo, or a rule shadowed by an earlier one).
+
+  Called by ``init`` only, so a training loop does not warn on every update
+  trace; each (tree, rules) pair warns once. :data:`DEFAULT_RULES` never warn:
+  most of them match nothing in any one model.
+  """
+  rules = _as_block_rules(blocks)
+  if rules is None or not (rules.rules or rules.stacked):
+    return
+  _warn_unclaimed_once(tuple(paths), tuple(tuple(s) for s in shapes), check_head_dim(head_dim), rules)
+
+
+@functools.lru_cache(maxsize=256)
+def _warn_unclaimed_once(paths, shapes, head_dim, rules) -> None:
+  # Cached so that the same optimizer init (explain() traces it twice, a
+  # notebook cell re-runs it) warns once per rule.
+  claimed = {index for _, index in _flat_claims_from_rules(paths, shapes, head_dim, rules)}
+  components = [normalize_path(path) for path in paths]
+  for index, rule in enumerate(rules.rules):
+    if index in claimed:
+      continue
+    target = rule.target if isinstance(rule.target, str) else "BlockSpec(...)"
+    matched = sum(_pattern_matches(rule.pattern, c) for c in components)
+    if matched:
+      why = (
+          f"matched {matched} parameter path(s) but claimed none of them: an earlier "
+          "rule claims them first (first match wins), or the role needs leaves with "
+          "at least two (non-layer) axes"
+      )
+    else:
+      why = (
+          "matched no parameter: patterns match whole '/'-separated path components "
+          "(see the paths optax_mini.explain(params) prints)"
+      )
+    warnings.warn(f"BlockRules: rule ({rule.pattern!r}, {target!r}) {why}.", UserWarning, stacklevel=4)
+  for pattern, axes in rules.stacked:
+    if not any(_pattern_matches(pattern, c) for c in components):
+      warnings.warn(
+          f"BlockRules: stacked pattern {pattern!r} (layer axes {axes}) matched no "
+          "parameter, so no leaf is treated as a layer stack through it.",
+          UserWarning,
+          stacklevel=4,
+      )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -53,18 +54,40 @@ def _check_inexact(path, leaf) -> None:
 
 
 def _mean_square(
-    g: jax.Array, layout: blocks_lib.Layout, mesh_axes: tuple[str, ...] = ()
+    g: jax.Array,
+    layout: blocks_lib.Layout,
+    mesh_axes: tuple[str, ...] = (),
+    weight: jax.typing.ArrayLike = 1.0,
 ) -> jax.Array:
-  """Per-block mean of |g|^2, shaped ``layout.v_shape``.
+  """``weight`` times the per-block mean of |g|^2, shaped ``layout.v_shape``.
+
+  ``g * g`` overflows float32 for ``|g| > 1.8e19``, and the sum of a large
+  block (a 16M-element ``value_as_one_block`` matrix) long before that, while
+  ``weight * mean`` (``weight = 1 - b2``) may still be finite. So ``g`` is
+  first scaled by a power of two ``s`` with ``s**2`` just below
+  ``weight / n`` (``n`` elements per block): every term and partial sum then
+  stays below the result, and the scaling is undone by powers of two, which
+  is exact. The result is bit-identical to ``weight * mean(g * g)`` whenever
+  that does not overflow (nor sink below float32's normal range, far below
+  ``eps**2``), and the scaling fuses into the reduction: no extra pass over
+  ``g``. An empty block (a zero-size axis) gives 0, not 0/0 = NaN.
 
   Inside ``shard_map`` a block may span shards: ``mesh_axes`` names the mesh
   axes its averaged axes are split over; shards are equal-sized, so the mean
   of the local means over them is the global mean.
   """
-  g = g.astype(_compute_dtype(g.dtype))
+  n = max(layout.block_size, 1)
+  try:  # a Python/NumPy number (b2 closed over): fold it into the scaling
+    target = float(weight) / n
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    target = 1.0 / n  # traced (inject_hyperparams): guard g * g only
+  if not target > 0:
+    target = 1.0 / n
+  exponent = math.floor(math.log2(target) / 2)
+  g = g.astype(_compute_dtype(g.dtype)).reshape(layout.view_shape) * 2.0**exponent
   g2 = jnp.real(g * jnp.conj(g)) if jnp.iscomplexobj(g) else g * g
-  g2 = g2.reshape(layout.view_shape)
-  mean = jnp.mean(g2, axis=layout.view_reduce).reshape(layout.v_shape)
+  mean = jnp.mean(g2, axis=layout.view_reduce) if layout.block_size else jnp.sum(g2, axis=layout.view_reduce)
+  mean = mean.reshape(layout.v_shape) * (jnp.asarray(weight, mean.dtype) * 2.0 ** (-2 * exponent))
   if mesh_axes:
     mean = jax.lax.pmean(mean, mesh_axes)
   return mean
@@ -155,6 +178,33 @@ def scale_by_adam_mini(
   Blocks are derived once per tree structure from the leaves' paths and shapes
   (a static decision at trace time): no per-step cost, no retracing.
 
+  Odd inputs:
+
+  * Leaves must be floating-point or complex. Integer and boolean leaves (step
+    counters, masks, RNG keys) raise a ``ValueError`` naming the leaf rather
+    than being passed through silently: leave them out of the optimised tree
+    (``nnx.Optimizer(..., wrt=nnx.Param)``, ``optax.masked``). ``None`` leaves
+    and ``optax.MaskedNode`` (under ``optax.masked``) are empty subtrees and
+    simply carried along.
+  * Complex parameters keep a complex ``mu``; ``v`` averages :math:`|g|^2`
+    and is real.
+  * Zero-size leaves give empty updates; an empty block's ``v`` is 0, not NaN.
+  * Non-finite gradients propagate, as in ``optax.adam``, but only within
+    their block: a NaN makes the block's ``v``, and so all of its updates,
+    NaN from then on; an inf makes its ``v`` inf, so its own update is NaN
+    and the rest of the block's are 0 from then on. Other blocks and leaves
+    are unaffected. To skip such steps wrap the optimizer in
+    ``optax.apply_if_finite(tx, max_consecutive_errors=...)``, which drops the
+    step and keeps the previous state.
+  * Huge finite gradients: the block mean of :math:`|g|^2` is computed so that
+    it overflows only if ``v`` itself cannot be represented (float32: above
+    about 3e38), not when ``g * g`` (``|g| > 1.8e19``) or a large block's sum
+    (16M elements: ``|g| > 4.6e15``) would. The update stays Adam's bounded,
+    scale-invariant one up to ``|g|`` of about ``sqrt(3e38 / (1 - b2))``
+    (5.8e20 for ``b2 = 0.999``); beyond that ``v`` is inf and the block's
+    updates are 0, as with ``optax.adam``. All-zero gradients give exactly
+    zero updates (for ``eps > 0``).
+
   Args:
     b1: decay rate of the first moment.
     b2: decay rate of the per-block second moment.
@@ -222,7 +272,8 @@ def scale_by_adam_mini(
     return treedef, paths, leaves, layouts, mesh_axes
 
   def init_fn(params):
-    treedef, _, leaves, layouts, mesh_axes = layouts_for(params)
+    treedef, paths, leaves, layouts, mesh_axes = layouts_for(params)
+    blocks_lib.warn_unclaimed_rules(paths, [x.shape for x in leaves], head_dim, blocks)
     mu = [
         jnp.zeros_like(p, dtype=mu_dtype if mu_dtype is not None else None)
         for p in leaves
@@ -236,6 +287,18 @@ def scale_by_adam_mini(
 
   def update_fn(updates, state, params=None):
     del params
+    # Gradient shapes are checked against mu before the partition is derived
+    # from them: a wrongly shaped gradient would otherwise surface as a
+    # misleading partition error (a v mismatch, a head_dim that does not
+    # divide) or, worse, broadcast against mu.
+    grads_with_path, grads_def = jax.tree_util.tree_flatten_with_path(updates)
+    for (path, g), mu in zip(grads_with_path, _flatten_like(grads_def, state.mu, "mu", updates)):
+      if tuple(jnp.shape(g)) != tuple(jnp.shape(mu)):
+        raise ValueError(
+            f"{blocks_lib.path_str(path)}: gradient shape {tuple(jnp.shape(g))} "
+            f"differs from the state's mu shape {tuple(jnp.shape(mu))}; the "
+            "gradients must have the parameters' shapes (no broadcasting)."
+        )
     treedef, paths, grads, layouts, mesh_axes = layouts_for(updates)
     mus = _flatten_like(treedef, state.mu, "mu", updates)
     nus = _flatten_like(treedef, state.nu, "nu", updates)
@@ -263,20 +326,23 @@ def scale_by_adam_mini(
             "(head_dim or blocks=); re-create it with this transform's init, "
             "or use the same head_dim/blocks that made it."
         )
-      if tuple(mu.shape) != tuple(g.shape):
-        raise ValueError(
-            f"{blocks_lib.path_str(path)}: gradient shape {tuple(g.shape)} "
-            f"differs from the state's mu shape {tuple(mu.shape)}; the "
-            "gradients must have the parameters' shapes."
-        )
       cdt = _compute_dtype(g.dtype)
       g_c = g.astype(cdt)
       m = (1 - b1) * g_c + b1 * mu.astype(cdt)
-      v = (1 - b2) * _mean_square(g, layout, axes) + b2 * nu.astype(_v_dtype(g.dtype))
+      v = _mean_square(g, layout, axes, weight=1 - b2) + b2 * nu.astype(_v_dtype(g.dtype))
       v = v.astype(nu.dtype)
       # Work on the v-shaped array, then one broadcast multiply over m: the
       # only full-size passes are the ones Adam needs for m.
-      scale = (1 / bc1) / (jnp.sqrt(v / bc2 + eps_root) + eps)
+      v_hat = v / bc2
+      # v / bc2 (1000 v at step 1) can overflow where v itself is finite: there
+      # sqrt(v_hat) is taken as sqrt(v) / sqrt(bc2), so huge gradients still
+      # give Adam's scale-invariant update. A select on the v-shaped array only.
+      root = jnp.where(
+          jnp.isinf(v_hat) & jnp.isfinite(v),
+          jnp.sqrt(v + eps_root * bc2) / jnp.sqrt(bc2),
+          jnp.sqrt(v_hat + eps_root),
+      )
+      scale = (1 / bc1) / (root + eps)
       scale = scale.reshape(layout.keepdims_shape)
       u = (m.reshape(layout.view_shape) * scale).reshape(g.shape)
       new_updates.append(u.astype(g.dtype))

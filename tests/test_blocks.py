@@ -250,6 +250,7 @@ def test_value_as_one_block():
   assert got == {"attn": {"v_proj": {"kernel": ()}, "o_proj": {"kernel": (16,)}}}
 
 
+@pytest.mark.filterwarnings("ignore:BlockRules. rule:UserWarning")  # attn/* is shadowed on purpose
 def test_user_rules_come_first_and_first_match_wins():
   params = {"attn": {"q_proj": {"kernel": leaf(16, 8)}}, "mlp": {"fc1": {"kernel": leaf(16, 8)}}}
   rules = BlockRules(rules=[("attn/q_proj", "tensor"), ("attn/*", "element"), ("fc1", BlockSpec(reduce_axes=(1,)))])
