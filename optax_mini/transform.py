@@ -86,11 +86,38 @@ def _mean_square(
   exponent = math.floor(math.log2(target) / 2)
   g = g.astype(_compute_dtype(g.dtype)).reshape(layout.view_shape) * 2.0**exponent
   g2 = jnp.real(g * jnp.conj(g)) if jnp.iscomplexobj(g) else g * g
-  mean = jnp.mean(g2, axis=layout.view_reduce) if layout.block_size else jnp.sum(g2, axis=layout.view_reduce)
-  mean = mean.reshape(layout.v_shape) * (jnp.asarray(weight, mean.dtype) * 2.0 ** (-2 * exponent))
+  # One multiply undoes the scaling and divides by the block size (an empty
+  # block's sum is 0, so no 0/0).
+  total = _block_sum(g2, layout.view_reduce).reshape(layout.v_shape)
+  mean = total * (jnp.asarray(weight, total.dtype) * (2.0 ** (-2 * exponent) / n))
   if mesh_axes:
     mean = jax.lax.pmean(mean, mesh_axes)
   return mean
+
+
+# XLA:CPU sums over leading axes slowly once the kept trailing extent passes
+# 64 kB (a [dim, 32000] lm_head: ~15x slower than the same bytes summed
+# along rows; benchmarks/RESULTS.md). Pairwise halving (split, add) fuses
+# into one contiguous loop there instead.
+_CPU_WIDE_MINOR = 16384
+
+
+def _block_sum(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """``jnp.sum(x, axes)``, with the fast formulation for wide kept rows on CPU."""
+  if not axes:
+    return x
+  inner = math.prod(x.shape[max(axes) + 1 :])
+  if inner <= _CPU_WIDE_MINOR:
+    return jnp.sum(x, axis=axes)
+
+  def halving(x):
+    for axis in axes:
+      while x.shape[axis] > 1 and x.shape[axis] % 2 == 0:
+        low, high = jnp.split(x, 2, axis=axis)
+        x = low + high
+    return jnp.sum(x, axis=axes)
+
+  return jax.lax.platform_dependent(x, cpu=halving, default=lambda x: jnp.sum(x, axis=axes))
 
 
 def _reduced_mesh_axes(
@@ -315,6 +342,7 @@ def scale_by_adam_mini(
     # floats; they multiply the tiny v-shaped scale, never the full tensor.
     bc1 = 1 - jnp.asarray(b1, jnp.float32) ** count_inc
     bc2 = 1 - jnp.asarray(b2, jnp.float32) ** count_inc
+    inv_bc1, inv_sqrt_bc2 = 1 / bc1, jax.lax.rsqrt(bc2)
     new_updates, new_mu, new_nu = [], [], []
     for path, g, mu, nu, layout, axes in zip(paths, grads, mus, nus, layouts, mesh_axes):
       if tuple(nu.shape) != layout.v_shape:
@@ -333,16 +361,10 @@ def scale_by_adam_mini(
       v = v.astype(nu.dtype)
       # Work on the v-shaped array, then one broadcast multiply over m: the
       # only full-size passes are the ones Adam needs for m.
-      v_hat = v / bc2
-      # v / bc2 (1000 v at step 1) can overflow where v itself is finite: there
-      # sqrt(v_hat) is taken as sqrt(v) / sqrt(bc2), so huge gradients still
-      # give Adam's scale-invariant update. A select on the v-shaped array only.
-      root = jnp.where(
-          jnp.isinf(v_hat) & jnp.isfinite(v),
-          jnp.sqrt(v + eps_root * bc2) / jnp.sqrt(bc2),
-          jnp.sqrt(v_hat + eps_root),
-      )
-      scale = (1 / bc1) / (root + eps)
+      # sqrt(v / bc2) as sqrt(v) / sqrt(bc2), as the official code does: v / bc2
+      # (1000 v at step 1) could overflow where v is finite.
+      root = jnp.sqrt(v + eps_root * bc2) * inv_sqrt_bc2
+      scale = inv_bc1 / (root + eps)
       scale = scale.reshape(layout.keepdims_shape)
       u = (m.reshape(layout.view_shape) * scale).reshape(g.shape)
       new_updates.append(u.astype(g.dtype))

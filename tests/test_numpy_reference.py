@@ -203,3 +203,16 @@ def test_single_element_blocks_equal_optax_adamw(dtype):
     p_mini, p_adamw = optax.apply_updates(p_mini, u_mini), optax.apply_updates(p_adamw, u_adamw)
   for a, b in zip(jax.tree.leaves(p_mini), jax.tree.leaves(p_adamw)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_wide_output_layers_take_the_cpu_halving_path():
+  # Kept rows wider than 16384 floats are summed by pairwise halving on CPU
+  # (XLA:CPU's column sum is slow there); the numbers must not change. 12 rows:
+  # two halvings, then a sum over 3.
+  shapes = {"lm_head/kernel": (12, 20000), "embed_tokens/embedding": (20000, 4)}
+  block_mean = {
+      "lm_head/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+      "embed_tokens/embedding": lambda g2: g2.mean(axis=1, keepdims=True),
+  }
+  expected = {"lm_head/kernel": (20000,), "embed_tokens/embedding": (20000,)}
+  check(shapes, block_mean, dict.fromkeys(shapes, True), expected)
