@@ -102,12 +102,22 @@ def _mean_square(
 _CPU_WIDE_MINOR = 16384
 
 
+def _sharded_in_types(x: jax.Array, axes: tuple[int, ...]) -> bool:
+  spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+  if spec is None:
+    return False
+  spec = tuple(spec)
+  return any(axis < len(spec) and spec[axis] is not None for axis in axes)
+
+
 def _block_sum(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """``jnp.sum(x, axes)``, with the fast formulation for wide kept rows on CPU."""
   if not axes:
     return x
   inner = math.prod(x.shape[max(axes) + 1 :])
-  if inner <= _CPU_WIDE_MINOR:
+  if inner <= _CPU_WIDE_MINOR or _sharded_in_types(x, axes):
+    # Splitting an explicitly sharded axis is not supported (sharding in
+    # types); the plain sum is, and sharded data is split over devices anyway.
     return jnp.sum(x, axis=axes)
 
   def halving(x):

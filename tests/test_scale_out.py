@@ -243,3 +243,25 @@ def test_partition_specs_outside_shard_map_is_refused():
   assert state[0].nu["mlp"]["kernel"].shape == (4,)
   with pytest.raises(ValueError, match="shard_map"):
     tx.update(params, state, params)
+
+
+def test_wide_output_layer_sharded_in_types():
+  # A [dim, 20000] lm_head takes the CPU halving path for its column sums,
+  # except where the summed axis is sharded in types (it cannot be split).
+  mesh = mesh_of((8, 1), AxisType.Explicit)
+  rng = np.random.default_rng(3)
+  host = {"lm_head": {"kernel": rng.normal(size=(16, 20000)).astype(np.float32)}}
+  grads = [{"lm_head": {"kernel": rng.normal(size=(16, 20000)).astype(np.float32)}} for _ in range(2)]
+  tx = optax_mini.adam_mini(1e-2)
+  ref_params, ref_state = jax.tree.map(jnp.asarray, host), None
+  ref_state = tx.init(ref_params)
+  for g in grads:
+    ref_params, ref_state = _apply(tx, ref_params, ref_state, jax.tree.map(jnp.asarray, g))
+  sharding = {"lm_head": {"kernel": NamedSharding(mesh, P("fsdp", None))}}
+  with jax.set_mesh(mesh):
+    params = jax.device_put(host, sharding)
+    state = jax.jit(tx.init)(params)
+    for g in grads:
+      params, state = jax.jit(functools.partial(_apply, tx))(params, state, jax.device_put(g, sharding))
+  assert_trees_close(params, ref_params)
+  assert_trees_close(state, ref_state)
