@@ -454,7 +454,8 @@ def section_convergence(quick: bool) -> str:
                  f"{100 * (statistics.mean(xs) / base - 1):+.2f}%"])
   return "\n\n".join([
       "## 5. Convergence (held-out loss of the example at a fixed budget)",
-      f"`examples/llama/train.py` defaults (tiny preset, batch 16 x seq 128, lr 3e-3 cosine, "
+      f"`examples/llama/train.py` defaults (tiny preset, batch 16 x seq 128, "
+      f"lr {_example_args('adamw').lr:g} cosine, "
       f"betas (0.9, 0.95), wd 0.1, clip 1.0), {steps} steps, seeds {list(seeds)}; held-out "
       "loss in nats per byte at the last step.",
       table(["optimizer", "mean", "std", "range", "vs AdamW"], rows),
