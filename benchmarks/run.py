@@ -407,7 +407,8 @@ def section_throughput(quick: bool) -> str:
 def section_convergence(quick: bool) -> str:
   from examples.llama import train
 
-  steps, seeds = (60, (0, 1)) if quick else (300, (0, 1, 2))
+  # Full run: the example's own default budget (what its README reports).
+  steps, seeds = (60, (0, 1)) if quick else (_example_args("adamw").steps, (0, 1, 2))
   variants = {
       "adamw": ["--optimizer", "adamw"],
       "adam_mini": ["--optimizer", "adam_mini"],
