@@ -38,13 +38,9 @@ def default_weight_decay_mask(
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
   decay = []
   for (path, leaf), spec in zip(leaves_with_path, treedef.flatten_up_to(specs)):
-    components = blocks_lib.normalize_path(path)
-    is_bias = any(blocks_lib.Rule(p, "element").matches(components) for p in _BIAS_PATTERNS)
+    is_bias = blocks_lib.is_bias(blocks_lib.normalize_path(path))
     decay.append(len(getattr(leaf, "shape", ())) - len(spec.stack_axes) >= 2 and not is_bias)
   return treedef.unflatten(decay)
-
-
-_BIAS_PATTERNS = ("bias", "*_bias")
 
 
 def adam_mini(

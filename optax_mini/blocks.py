@@ -242,6 +242,16 @@ def _pattern_matches(pattern: str, components: tuple[str, ...]) -> bool:
   return False
 
 
+#: Path components that name a bias: plain Adam, and no weight decay (the
+#: official code checks "bias" first, for both).
+BIAS_PATTERNS = ("bias", "*_bias")
+
+
+def is_bias(components: Sequence[str]) -> bool:
+  """Whether a normalised path names a bias (see :data:`BIAS_PATTERNS`)."""
+  return any(_pattern_matches(p, tuple(components)) for p in BIAS_PATTERNS)
+
+
 def _rules(target: str, *patterns: str) -> tuple[Rule, ...]:
   return tuple(Rule(p, target) for p in patterns)
 
@@ -251,7 +261,7 @@ def _rules(target: str, *patterns: str) -> tuple[Rule, ...]:
 #: HuggingFace/NNX, Meta/EasyLM, GPT-2, MaxText/flax and Gemma models.
 DEFAULT_RULES: tuple[Rule, ...] = (
     # Official: any name containing "bias" is plain Adam, checked first.
-    *_rules("element", "bias", "*_bias"),
+    *_rules("element", *BIAS_PATTERNS),
     # One v per head. Flat [in, heads*head_dim] kernels need head_dim; fused
     # qkv kernels split into heads of head_dim just the same (the official
     # code silently gives GPT-2's c_attn one scalar).

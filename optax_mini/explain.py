@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_mini import alias, transform
+from optax_mini import alias
 from optax_mini import blocks as blocks_lib
 
 __all__ = ["BlockRow", "PartitionReport", "explain", "state_bytes"]
@@ -201,5 +201,3 @@ def explain(
       mu_dtype=None if mu_dtype is None else str(jnp.dtype(mu_dtype)),
   )
 
-
-del transform  # imported for the docs' cross references only

@@ -288,8 +288,7 @@ def scale_by_adam_mini(
   """
   mu_dtype = utils.canonicalize_dtype(mu_dtype)
   head_dim = blocks_lib.check_head_dim(head_dim)
-  if callable(blocks) and not isinstance(blocks, blocks_lib.BlockRules):
-    blocks_lib._as_block_rules(blocks)  # raises the explanatory TypeError
+  blocks_lib._as_block_rules(blocks)  # a function for blocks= fails here, not at init
 
   def layouts_for(tree):
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -331,7 +330,8 @@ def scale_by_adam_mini(
     # misleading partition error (a v mismatch, a head_dim that does not
     # divide) or, worse, broadcast against mu.
     grads_with_path, grads_def = jax.tree_util.tree_flatten_with_path(updates)
-    for (path, g), mu in zip(grads_with_path, _flatten_like(grads_def, state.mu, "mu", updates)):
+    mus = _flatten_like(grads_def, state.mu, "mu", updates)
+    for (path, g), mu in zip(grads_with_path, mus):
       if tuple(jnp.shape(g)) != tuple(jnp.shape(mu)):
         raise ValueError(
             f"{blocks_lib.path_str(path)}: gradient shape {tuple(jnp.shape(g))} "
@@ -339,7 +339,6 @@ def scale_by_adam_mini(
             "gradients must have the parameters' shapes (no broadcasting)."
         )
     treedef, paths, grads, layouts, mesh_axes = layouts_for(updates)
-    mus = _flatten_like(treedef, state.mu, "mu", updates)
     nus = _flatten_like(treedef, state.nu, "nu", updates)
     unbound = sorted({a for axes in mesh_axes for a in axes if not _axes_bound((a,))})
     if unbound:
