@@ -128,6 +128,12 @@ class Layout(NamedTuple):
   ``view_shape`` is the leaf's shape with the head axis split, ``view_reduce``
   the axes of that view averaged per block, ``v_shape`` the view with those
   axes removed, ``block_size`` the number of elements in one block.
+
+  The same reduction in two stages, as the transform computes it:
+  ``shape_reduce`` are the axes of the leaf's own shape averaged whole (no
+  reshape of the full-size array); ``rest_view`` is what remains of the view
+  after them and ``rest_reduce`` the axes of it still to average (the
+  ``head_dim`` part of a split head axis), a reduction over a v-sized array.
   """
 
   view_shape: tuple[int, ...]
@@ -135,6 +141,9 @@ class Layout(NamedTuple):
   v_shape: tuple[int, ...]
   keepdims_shape: tuple[int, ...]
   block_size: int
+  shape_reduce: tuple[int, ...] = ()
+  rest_view: tuple[int, ...] = ()
+  rest_reduce: tuple[int, ...] = ()
 
 
 def _int_tuple(axes: Any) -> tuple[int, ...]:
@@ -187,18 +196,28 @@ def _layout(spec: BlockSpec, shape: tuple[int, ...], path: str) -> Layout:
       )
   view_shape: list[int] = []
   view_reduce: list[int] = []
+  rest_view: list[int] = []
+  rest_reduce: list[int] = []
   for axis, size in enumerate(shape):
     if axis == head:
       view_shape += [size // spec.head_dim, spec.head_dim]
       view_reduce.append(len(view_shape) - 1)
+      rest_view += [size // spec.head_dim, spec.head_dim]
+      rest_reduce.append(len(rest_view) - 1)
     else:
       view_shape.append(size)
       if axis in reduce:
         view_reduce.append(len(view_shape) - 1)
+      else:
+        rest_view.append(size)
   v_shape = tuple(d for i, d in enumerate(view_shape) if i not in view_reduce)
   keepdims = tuple(1 if i in view_reduce else d for i, d in enumerate(view_shape))
   block_size = math.prod(view_shape[i] for i in view_reduce)
-  return Layout(tuple(view_shape), tuple(view_reduce), v_shape, keepdims, block_size)
+  return Layout(
+      tuple(view_shape), tuple(view_reduce), v_shape, keepdims, block_size,
+      shape_reduce=tuple(sorted(reduce)), rest_view=tuple(rest_view),
+      rest_reduce=tuple(rest_reduce),
+  )
 
 
 class Rule(NamedTuple):

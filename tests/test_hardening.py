@@ -285,6 +285,44 @@ def test_gradients_whose_squares_overflow_float32(scale):
     assert_close(get(state.nu), np.squeeze(v), rtol=2e-5)
 
 
+def test_one_overflowing_leaf_among_ordinary_ones():
+  # On CPU the block sums are taken unscaled and all redone prescaled when
+  # one overflows: every leaf must still match, at every step, whichever
+  # path a step took (step 2 overflows, steps 1 and 3 do not).
+  rng = np.random.default_rng(9)
+  params = {"mlp": {"kernel": jnp.zeros((6, 3))}, "q_proj": {"kernel": jnp.zeros((4, 8))},
+            "norm": {"scale": jnp.zeros(5)}}
+  grads = [jax.tree.map(lambda p: normal(rng, p.shape), params) for _ in range(3)]
+  grads[1]["q_proj"]["kernel"] = normal(rng, (4, 8), 1e20)
+  updates, state = run_scale(params, grads, head_dim=4)
+  cases = {"mlp": ((6, 3), (0,)), "q_proj": ((4, 2, 4), (0, 2)), "norm": ((5,), (0,))}
+  for name, (view, reduce) in cases.items():
+    get = lambda tree, name=name: next(iter(tree[name].values()))  # noqa: E731
+    expected, v = reference_scale([np.reshape(get(g), view) for g in grads], reduce)
+    for t in range(3):
+      assert_close(np.reshape(get(updates[t]), view), expected[t], rtol=2e-5,
+                   err_msg=f"{name} step {t + 1}")
+    assert_close(get(state.nu), np.squeeze(v, reduce), rtol=2e-5)
+
+
+def test_under_vmap_matches_a_loop():
+  # A batch of independent optimizers (e.g. an ensemble) by jax.vmap; the
+  # overflow check's lax.cond becomes a select there.
+  rng = np.random.default_rng(10)
+  params = {"mlp": {"kernel": jnp.zeros((4, 3))}, "norm": {"scale": jnp.zeros(3)}}
+  batch = 3
+  grads = [jax.tree.map(lambda p: normal(rng, (batch,) + p.shape), params) for _ in range(2)]
+  grads[1]["mlp"]["kernel"][1] *= 1e20  # one member overflows at step 2
+  tx = optax_mini.scale_by_adam_mini(b1=B1, b2=B2, eps=EPS)
+  state = jax.vmap(tx.init)(jax.tree.map(lambda p: jnp.zeros((batch,) + p.shape), params))
+  update = jax.jit(jax.vmap(tx.update))
+  for t, g in enumerate(grads):
+    u, state = update(g, state)
+    for i in range(batch):
+      expected, _ = reference_scale([gg["mlp"]["kernel"][i] for gg in grads[: t + 1]], (0,))
+      assert_close(u["mlp"]["kernel"][i], expected[-1], rtol=2e-5, err_msg=f"member {i} step {t + 1}")
+
+
 def test_large_block_whose_sum_of_squares_overflows_float32():
   # Each g^2 (1e34) is finite, their sum over 2**21 elements (2e40) is not.
   rng = np.random.default_rng(8)
