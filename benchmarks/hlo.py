@@ -15,13 +15,7 @@ import re
 
 _SHAPE = re.compile(r"(pred|s8|s16|s32|s64|u8|u32|bf16|f16|f32|f64)\[([0-9,]*)\]")
 _INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.+?) ([a-z][a-z0-9-]*)\((.*?)\)(,|$)")
-# Instructions that move no data themselves. A ``conditional`` only passes
-# its operands to the branch taken; Adam-mini's CPU update has one whose
-# taken branch (no overflow) forwards sums already computed in ENTRY, and
-# whose other branch (redo the sums prescaled) runs only on an overflow.
-_FREE = frozenset(
-    {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "conditional"}
-)
+_FREE = frozenset({"parameter", "constant", "tuple", "get-tuple-element", "bitcast"})
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "bf16": 2, "f16": 2, "s32": 4,
           "u32": 4, "f32": 4, "s64": 8, "f64": 8}
 

@@ -59,7 +59,6 @@ def _mean_square(
     layout: blocks_lib.Layout,
     mesh_axes: tuple[str, ...] = (),
     weight: jax.typing.ArrayLike = 1.0,
-    prescale: bool = True,
 ) -> jax.Array:
   """``weight`` times the per-block mean of |g|^2, shaped ``layout.v_shape``.
 
@@ -74,10 +73,11 @@ def _mean_square(
   ``eps**2``), and the scaling fuses into the reduction: no extra pass over
   ``g``. An empty block (a zero-size axis) gives 0, not 0/0 = NaN.
 
-  ``prescale=False`` skips the scaling (``weight * mean(g * g)`` as written):
-  on XLA:CPU the scale constant is materialised as a full-size array and read
-  beside ``g``, so the update sums unscaled and redoes the sums scaled only
-  when one overflowed (see ``_weighted_means``).
+  The scale passes through an ``optimization_barrier`` together with ``g``:
+  without it XLA merges the identical scale constants of same-shaped leaves
+  into one broadcast, which XLA:CPU then materialises as a full-size array
+  read beside every such ``g`` (7.33 instead of 7 words per parameter, about
+  10 % of the update time at 100M parameters; tests/test_hlo_passes.py).
 
   Inside ``shard_map`` a block may span shards: ``mesh_axes`` names the mesh
   axes its averaged axes are split over; shards are equal-sized, so the mean
@@ -90,10 +90,11 @@ def _mean_square(
     target = 1.0 / n  # traced (inject_hyperparams): guard g * g only
   if not target > 0:
     target = 1.0 / n
-  exponent = math.floor(math.log2(target) / 2) if prescale else 0
+  exponent = math.floor(math.log2(target) / 2)
   g = g.astype(_compute_dtype(g.dtype))
   if exponent:
-    g = g * 2.0**exponent
+    g, scale = jax.lax.optimization_barrier((g, jnp.asarray(2.0**exponent, g.dtype)))
+    g = g * scale
   g2 = jnp.real(g * jnp.conj(g)) if jnp.iscomplexobj(g) else g * g
   total = _two_stage_sum(g2, layout)
   # One multiply undoes the scaling and divides by the block size (an empty
@@ -382,11 +383,9 @@ def scale_by_adam_mini(
     bc1 = 1 - jnp.asarray(b1, jnp.float32) ** count_inc
     bc2 = 1 - jnp.asarray(b2, jnp.float32) ** count_inc
     inv_bc1, inv_sqrt_bc2 = 1 / bc1, jax.lax.rsqrt(bc2)
-    means = _weighted_means(grads, layouts, 1 - b2)
+    static_hyper, traced_hyper = _split_static(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
     new_updates, new_mu, new_nu = [], [], []
-    for path, g, mu, nu, layout, axes, mean in zip(
-        paths, grads, mus, nus, layouts, mesh_axes, means
-    ):
+    for path, g, mu, nu, layout, axes in zip(paths, grads, mus, nus, layouts, mesh_axes):
       if tuple(nu.shape) != layout.v_shape:
         raise ValueError(
             f"{blocks_lib.path_str(path)}: the state's v has shape "
@@ -396,29 +395,15 @@ def scale_by_adam_mini(
             "(head_dim or blocks=); re-create it with this transform's init, "
             "or use the same head_dim/blocks that made it."
         )
-      cdt = _compute_dtype(g.dtype)
-      g_c = g.astype(cdt)
-      # The update reads m as stored: with a narrow mu_dtype (bf16) no
-      # full-size float32 copy of m outlives its fusion (at 7B shapes that
-      # is 14 GB of temporaries), and the next step starts from this m anyway.
-      m_stored = ((1 - b1) * g_c + b1 * mu.astype(cdt)).astype(
-          mu_dtype if mu_dtype is not None else mu.dtype
-      )
-      m = m_stored.astype(cdt)
+      mean = _leaf_mean(g, layout, 1 - b2)
       if axes:
         mean = jax.lax.pmean(mean, axes)
-      v = mean + b2 * nu.astype(_v_dtype(g.dtype))
-      v = v.astype(nu.dtype)
-      # Work on the v-shaped array, then one broadcast multiply over m: the
-      # only full-size passes are the ones Adam needs for m.
-      # sqrt(v / bc2) as sqrt(v) / sqrt(bc2), as the official code does: v / bc2
-      # (1000 v at step 1) could overflow where v is finite.
-      root = jnp.sqrt(v + eps_root * bc2) * inv_sqrt_bc2
-      scale = inv_bc1 / (root + eps)
-      scale = scale.reshape(layout.keepdims_shape)
-      u = (m.reshape(layout.view_shape) * scale).reshape(g.shape)
-      new_updates.append(u.astype(g.dtype))
-      new_mu.append(m_stored)
+      u, m, v = _leaf_step(
+          g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper,
+          static_hyper=static_hyper, layout=layout, mu_dtype=mu_dtype,
+      )
+      new_updates.append(u)
+      new_mu.append(m)
       new_nu.append(v)
     unflatten = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)  # noqa: E731
     return unflatten(new_updates), ScaleByAdamMiniState(
@@ -428,41 +413,74 @@ def scale_by_adam_mini(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _weighted_means(
-    grads: list[jax.Array], layouts: list[blocks_lib.Layout], weight: Any
-) -> list[jax.Array]:
-  """``weight`` times each leaf's per-block mean of |g|^2 (local: no pmean).
+def _leaf_mean(g: jax.Array, layout: blocks_lib.Layout, weight: Any) -> jax.Array:
+  """``_mean_square`` of one leaf, traced once per (shape, dtype, layout).
 
-  Elsewhere the sums are prescaled (overflow-safe, see ``_mean_square``). On
-  CPU they are first taken unscaled, which is faster there, and all redone
-  prescaled, in one ``lax.cond`` over the whole tree, only if one of them is
-  not finite (an overflow, or a NaN/inf gradient, which stays NaN/inf).
-  Prescaling by a power of two is exact, so both give the same v (bit for
-  bit on the LLaMA shapes we checked). Measured on a 2-core CPU: the fused
-  scale constant cost 7 -> 7.33 words per parameter and ~10 % of the update
-  time at 100M parameters (benchmarks/RESULTS.md, section 3).
+  A 32-layer model repeats a handful of leaf signatures hundreds of times;
+  a cached inner ``jit`` traces each once (the outer trace only adds a call).
+  ``weight`` is folded into the overflow guard when it is a number (static),
+  and a traced argument under ``inject_hyperparams``.
   """
-  if not grads:
-    return []
+  try:
+    weight = float(weight)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    return _leaf_mean_traced_weight(g, weight, layout=layout)
+  return _leaf_mean_static_weight(g, layout=layout, weight=weight)
 
-  def sums(prescale, *gs):
-    return [
-        _mean_square(g, layout, weight=weight, prescale=prescale)
-        for g, layout in zip(gs, layouts)
-    ]
 
-  def cpu(*gs):
-    fast = sums(False, *gs)
-    finite = functools.reduce(
-        jnp.logical_and, [jnp.all(jnp.isfinite(m)) for m in fast]
-    )
-    return jax.lax.cond(
-        finite, lambda *_: fast, functools.partial(sums, True), *gs
-    )
+@functools.partial(jax.jit, static_argnames=("layout", "weight"))
+def _leaf_mean_static_weight(g, *, layout, weight):
+  return _mean_square(g, layout, weight=weight)
 
-  return jax.lax.platform_dependent(
-      *grads, cpu=cpu, default=functools.partial(sums, True)
+
+@functools.partial(jax.jit, static_argnames=("layout",))
+def _leaf_mean_traced_weight(g, weight, *, layout):
+  return _mean_square(g, layout, weight=weight)
+
+
+def _split_static(**hyper: Any) -> tuple[tuple[tuple[str, float], ...], dict[str, Any]]:
+  """Python/NumPy numbers (static: folded as Python floats, as written) apart
+  from traced ones (``optax.inject_hyperparams``)."""
+  static, traced = [], {}
+  for name, value in hyper.items():
+    try:
+      static.append((name, float(value)))
+    except (TypeError, jax.errors.ConcretizationTypeError):
+      traced[name] = value
+  return tuple(static), traced
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "mu_dtype", "static_hyper"))
+def _leaf_step(g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, *, static_hyper,
+               layout, mu_dtype):
+  """One leaf's update from its block means: ``(update, new mu, new nu)``.
+
+  Traced once per leaf signature, like ``_leaf_mean``. Numeric
+  hyperparameters are static, so ``1 - b1`` is the Python float the official
+  code uses (not ``1 - float32(b1)``).
+  """
+  hyper = {**dict(static_hyper), **traced_hyper}
+  b1, b2, eps, eps_root = (hyper[k] for k in ("b1", "b2", "eps", "eps_root"))
+  cdt = _compute_dtype(g.dtype)
+  g_c = g.astype(cdt)
+  # The update reads m as stored: with a narrow mu_dtype (bf16) no
+  # full-size float32 copy of m outlives its fusion (at 7B shapes that
+  # is 14 GB of temporaries), and the next step starts from this m anyway.
+  m_stored = ((1 - b1) * g_c + b1 * mu.astype(cdt)).astype(
+      mu_dtype if mu_dtype is not None else mu.dtype
   )
+  m = m_stored.astype(cdt)
+  v = mean + b2 * nu.astype(_v_dtype(g.dtype))
+  v = v.astype(nu.dtype)
+  # Work on the v-shaped array, then one broadcast multiply over m: the
+  # only full-size passes are the ones Adam needs for m.
+  # sqrt(v / bc2) as sqrt(v) / sqrt(bc2), as the official code does: v / bc2
+  # (1000 v at step 1) could overflow where v is finite.
+  root = jnp.sqrt(v + eps_root * bc2) * inv_sqrt_bc2
+  scale = inv_bc1 / (root + eps)
+  scale = scale.reshape(layout.keepdims_shape)
+  u = (m.reshape(layout.view_shape) * scale).reshape(g.shape)
+  return u.astype(g.dtype), m_stored, v
 
 
 def _flatten_like(treedef, tree, name: str, updates) -> list[Any]:

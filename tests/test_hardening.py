@@ -286,9 +286,9 @@ def test_gradients_whose_squares_overflow_float32(scale):
 
 
 def test_one_overflowing_leaf_among_ordinary_ones():
-  # On CPU the block sums are taken unscaled and all redone prescaled when
-  # one overflows: every leaf must still match, at every step, whichever
-  # path a step took (step 2 overflows, steps 1 and 3 do not).
+  # Leaves are traced once per signature (a cached inner jit): an overflowing
+  # leaf must not change how its same-shaped neighbours are computed, at any
+  # step (step 2 overflows, steps 1 and 3 do not).
   rng = np.random.default_rng(9)
   params = {"mlp": {"kernel": jnp.zeros((6, 3))}, "q_proj": {"kernel": jnp.zeros((4, 8))},
             "norm": {"scale": jnp.zeros(5)}}
@@ -306,8 +306,8 @@ def test_one_overflowing_leaf_among_ordinary_ones():
 
 
 def test_under_vmap_matches_a_loop():
-  # A batch of independent optimizers (e.g. an ensemble) by jax.vmap; the
-  # overflow check's lax.cond becomes a select there.
+  # A batch of independent optimizers (e.g. an ensemble) by jax.vmap, one
+  # member's gradients overflowing float32 squares at step 2.
   rng = np.random.default_rng(10)
   params = {"mlp": {"kernel": jnp.zeros((4, 3))}, "norm": {"scale": jnp.zeros(3)}}
   batch = 3
