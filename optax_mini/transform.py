@@ -242,7 +242,11 @@ def scale_by_adam_mini(
   ready-made AdamW drop-in.
 
   Blocks are derived once per tree structure from the leaves' paths and shapes
-  (a static decision at trace time): no per-step cost, no retracing.
+  (a static decision at trace time): no per-step cost, no retracing. Each
+  leaf's update is traced once per (shape, dtype, block layout) and reused
+  for every leaf like it, so a deep model costs a handful of traces; the
+  compiled update reads the gradient once for the block sums and otherwise
+  streams only what Adam's first moment needs.
 
   Odd inputs:
 
