@@ -173,7 +173,7 @@ def section_memory(quick: bool) -> str:
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(HERE, "state_memory.png"), dpi=120)
+  fig.savefig(os.path.join(_OUT_DIR, "state_memory.png"), dpi=120)
   plt.close(fig)
   names = list(series)
   seven_line = (
@@ -444,7 +444,7 @@ def section_convergence(quick: bool) -> str:
   ax.grid(True, alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(HERE, "convergence.png"), dpi=120)
+  fig.savefig(os.path.join(_OUT_DIR, "convergence.png"), dpi=120)
   plt.close(fig)
   base = statistics.mean(finals["adamw"])
   rows = []
@@ -567,10 +567,11 @@ RUNNERS: dict[str, Callable[[bool], str]] = {
 
 
 _SEEDS = 3  # convergence seeds of a full run (--seeds)
+_OUT_DIR = HERE  # plots go beside --out, so a trial run never overwrites the committed ones
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-  global _SEEDS
+  global _SEEDS, _OUT_DIR
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="a few-minute version")
   parser.add_argument("--seeds", type=int, default=3,
@@ -582,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> str:
   if args.seeds < 3:
     parser.error("--seeds: at least 3, for a spread")
   _SEEDS = args.seeds
+  _OUT_DIR = os.path.dirname(os.path.abspath(args.out))
   chosen = [s.strip() for s in args.only.split(",") if s.strip()]
   unknown = sorted(set(chosen) - set(SECTIONS))
   if unknown:
