@@ -34,25 +34,13 @@ def default_weight_decay_mask(
     ...                            "bias": jnp.ones((2, 3))})
     {'bias': False, 'kernel': True, 'scale': False}
   """
+  specs = blocks_lib.block_specs(params, head_dim=head_dim, blocks=blocks)
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
-  paths = tuple(path for path, _ in leaves_with_path)
-  shapes = tuple(tuple(getattr(leaf, "shape", ())) for _, leaf in leaves_with_path)
-  try:
-    decay = _decay_flags(paths, shapes, treedef, head_dim, blocks)
-  except TypeError:  # blocks= an unhashable pytree of BlockSpec
-    decay = _decay_flags.__wrapped__(paths, shapes, treedef, head_dim, blocks)
-  return treedef.unflatten(list(decay))
-
-
-@functools.lru_cache(maxsize=64)
-def _decay_flags(paths, shapes, treedef, head_dim, blocks) -> tuple[bool, ...]:
-  # Once per tree structure (it runs on every trace of the update).
-  specs = blocks_lib._flat_specs(paths, shapes, treedef, head_dim, blocks)
-  return tuple(
-      len(shape) - len(spec.stack_axes) >= 2
-      and not blocks_lib.is_bias(blocks_lib.normalize_path(path))
-      for path, shape, spec in zip(paths, shapes, specs)
-  )
+  decay = []
+  for (path, leaf), spec in zip(leaves_with_path, treedef.flatten_up_to(specs)):
+    is_bias = blocks_lib.is_bias(blocks_lib.normalize_path(path))
+    decay.append(len(getattr(leaf, "shape", ())) - len(spec.stack_axes) >= 2 and not is_bias)
+  return treedef.unflatten(decay)
 
 
 def adam_mini(

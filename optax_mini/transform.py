@@ -388,6 +388,7 @@ def scale_by_adam_mini(
     bc2 = 1 - jnp.asarray(b2, jnp.float32) ** count_inc
     inv_bc1, inv_sqrt_bc2 = 1 / bc1, jax.lax.rsqrt(bc2)
     static_hyper, traced_hyper = _split_static(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+    static_weight, traced_weight = _split_static(weight=1 - b2)
     new_updates, new_mu, new_nu = [], [], []
     for path, g, mu, nu, layout, axes in zip(paths, grads, mus, nus, layouts, mesh_axes):
       if tuple(nu.shape) != layout.v_shape:
@@ -399,7 +400,7 @@ def scale_by_adam_mini(
             "(head_dim or blocks=); re-create it with this transform's init, "
             "or use the same head_dim/blocks that made it."
         )
-      mean = _leaf_mean(g, layout, 1 - b2)
+      mean = _leaf_mean(g, traced_weight, static_hyper=static_weight, layout=layout)
       if axes:
         mean = jax.lax.pmean(mean, axes)
       u, m, v = _leaf_step(
@@ -417,28 +418,16 @@ def scale_by_adam_mini(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _leaf_mean(g: jax.Array, layout: blocks_lib.Layout, weight: Any) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("layout", "static_hyper"))
+def _leaf_mean(g, traced_hyper, *, static_hyper, layout):
   """``_mean_square`` of one leaf, traced once per (shape, dtype, layout).
 
   A 32-layer model repeats a handful of leaf signatures hundreds of times;
   a cached inner ``jit`` traces each once (the outer trace only adds a call).
-  ``weight`` is folded into the overflow guard when it is a number (static),
-  and a traced argument under ``inject_hyperparams``.
+  ``weight`` (from ``_split_static``) is folded into the overflow guard when
+  it is a number, and a traced argument under ``inject_hyperparams``.
   """
-  try:
-    weight = float(weight)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return _leaf_mean_traced_weight(g, weight, layout=layout)
-  return _leaf_mean_static_weight(g, layout=layout, weight=weight)
-
-
-@functools.partial(jax.jit, static_argnames=("layout", "weight"))
-def _leaf_mean_static_weight(g, *, layout, weight):
-  return _mean_square(g, layout, weight=weight)
-
-
-@functools.partial(jax.jit, static_argnames=("layout",))
-def _leaf_mean_traced_weight(g, weight, *, layout):
+  weight = {**dict(static_hyper), **traced_hyper}["weight"]
   return _mean_square(g, layout, weight=weight)
 
 
