@@ -298,6 +298,31 @@ def section_fits(quick: bool) -> str:
 # --------------------------------------------------------------------------- 3. update speed
 
 
+TENSOR_ABLATION = "adam_mini (one v per tensor)"
+
+SPEED_NOTES = """\
+What limits it (investigated with `jax.profiler`, ablations and the optimized HLO; not re-run by \
+this script). Per leaf the compiled update is three passes: `m` (reads m, g; writes m), the block \
+sums of `g*g` (reads g), and the parameter update (reads p, the new m; writes p): 7 words per \
+parameter against AdamW's 10 (m, v and p passes), a 1.43x bound. XLA:CPU does no multi-output \
+fusion, so the `m` and parameter passes cannot share one read of `m` (6 words, 1.67x), and its \
+reductions stream `g` more slowly than fused elementwise passes. The block structure itself is \
+cheap on one CPU and not on another: on a 2-core Intel Xeon one v per tensor was within \
+~2 % of the real partition (last column above); on a 2-core AMD EPYC the `[640, 32000]` \
+`lm_head` column sum was ~9 ms of a ~67 ms update at 102M. XLA:CPU sums over a leading axis \
+at ~1 GB/s once the kept row passes 64 kB (a plain `jnp.sum(g*g, 0)` of that `lm_head`: 68 ms), \
+so on CPU such leaves use pairwise halving (split, add; 4 ms, ~20 GB/s against ~38 GB/s for a \
+row sum). Fixed on the way: the overflow prescale's constant, shared by same-shaped leaves, was \
+materialised as a full-size array read beside every `g` (7.33 words/param; 102M 0.93x -> 1.16x \
+on the AMD machine). Tried and dropped, slower or no better: two-stage head sums with or \
+without a fusion barrier (kept: no loss), row-chunked scans fusing m and the sums, k-way slice \
+sums, `[1, R] @ g*g` dots (whole or in row chunks: 23-28 ms for the lm_head, the `g*g` \
+temporary costs more than the sum saves), column-sliced sums, reshaping the wide axis to \
+<= 16384, `einsum('io,io->o')` (68 ms), unrolled tails after halving (16-20 ms), pairwise \
+halving for every column sum, disabling YNNPACK.\
+"""
+
+
 def section_speed(quick: bool) -> str:
   configs = shapes_lib.SPEED[:2] if quick else shapes_lib.SPEED
   pairs = 20 if quick else 100  # cheap (~1 min), and this shared CPU is noisy
@@ -305,7 +330,12 @@ def section_speed(quick: bool) -> str:
   for config in configs:
     shapes = shapes_lib.param_shapes(config)
     txs = {"adamw": optax.adamw(1e-3, weight_decay=1e-4),
-           "adam_mini": optax_mini.adam_mini(1e-3, weight_decay=1e-4, head_dim=config.head_dim)}
+           "adam_mini": optax_mini.adam_mini(1e-3, weight_decay=1e-4, head_dim=config.head_dim),
+           # Ablation: the same passes with the simplest sums (one v per tensor),
+           # to tell the cost of the block structure from that of reading g.
+           TENSOR_ABLATION: optax_mini.adam_mini(
+               1e-3, weight_decay=1e-4, head_dim=config.head_dim,
+               blocks=[("kernel", "tensor"), ("embedding", "tensor")])}
     leaf_sizes = {math.prod(x.shape) for x in jax.tree.leaves(shapes) if len(x.shape) >= 2}
     runs, passes = {}, {}
     for name, tx in txs.items():
@@ -325,11 +355,13 @@ def section_speed(quick: bool) -> str:
     times = interleaved(runs, pairs)
     ratio = Ratio.of(times["adamw"], times["adam_mini"])
     bound = passes["adamw"].bytes_moved / passes["adam_mini"].bytes_moved
+    ablation = Ratio.of(times["adamw"], times[TENSOR_ABLATION])
     log(f"  speed {config.name}: adamw {ms(times['adamw'])}, adam_mini {ms(times['adam_mini'])}, "
-        f"ratio {ratio}")
+        f"ratio {ratio}; one v per tensor {ablation}")
     rows.append([config.name, f"{config.num_params / 1e6:.1f}M", ms(times["adamw"]),
-                 ms(times["adam_mini"]), str(ratio), f"{bound:.2f}x", "1.40x"])
-    for name in txs:
+                 ms(times["adam_mini"]), str(ratio), f"{bound:.2f}x", "1.40x",
+                 f"{ablation.median:.2f}x"])
+    for name in ("adamw", "adam_mini"):
       p = passes[name]
       pass_rows.append([config.name, name, p.instructions, p.arrays_moved,
                         f"{p.words_per_param:.2f}", f"{p.bytes_moved / 1e6:,.0f}"])
@@ -341,11 +373,15 @@ def section_speed(quick: bool) -> str:
       "time (> 1: Adam-mini faster). Bound from HLO = AdamW's full-size bytes moved / "
       "Adam-mini's, both counted in the optimized HLO below; naive bound = 7N/5N words.",
       table(["tree", "params", "adamw", "adam_mini", "ratio (median, IQR)",
-             "bound (HLO bytes)", "naive bound"], rows),
+             "bound (HLO bytes)", "naive bound", "ratio, one v per tensor"], rows),
+      "Last column: Adam-mini with every kernel and the embedding as one block (the same "
+      "passes, the simplest sums), timed in the same interleaved run: what the block "
+      "structure itself costs.",
       "Full-size traffic in the optimized HLO (`compile().as_text()`, ENTRY instructions "
       "reading or writing a parameter-sized array; `benchmarks/hlo.py`):",
       table(["tree", "optimizer", "full-size instructions", "arrays read+written",
              "words / parameter", "MB moved"], pass_rows),
+      SPEED_NOTES,
   ])
 
 
@@ -404,22 +440,21 @@ def section_throughput(quick: bool) -> str:
 # --------------------------------------------------------------------------- 5. convergence
 
 
-def section_convergence(quick: bool) -> str:
+LONG_STEPS = 3000  # the second, longer budget of a full run (3 seeds, AdamW and Adam-mini)
+
+
+def _train_runs(
+    variants: dict[str, list[str]], steps: int, seeds: Sequence[int]
+) -> tuple[dict[str, list[float]], dict[str, list[list[tuple[int, float]]]]]:
+  """Final held-out losses and training-loss curves of the example, per variant and seed."""
   from examples.llama import train
 
-  # Full run: the example's own default budget (what its README reports).
-  steps, seeds = (60, (0, 1)) if quick else (_example_args("adamw").steps, tuple(range(_SEEDS)))
-  variants = {
-      "adamw": ["--optimizer", "adamw"],
-      "adam_mini": ["--optimizer", "adam_mini"],
-      "adam_mini (value as one block)": ["--optimizer", "adam_mini", "--value-as-one-block"],
-  }
   finals: dict[str, list[float]] = {}
   curves: dict[str, list[list[tuple[int, float]]]] = {}
   with tempfile.TemporaryDirectory() as tmp:
     for seed in seeds:
       for name, flags in variants.items():
-        out = os.path.join(tmp, f"{name.replace(' ', '_')}_{seed}")
+        out = os.path.join(tmp, f"{name.replace(' ', '_')}_{steps}_{seed}")
         summary = train.main([
             *flags, "--steps", str(steps), "--seed", str(seed), "--out", out, "--quiet",
             "--log-every", "5", "--eval-every", str(max(steps // 6, 1)),
@@ -430,22 +465,12 @@ def section_convergence(quick: bool) -> str:
           records = [json.loads(line) for line in f if line.strip()]
         curves.setdefault(name, []).append(
             [(r["step"], r["train_loss"]) for r in records])
-        log(f"  convergence {name} seed {seed}: eval {summary['final_eval_loss']:.4f}")
-  fig, ax = plt.subplots(figsize=(6.4, 4.4))
-  for name, runs in curves.items():
-    steps_axis = [s for s, _ in runs[0]]
-    losses = np.array([[loss for _, loss in run] for run in runs])
-    mean = losses.mean(0)
-    (line,) = ax.plot(steps_axis, mean, label=name)
-    ax.fill_between(steps_axis, losses.min(0), losses.max(0), color=line.get_color(), alpha=0.2)
-  ax.set_xlabel("step")
-  ax.set_ylabel("training loss (nats/byte), mean and min-max over seeds")
-  ax.set_title("Example LLaMA (tiny preset), loss vs step")
-  ax.grid(True, alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(os.path.join(_OUT_DIR, "convergence.png"), dpi=120)
-  plt.close(fig)
+        log(f"  convergence {name}, {steps} steps, seed {seed}: "
+            f"eval {summary['final_eval_loss']:.4f}")
+  return finals, curves
+
+
+def _loss_rows(finals: dict[str, list[float]]) -> list[list[str]]:
   base = statistics.mean(finals["adamw"])
   rows = []
   for name, xs in finals.items():
@@ -453,15 +478,61 @@ def section_convergence(quick: bool) -> str:
     rows.append([name, f"{statistics.mean(xs):.4f}", f"{spread:.4f}",
                  f"{min(xs):.4f} .. {max(xs):.4f}",
                  f"{100 * (statistics.mean(xs) / base - 1):+.2f}%"])
-  return "\n\n".join([
+  return rows
+
+
+def section_convergence(quick: bool) -> str:
+  # Full run: the example's own default budget (what its README reports), then
+  # a budget 3x longer, where the paper's parity claims (long runs) apply better.
+  steps, seeds = (60, (0, 1)) if quick else (_example_args("adamw").steps, tuple(range(_SEEDS)))
+  variants = {
+      "adamw": ["--optimizer", "adamw"],
+      "adam_mini": ["--optimizer", "adam_mini"],
+      "adam_mini (value as one block)": ["--optimizer", "adam_mini", "--value-as-one-block"],
+  }
+  finals, curves = _train_runs(variants, steps, seeds)
+  budgets = [(steps, seeds, curves)]
+  long_finals = None
+  if not quick and LONG_STEPS > steps:
+    long_seeds = tuple(range(3))
+    long_finals, long_curves = _train_runs(
+        {k: variants[k] for k in ("adamw", "adam_mini")}, LONG_STEPS, long_seeds)
+    budgets.append((LONG_STEPS, long_seeds, long_curves))
+  fig, axes = plt.subplots(1, len(budgets), figsize=(6.4 * len(budgets), 4.4), squeeze=False)
+  for ax, (n_steps, used_seeds, budget_curves) in zip(axes[0], budgets):
+    tops = []
+    for name, runs in budget_curves.items():
+      steps_axis = [s for s, _ in runs[0]]
+      losses = np.array([[loss for _, loss in run] for run in runs])
+      (line,) = ax.plot(steps_axis, losses.mean(0), label=name)
+      ax.fill_between(steps_axis, losses.min(0), losses.max(0), color=line.get_color(), alpha=0.2)
+      tops.append(float(losses[:, len(steps_axis) // 10 :].max()))
+    ax.set_xlabel("step")
+    ax.set_ylim(top=max(tops))  # the first tenth (from ln 256 = 5.5) would flatten the rest
+    ax.set_ylabel("training loss (nats/byte), mean and min-max over seeds")
+    ax.set_title(f"Example LLaMA (tiny preset), {n_steps} steps, {len(used_seeds)} seeds")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(_OUT_DIR, "convergence.png"), dpi=120)
+  plt.close(fig)
+  header = ["optimizer", "mean", "std", "range", "vs AdamW"]
+  parts = [
       "## 5. Convergence (held-out loss of the example at a fixed budget)",
       f"`examples/llama/train.py` defaults (tiny preset, batch 16 x seq 128, "
       f"lr {_example_args('adamw').lr:g} cosine, "
       f"betas (0.9, 0.95), wd 0.1, clip 1.0), {steps} steps, seeds {list(seeds)}; held-out "
       "loss in nats per byte at the last step.",
-      table(["optimizer", "mean", "std", "range", "vs AdamW"], rows),
-      "![convergence](convergence.png)",
-  ])
+      table(header, _loss_rows(finals)),
+  ]
+  if long_finals is not None:
+    parts += [
+        f"The same with a {LONG_STEPS // steps}x longer budget ({LONG_STEPS} steps, the cosine "
+        f"schedule stretched to span them), seeds {list(range(3))}:",
+        table(header, _loss_rows(long_finals)),
+    ]
+  parts.append("![convergence](convergence.png)")
+  return "\n\n".join(parts)
 
 
 # --------------------------------------------------------------------------- 6. compile time
@@ -584,6 +655,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.error("--seeds: at least 3, for a spread")
   _SEEDS = args.seeds
   _OUT_DIR = os.path.dirname(os.path.abspath(args.out))
+  os.makedirs(_OUT_DIR, exist_ok=True)
   chosen = [s.strip() for s in args.only.split(",") if s.strip()]
   unknown = sorted(set(chosen) - set(SECTIONS))
   if unknown:
