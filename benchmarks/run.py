@@ -306,10 +306,10 @@ this script). Per leaf the compiled update is three passes: `m` (reads m, g; wri
 sums of `g*g` (reads g), and the parameter update (reads p, the new m; writes p): 7 words per \
 parameter against AdamW's 10 (m, v and p passes), a 1.43x bound. XLA:CPU does no multi-output \
 fusion, so the `m` and parameter passes cannot share one read of `m` (6 words, 1.67x), and its \
-reductions stream `g` more slowly than fused elementwise passes. The block structure itself is \
-cheap on one CPU and not on another: on a 2-core Intel Xeon one v per tensor was within \
-~2 % of the real partition (last column above); on a 2-core AMD EPYC the `[640, 32000]` \
-`lm_head` column sum was ~9 ms of a ~67 ms update at 102M. XLA:CPU sums over a leading axis \
+reductions stream `g` more slowly than fused elementwise passes. What the block structure \
+adds over one sum per tensor is the last column's gap; it varies by CPU (on a 2-core AMD EPYC \
+the `[640, 32000]` `lm_head` column sum alone was ~9 ms of a ~67 ms update at 102M, where \
+AdamW took ~79 ms; the speed ratios there were 1.04x / 1.18x / 1.16x). XLA:CPU sums over a leading axis \
 at ~1 GB/s once the kept row passes 64 kB (a plain `jnp.sum(g*g, 0)` of that `lm_head`: 68 ms), \
 so on CPU such leaves use pairwise halving (split, add; 4 ms, ~20 GB/s against ~38 GB/s for a \
 row sum). Fixed on the way: the overflow prescale's constant, shared by same-shaped leaves, was \
