@@ -443,30 +443,51 @@ def section_throughput(quick: bool) -> str:
 LONG_STEPS = 3000  # the second, longer budget of a full run (3 seeds, AdamW and Adam-mini)
 
 
+def _train_one(argv: list[str]) -> tuple[float, list[tuple[int, float]]]:
+  """One run of the example: its final held-out loss and its training-loss curve."""
+  from examples.llama import train
+
+  summary = train.main(argv)
+  out = argv[argv.index("--out") + 1]
+  with open(os.path.join(out, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return summary["final_eval_loss"], [(r["step"], r["train_loss"]) for r in records]
+
+
 def _train_runs(
     variants: dict[str, list[str]], steps: int, seeds: Sequence[int]
 ) -> tuple[dict[str, list[float]], dict[str, list[list[tuple[int, float]]]]]:
-  """Final held-out losses and training-loss curves of the example, per variant and seed."""
-  from examples.llama import train
+  """Final held-out losses and training-loss curves of the example, per variant and seed.
 
+  With ``--jobs N > 1`` the runs go to N worker processes; each run is
+  deterministic, so the figures do not depend on N.
+  """
   finals: dict[str, list[float]] = {}
   curves: dict[str, list[list[tuple[int, float]]]] = {}
   with tempfile.TemporaryDirectory() as tmp:
+    jobs = {}
     for seed in seeds:
       for name, flags in variants.items():
         out = os.path.join(tmp, f"{name.replace(' ', '_')}_{steps}_{seed}")
-        summary = train.main([
+        jobs[name, seed] = [
             *flags, "--steps", str(steps), "--seed", str(seed), "--out", out, "--quiet",
             "--log-every", "5", "--eval-every", str(max(steps // 6, 1)),
             "--checkpoint-every", "0",
-        ])
-        finals.setdefault(name, []).append(summary["final_eval_loss"])
-        with open(os.path.join(out, "metrics.jsonl")) as f:
-          records = [json.loads(line) for line in f if line.strip()]
-        curves.setdefault(name, []).append(
-            [(r["step"], r["train_loss"]) for r in records])
-        log(f"  convergence {name}, {steps} steps, seed {seed}: "
-            f"eval {summary['final_eval_loss']:.4f}")
+        ]
+    if _JOBS > 1:
+      import concurrent.futures
+      import multiprocessing
+
+      with concurrent.futures.ProcessPoolExecutor(
+          _JOBS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {key: pool.submit(_train_one, argv) for key, argv in jobs.items()}
+        results = {key: future.result() for key, future in futures.items()}
+    else:
+      results = {key: _train_one(argv) for key, argv in jobs.items()}
+    for (name, seed), (final, curve) in results.items():
+      finals.setdefault(name, []).append(final)
+      curves.setdefault(name, []).append(curve)
+      log(f"  convergence {name}, {steps} steps, seed {seed}: eval {final:.4f}")
   return finals, curves
 
 
@@ -638,22 +659,30 @@ RUNNERS: dict[str, Callable[[bool], str]] = {
 
 
 _SEEDS = 3  # convergence seeds of a full run (--seeds)
+_JOBS = 1  # processes for the convergence runs (--jobs)
 _OUT_DIR = HERE  # plots go beside --out, so a trial run never overwrites the committed ones
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-  global _SEEDS, _OUT_DIR
+  global _SEEDS, _JOBS, _OUT_DIR
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="a few-minute version")
   parser.add_argument("--seeds", type=int, default=3,
                       help="seeds per optimizer in the convergence section (full run; >= 3)")
   parser.add_argument("--only", default=",".join(SECTIONS),
                       help=f"comma-separated sections out of {','.join(SECTIONS)}")
+  parser.add_argument("--jobs", type=int, default=1,
+                      help="worker processes for the convergence section's training runs "
+                      "(deterministic: the figures do not depend on it; timed sections "
+                      "always run alone)")
   parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
   args = parser.parse_args(argv)
   if args.seeds < 3:
     parser.error("--seeds: at least 3, for a spread")
+  if args.jobs < 1:
+    parser.error("--jobs: at least 1")
   _SEEDS = args.seeds
+  _JOBS = args.jobs
   _OUT_DIR = os.path.dirname(os.path.abspath(args.out))
   os.makedirs(_OUT_DIR, exist_ok=True)
   chosen = [s.strip() for s in args.only.split(",") if s.strip()]

@@ -47,3 +47,15 @@ def test_unknown_section_is_refused(capsys):
   with pytest.raises(SystemExit):
     run.main(["--only", "memory,sped"])
   assert "sped" in capsys.readouterr().err
+
+
+def test_convergence_runs_do_not_depend_on_jobs(monkeypatch):
+  variants = {"adam_mini": ["--optimizer", "adam_mini", "--preset", "tiny"]}
+  monkeypatch.setattr(run, "_JOBS", 1)
+  serial = run._train_runs(variants, steps=3, seeds=(0, 1))
+  monkeypatch.setattr(run, "_JOBS", 2)
+  parallel = run._train_runs(variants, steps=3, seeds=(0, 1))
+  assert serial == parallel
+  finals, curves = serial
+  assert len(finals["adam_mini"]) == 2 and finals["adam_mini"][0] != finals["adam_mini"][1]
+  assert [step for step, _ in curves["adam_mini"][0]][-1] == 3
