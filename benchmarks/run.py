@@ -2,9 +2,14 @@ r"""Adam-mini vs optax.adamw: memory, speed, throughput, convergence, compile ti
 
 One command writes ``benchmarks/RESULTS.md`` and PNG plots beside it::
 
-  python benchmarks/run.py            # everything (<= ~30 min on 2 CPU cores)
+  python benchmarks/run.py            # everything (~1 h on 2 CPU cores, most of it training)
   python benchmarks/run.py --quick    # a few minutes: fewer pairs, steps, seeds
   python benchmarks/run.py --only memory,peak,fsdp   # some sections
+  python benchmarks/run.py --only convergence --seeds 5 --jobs 4   # on a bigger machine
+
+The convergence section trains the example (3 optimizers x ``--seeds`` at its
+default 1000 steps, then AdamW and Adam-mini x 3 seeds at 3000 steps); its
+runs are deterministic, so ``--jobs`` changes the wall time, not the figures.
 
 Every timing is a ratio against ``optax.adamw`` measured in the same process,
 interleaved (A B A B ...), the median of >= 20 pairs after warm-up, with its
