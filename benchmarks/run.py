@@ -2,7 +2,7 @@ r"""Adam-mini vs optax.adamw: memory, speed, throughput, convergence, compile ti
 
 One command writes ``benchmarks/RESULTS.md`` and PNG plots beside it::
 
-  python benchmarks/run.py            # everything (~1 h on 2 CPU cores, most of it training)
+  python benchmarks/run.py            # everything (~70 min on 2 CPU cores, most of it training)
   python benchmarks/run.py --quick    # a few minutes: fewer pairs, steps, seeds
   python benchmarks/run.py --only memory,peak,fsdp   # some sections
   python benchmarks/run.py --only convergence --seeds 5 --jobs 4   # on a bigger machine
