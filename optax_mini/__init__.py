@@ -11,10 +11,12 @@ output neuron, per norm tensor), which halves the optimizer state.
 from optax_mini.alias import adam_mini, default_weight_decay_mask
 from optax_mini.blocks import (
     DEFAULT_RULES,
+    PART_ROLES,
     ROLES,
     BlockRules,
     BlockSpec,
     Layout,
+    Part,
     Rule,
     block_spec_for,
     block_specs,
@@ -28,11 +30,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_RULES",
+    "PART_ROLES",
     "ROLES",
     "BlockRow",
     "BlockRules",
     "BlockSpec",
     "Layout",
+    "Part",
     "PartitionReport",
     "Rule",
     "ScaleByAdamMiniState",

@@ -44,6 +44,8 @@ import numpy as np
 __all__ = [
     "ROLES",
     "DEFAULT_RULES",
+    "PART_ROLES",
+    "Part",
     "BlockSpec",
     "BlockRules",
     "Rule",
@@ -57,6 +59,25 @@ ROLES = ("element", "heads", "token", "value", "neuron", "tensor")
 _KERNEL_ROLES = frozenset({"heads", "token", "value", "neuron"})
 
 
+class Part(NamedTuple):
+  """One part of a fused kernel, a run along :attr:`BlockSpec.part_axis`.
+
+  Attributes:
+    name: a label (``"q"``, ``"k"``, ``"v"``, ``"gate"``, ``"up"``).
+    size: its extent along the part axis (within one repeat).
+    head_dim: if set, the part's run is cut into heads of ``head_dim``, each
+      averaged whole (query/key: one ``v`` per head); ``None``: every
+      position along the part axis keeps its own blocks (value, MLP).
+    reduce_axes: further axes of the leaf averaged for this part only, e.g.
+      ``head_dim`` for the ``k`` part of Gemma's ``kv_einsum [2, K, D, H]``.
+  """
+
+  name: str
+  size: int
+  head_dim: int | None = None
+  reduce_axes: tuple[int, ...] = ()
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
   """How one parameter leaf is cut into Adam-mini blocks.
@@ -68,13 +89,25 @@ class BlockSpec:
   its ``n`` part kept, which is how flat ``[in, heads*head_dim]`` query/key
   kernels get one ``v`` per head.
 
+  A *fused* kernel (q, k and v in one matrix; gate and up in one) cuts one
+  axis, ``part_axis``, into consecutive :class:`Part` s with blocks of their
+  own: ``reduce_axes`` are then averaged by every part, and each part adds
+  its own. The parts may repeat along the axis (``sum(part.size)`` divides
+  it): BLOOM's ``query_key_value`` output is ``[heads, 3, head_dim]``, i.e.
+  ``(q, k, v)`` repeated once per head. ``v`` keeps the leaf's axes less the
+  common ``reduce_axes``; a part that averages more (a query head's
+  ``head_dim``) holds its one value repeated over them, so ``v`` still
+  shards like the kernel and the update stays one broadcast multiply.
+
   Attributes:
-    reduce_axes: axes averaged inside each block.
+    reduce_axes: axes averaged inside each block (of every part, if fused).
     head_axis: the axis split into ``[n, head_dim]``, or ``None``.
     head_dim: size of one head along ``head_axis``.
     stack_axes: layer-stack axes (``nnx.scan``/``nnx.vmap``: 0, MaxText: 1).
       They are always kept: giving one that is also averaged is an error.
     role: a label shown by :func:`optax_mini.explain`.
+    part_axis: the axis a fused kernel is cut along, or ``None``.
+    parts: the :class:`Part` s along ``part_axis``, in order.
 
   In a pytree of specs passed as ``blocks=``, axes index the leaf as it is. In
   a :class:`Rule`, axes index one layer's leaf (stack axes removed) and are
@@ -85,6 +118,11 @@ class BlockSpec:
     >>> spec = BlockSpec(reduce_axes=(0,), head_axis=1, head_dim=8)
     >>> spec.v_shape((32, 64))  # flat q kernel, 8 heads of 8
     (8,)
+    >>> kv = BlockSpec(reduce_axes=(2,), part_axis=0, parts=(
+    ...     Part("k", 1, reduce_axes=(3,)), Part("v", 1)))
+    >>> layout = kv.layout((2, 4, 64, 16))  # Gemma's kv_einsum [2, K, D, H]
+    >>> layout.v_shape, layout.num_blocks  # k: one per head, v: per neuron
+    ((2, 4, 16), 68)
   """
 
   reduce_axes: tuple[int, ...] = ()
@@ -92,14 +130,29 @@ class BlockSpec:
   head_dim: int | None = None
   stack_axes: tuple[int, ...] = ()
   role: str = "custom"
+  part_axis: int | None = None
+  parts: tuple[Part, ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "reduce_axes", _int_tuple(self.reduce_axes))
     object.__setattr__(self, "stack_axes", _int_tuple(self.stack_axes))
+    parts = tuple(p if isinstance(p, Part) else Part(*p) for p in self.parts)
+    parts = tuple(p._replace(reduce_axes=_int_tuple(p.reduce_axes)) for p in parts)
+    object.__setattr__(self, "parts", parts)
     if (self.head_axis is None) != (self.head_dim is None):
       raise ValueError(
           "BlockSpec: head_axis and head_dim go together; got "
           f"head_axis={self.head_axis}, head_dim={self.head_dim}."
+      )
+    if (self.part_axis is None) != (not self.parts):
+      raise ValueError(
+          "BlockSpec: part_axis and parts go together; got "
+          f"part_axis={self.part_axis}, parts={self.parts}."
+      )
+    if self.parts and self.head_axis is not None:
+      raise ValueError(
+          "BlockSpec: a fused spec (parts=) splits heads inside its parts "
+          "(Part.head_dim), not with head_axis."
       )
 
   def layout(self, shape: Sequence[int], path: str = "<leaf>") -> Layout:
@@ -129,6 +182,10 @@ class Layout(NamedTuple):
   the axes of that view averaged per block, ``v_shape`` the view with those
   axes removed, ``block_size`` the number of elements in one block.
 
+  ``num_blocks`` counts the distinct blocks (learning rates). It equals the
+  size of ``v`` except for fused kernels, whose query/key parts repeat each
+  head's value over the axes only they average (``parts``).
+
   The same reduction in two stages, as the transform computes it:
   ``shape_reduce`` are the axes of the leaf's own shape averaged whole (no
   reshape of the full-size array); ``rest_view`` is what remains of the view
@@ -144,6 +201,13 @@ class Layout(NamedTuple):
   shape_reduce: tuple[int, ...] = ()
   rest_view: tuple[int, ...] = ()
   rest_reduce: tuple[int, ...] = ()
+  num_blocks: int = 0
+  # Fused kernels: the part axis in v's shape, the run one repeat spans, and
+  # per part (offset, size, head_dim, axes of v it also averages, elements
+  # per block).
+  part_axis: int | None = None
+  part_period: int = 0
+  parts: tuple[tuple[int, int, int | None, tuple[int, ...], int], ...] = ()
 
 
 def _int_tuple(axes: Any) -> tuple[int, ...]:
@@ -176,6 +240,8 @@ def _layout(spec: BlockSpec, shape: tuple[int, ...], path: str) -> Layout:
         f"{sorted(set(reduce) | ({head} if head is not None else set()))}. "
         "Remove the stack axes from reduce_axes/head_axis."
     )
+  if spec.parts:
+    return _fused_layout(spec, shape, path, reduce, stack, norm_axis)
   if head is not None:
     if head in reduce:
       raise ValueError(
@@ -216,12 +282,64 @@ def _layout(spec: BlockSpec, shape: tuple[int, ...], path: str) -> Layout:
   return Layout(
       tuple(view_shape), tuple(view_reduce), v_shape, keepdims, block_size,
       shape_reduce=tuple(sorted(reduce)), rest_view=tuple(rest_view),
-      rest_reduce=tuple(rest_reduce),
+      rest_reduce=tuple(rest_reduce), num_blocks=math.prod(v_shape),
+  )
+
+
+def _fused_layout(spec, shape, path, reduce, stack, norm_axis) -> Layout:
+  ndim = len(shape)
+  axis = norm_axis(spec.part_axis, "part_axis")
+  if axis in reduce or axis in stack:
+    raise ValueError(
+        f"{path}: shape {shape}: part_axis {spec.part_axis} is cut into parts "
+        f"{[p.name for p in spec.parts]}, so it cannot also be averaged or a "
+        "layer-stack axis."
+    )
+  period = sum(p.size for p in spec.parts)
+  if period <= 0 or any(p.size <= 0 for p in spec.parts) or shape[axis] % period:
+    raise ValueError(
+        f"{path}: shape {shape}: parts {[(p.name, p.size) for p in spec.parts]} "
+        f"span {period} along axis {axis}, which does not divide its size "
+        f"{shape[axis]} into whole repeats. Fix the part sizes (or the rule's "
+        "layout) for this leaf."
+    )
+  kept = [a for a in range(ndim) if a not in reduce]
+  v_shape = tuple(shape[a] for a in kept)
+  v_axis = kept.index(axis)
+  common = math.prod(shape[a] for a in reduce)
+  planned, offset, num_blocks = [], 0, 0
+  groups = shape[axis] // period
+  for part in spec.parts:
+    extra = tuple(sorted({norm_axis(a, f"part {part.name!r} reduce_axes") for a in part.reduce_axes}))
+    if set(extra) & (set(stack) | set(reduce) | {axis}):
+      raise ValueError(
+          f"{path}: shape {shape}: part {part.name!r} averages axes {extra}, but "
+          f"these are layer-stack axes, the part axis {axis}, or averaged by "
+          f"every part already (reduce_axes {tuple(reduce)})."
+      )
+    hd = part.head_dim
+    if hd is not None and (hd <= 0 or part.size % hd):
+      raise ValueError(
+          f"{path}: shape {shape}: part {part.name!r} has size {part.size}, which "
+          f"head_dim={hd} does not divide into whole heads."
+      )
+    per_block = common * math.prod(shape[a] for a in extra) * (hd or 1)
+    kept_here = math.prod(
+        shape[a] for a in kept if a != axis and a not in extra
+    ) * groups * (part.size // (hd or 1))
+    num_blocks += kept_here
+    planned.append((offset, part.size, hd, tuple(kept.index(a) for a in extra), per_block))
+    offset += part.size
+  keepdims = tuple(1 if a in reduce else d for a, d in enumerate(shape))
+  return Layout(
+      shape, tuple(sorted(reduce)), v_shape, keepdims,
+      max(p[-1] for p in planned), shape_reduce=tuple(sorted(reduce)),
+      num_blocks=num_blocks, part_axis=v_axis, part_period=period, parts=tuple(planned),
   )
 
 
 class Rule(NamedTuple):
-  """Maps parameter paths to a role or a :class:`BlockSpec`.
+  """Maps parameter paths to a role (and the kernel's layout) or a :class:`BlockSpec`.
 
   ``pattern`` is a ``/``-separated sequence of path-component globs
   (``fnmatch``, case-insensitive). It matches a leaf when it equals a run of
@@ -230,19 +348,47 @@ class Rule(NamedTuple):
   ``layers/3/self_attn/q_proj_lora/kernel``; ``"attn/*/kernel"`` matches
   ``attn/query/kernel``.
 
-  ``target`` is one of :data:`ROLES` or a :class:`BlockSpec` written for one
-  layer's leaf.
+  ``target`` is one of :data:`ROLES`, the parts of a fused kernel as names
+  from :data:`PART_ROLES` joined by commas (``"q,k,v"``, ``"k,v"``,
+  ``"gate,up"``), or a :class:`BlockSpec` written for one layer's leaf.
+
+  ``layout`` names what each axis of one layer's leaf is, one letter per axis
+  (parentheses group the factors of one axis, outermost first):
+
+  ====  ===========================================================
+  ``i``  input: averaged by every kernel role
+  ``o``  output neuron (or token): kept
+  ``n``  attention heads: kept
+  ``h``  ``head_dim``: averaged by ``heads`` (query/key), kept by ``value``
+  ``p``  the parts of a fused kernel (``target`` lists them)
+  ====  ===========================================================
+
+  e.g. ``"i (n h)"`` (a flat ``[in, heads*head_dim]`` query kernel),
+  ``"n i h"`` (Gemma's heads-first ``q_einsum``), ``"(p n h) i"`` (GPT-2's
+  ``[out, in]`` fused ``c_attn``), ``"i (n p h)"`` (BLOOM's per-head
+  interleaved ``query_key_value``). A tuple of layouts lists candidates: the
+  one the shape fits is used, and a leaf that fits several with different
+  blocks is an error that says how to settle it (never a guess).
+  ``None``: the role's usual layouts for the leaf's rank (2-D kernels are
+  ``[in, out]``; a 3-D query/key/value kernel may be ``"i n h"`` or
+  ``"n i h"``, which head counts settle: ``BlockRules(num_heads=...)``).
+
+  ``where`` is a check on the layout's sizes that the shape must pass, e.g.
+  ``"pnh == 3*i"`` (a fused qkv kernel has three times as many outputs as
+  inputs) or ``"o > i"``; a letter stands for the product of its sizes.
 
   Example:
     >>> from optax_mini import Rule, BlockSpec
     >>> Rule("c_attn", "heads").matches(("h", "0", "attn", "c_attn", "kernel"))
     True
-    >>> Rule("kv_einsum/w", BlockSpec(reduce_axes=(2, 3), role="heads")).pattern
-    'kv_einsum/w'
+    >>> Rule("my_qkv", "q,k,v", layout="i (p n h)").layout
+    'i (p n h)'
   """
 
   pattern: str
   target: Union[str, BlockSpec]
+  layout: Union[str, tuple[str, ...], None] = None
+  where: str | None = None
 
   def matches(self, components: Sequence[str]) -> bool:
     """Whether the pattern equals a run of whole path components."""
@@ -275,25 +421,64 @@ def _rules(target: str, *patterns: str) -> tuple[Rule, ...]:
   return tuple(Rule(p, target) for p in patterns)
 
 
+#: The role of each part name a fused kernel's rule may use.
+PART_ROLES: dict[str, str] = {
+    "q": "heads", "k": "heads", "v": "value", "gate": "neuron", "up": "neuron",
+}
+
+# Flax's DenseGeneral/LinearGeneral query/key/value kernels: [in, heads, head_dim].
+_IN_HEADS = "i n h"
+# Einsum kernels with heads first (Gemma in every library): [heads, in, head_dim].
+_HEADS_IN = "n i h"
+
 #: The default partition, in order; first match wins. It is the official
-#: v1.1.1 partition (REFERENCE.md) on whole path components, for the names of
-#: HuggingFace/NNX, Meta/EasyLM, GPT-2, MaxText/flax and Gemma models.
+#: v1.1.1 partition (REFERENCE.md) on whole path components, plus the layouts
+#: of the JAX libraries people train with (each rule says whose), so that
+#: their trees partition as the official rules intend. A leaf whose layout
+#: the rules cannot confirm from its shape raises instead of being guessed.
 DEFAULT_RULES: tuple[Rule, ...] = (
     # Official: any name containing "bias" is plain Adam, checked first.
     *_rules("element", *BIAS_PATTERNS),
-    # One v per head. Flat [in, heads*head_dim] kernels need head_dim; fused
-    # qkv kernels split into heads of head_dim just the same (the official
-    # code silently gives GPT-2's c_attn one scalar).
-    *_rules("heads", "q_proj", "k_proj", "wq", "wk", "query", "key"),
-    *_rules("heads", "qkv_proj", "qkv", "wqkv", "c_attn", "query_key_value"),
-    # Gemma puts heads first: q_einsum [N, D, H], kv_einsum [2, K, D, H].
-    Rule("q_einsum/w", BlockSpec(reduce_axes=(1, 2), role="heads")),
-    Rule("kv_einsum/w", BlockSpec(reduce_axes=(2, 3), role="heads")),
-    # One v per token: embedding tables are [vocab, dim] in Flax.
-    *_rules(
-        "token", "embed", "embd", "wte", "wpe", "embed_tokens", "tok_embeddings",
-        "token_embedder", "word_embeddings", "position_embeddings", "embedding",
+    # Google DeepMind `gemma` (Linen): heads-first einsum kernels, k/v or
+    # q/k/v fused along a leading parts axis, gate/up fused likewise.
+    Rule("q_einsum/w", "heads", _HEADS_IN),
+    Rule("kv_einsum/w", "k,v", "p n i h"),
+    Rule("qkv_einsum/w", "q,k,v", "p n i h"),
+    Rule("attn_vec_einsum/w", "neuron", "n h o"),
+    Rule("gating_einsum", "gate,up", "p o i"),
+    # keras-hub Gemma/Gemma 3 EinsumDense: heads-first "btd,ndh->btnh".
+    Rule("decoder_block_*/attention/query", "heads", _HEADS_IN),
+    Rule("decoder_block_*/attention/key", "heads", _HEADS_IN),
+    Rule("decoder_block_*/attention/value", "value", _HEADS_IN),
+    # MaxText (self_attention, Gemma 2's self_attention_local/_global),
+    # keras-hub Llama/Mistral (self_attention) and flax's own attention
+    # modules under their default names: [in, heads, head_dim].
+    *(
+        Rule(f"{module}/{name}", role, _IN_HEADS)
+        for module in ("self_attention*", "multiheaddotproductattention_*",
+                       "selfattention_*", "multiheadattention_*")
+        for name, role in (("query", "heads"), ("key", "heads"), ("value", "value"))
     ),
+    # HF Flax GPT-2: FlaxConv1D kernels are [out, in]; c_attn is q|k|v fused
+    # along the output. The size checks catch a [in, out] Dense port.
+    Rule("c_attn", "q,k,v", "(p n h) i", where="pnh == 3*i"),
+    Rule("mlp/c_fc", "neuron", "o i", where="o > i"),
+    Rule("mlp/c_proj", "neuron", "o i", where="o < i"),
+    Rule("attn/c_proj", "neuron", "o i"),
+    # HF Flax BLOOM (GPT-NeoX alike): q, k, v interleaved per head.
+    Rule("query_key_value", "q,k,v", "i (n p h)", where="nph == 3*i"),
+    # Other fused qkv kernels, [in, q | k | v]: the parts' sizes need head
+    # counts unless the model is multi-head (BlockRules(num_heads=...)).
+    *(Rule(name, "q,k,v", "i (p n h)") for name in ("qkv_proj", "qkv", "wqkv")),
+    Rule("gate_up_proj", "gate,up", "i (p o)"),
+    # One v per head. Flat [in, heads*head_dim] kernels need head_dim.
+    *_rules("heads", "q_proj", "k_proj", "wq", "wk", "query", "key"),
+    # keras-hub's untied output projection is [d_model, vocab]: one v per
+    # token, i.e. per output (it would otherwise match "*embed*").
+    Rule("reverse_embeddings", "neuron", "i o"),
+    # One v per token: embedding tables are [vocab, dim]. Official: any name
+    # containing "embed", "embd" or "wte".
+    *_rules("token", "*embed*", "*embd*", "wte", "wpe"),
     # Values: one v per output neuron, i.e. only the input axis is averaged
     # ([in, heads, head_dim] -> [heads, head_dim]).
     *_rules("value", "v_proj", "wv", "value"),
@@ -302,7 +487,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # MLP kernels keep out. Listed so explain() names them; the fallback for
     # unnamed kernels does the same.
     *_rules("neuron", "lm_head", "output", "final_layer", "logits_dense"),
-    *_rules("neuron", "o_proj", "wo", "out", "attn_vec_einsum", "c_proj"),
+    *_rules("neuron", "o_proj", "wo", "out", "c_proj"),
     *_rules(
         "neuron", "mlp", "feed_forward", "gate_proj", "up_proj", "down_proj",
         "w1", "w2", "w3", "wi", "wi_0", "wi_1", "fc1", "fc2", "c_fc",
@@ -333,6 +518,13 @@ class BlockRules:
       as the official README advises for runs shorter than ~10k steps
       (paper, Appendix C.3).
     use_defaults: also try :data:`DEFAULT_RULES` after ``rules``.
+    num_heads: the model's number of query heads, and
+    num_kv_heads: of key/value heads (``None``: as ``num_heads``). Needed
+      only where shapes and ``head_dim`` cannot settle a layout: a 3-D
+      attention kernel under a name no rule knows the layout of (heads-first
+      ``[heads, in, head_dim]`` or ``[in, heads, head_dim]``?), or a fused
+      ``[in, q | k | v]`` kernel whose parts differ in size (GQA). Given,
+      they are also checked against every heads axis.
 
   Example:
     >>> import jax.numpy as jnp
@@ -348,19 +540,21 @@ class BlockRules:
   stacked: tuple[tuple[str, tuple[int, ...]], ...] = ()
   value_as_one_block: bool = False
   use_defaults: bool = True
+  num_heads: int | None = None
+  num_kv_heads: int | None = None
 
   def __post_init__(self):
     rules = tuple(
         r if isinstance(r, Rule) else Rule(*r) for r in _as_items(self.rules)
     )
     for rule in rules:
-      if not isinstance(rule.pattern, str) or not rule.pattern.strip("/"):
-        raise ValueError(f"BlockRules: rule pattern must be a non-empty str, got {rule.pattern!r}.")
-      if not isinstance(rule.target, BlockSpec) and rule.target not in ROLES:
-        raise ValueError(
-            f"BlockRules: rule {rule.pattern!r} has target {rule.target!r}; "
-            f"expected a BlockSpec or one of {ROLES}."
-        )
+      _check_rule(rule)
+    for name in ("num_heads", "num_kv_heads"):
+      value = getattr(self, name)
+      if value is not None and (
+          isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0
+      ):
+        raise ValueError(f"BlockRules: {name} must be a positive int or None, got {value!r}.")
     stacked = tuple((str(p), _int_tuple(a)) for p, a in _as_items(self.stacked))
     object.__setattr__(self, "rules", rules)
     object.__setattr__(self, "stacked", stacked)
@@ -368,6 +562,37 @@ class BlockRules:
   def all_rules(self) -> tuple[Rule, ...]:
     """The user rules followed (unless disabled) by the defaults."""
     return self.rules + (DEFAULT_RULES if self.use_defaults else ())
+
+
+def _check_rule(rule: Rule) -> None:
+  if not isinstance(rule.pattern, str) or not rule.pattern.strip("/"):
+    raise ValueError(f"BlockRules: rule pattern must be a non-empty str, got {rule.pattern!r}.")
+  target = rule.target
+  if isinstance(target, BlockSpec):
+    return
+  if not isinstance(target, str) or (
+      target not in ROLES and not all(p in PART_ROLES for p in target.split(","))
+  ):
+    raise ValueError(
+        f"BlockRules: rule {rule.pattern!r} has target {target!r}; expected a "
+        f"BlockSpec, one of {ROLES}, or fused parts from {tuple(PART_ROLES)} "
+        "joined by commas (e.g. 'q,k,v')."
+    )
+  layouts = _layout_candidates(rule.layout)
+  for layout in layouts:
+    groups = _parse_layout(layout)
+    if ("p" in "".join(groups)) != ("," in target):
+      raise ValueError(
+          f"BlockRules: rule {rule.pattern!r}: a fused target ({target!r}) needs a "
+          f"layout with a 'p' (parts) axis and only it does; got layout {layout!r}."
+      )
+  if "," in target and not layouts:
+    raise ValueError(
+        f"BlockRules: rule {rule.pattern!r}: fused target {target!r} needs a layout "
+        "saying which axis holds the parts, e.g. layout='i (p n h)'."
+    )
+  if rule.where is not None:
+    _parse_where(rule.where)
 
 
 def _as_items(x: Any) -> Iterable[Any]:
@@ -387,7 +612,9 @@ def normalize_path(path: Sequence[Any]) -> tuple[str, ...]:
   """Turns a ``jax.tree_util`` key path into lower-cased string components.
 
   ``DictKey`` (str or int keys), ``GetAttrKey``, ``SequenceKey`` and
-  ``FlattenedIndexKey`` all become plain strings. A trailing ``.value``
+  ``FlattenedIndexKey`` all become plain strings; a string key holding
+  ``/``-separated names (a flat dict of keras variable paths) becomes its
+  components. A trailing ``.value``
   attribute is dropped: flax ``nnx.Optimizer`` hands ``init`` an ``nnx.State``
   whose paths end in it, and ``update`` plain arrays whose paths do not, so
   both must see the same components.
@@ -406,7 +633,9 @@ def normalize_path(path: Sequence[Any]) -> tuple[str, ...]:
   out = []
   for key in keys:
     if isinstance(key, jax.tree_util.DictKey):
-      out.append(str(key.key))
+      # A flat dict keyed by variable paths (keras: "decoder_block_0/attention/
+      # query/kernel") reads as the nested tree those paths describe.
+      out.extend(c for c in str(key.key).split("/") if c)
     elif isinstance(key, jax.tree_util.GetAttrKey):
       out.append(key.name)
     elif isinstance(key, jax.tree_util.SequenceKey):
@@ -427,52 +656,317 @@ def path_str(path: Sequence[Any]) -> str:
 # Roles -> specs
 
 
-def _role_spec(
-    role: str, logical_shape: tuple[int, ...], head_dim: int | None, where: str, pattern: str
-) -> tuple[tuple[int, ...], int | None, int | None]:
-  """(reduce_axes, head_axis, head_dim) of a role on one layer's leaf."""
-  ndim = len(logical_shape)
-  if role == "element":
-    return (), None, None
-  if role == "tensor":
-    return tuple(range(ndim)), None, None
-  if role == "token":
-    return tuple(range(1, ndim)), None, None
-  if role == "neuron":
-    return tuple(range(ndim - 1)), None, None
-  if role == "value":
-    return (0,), None, None
+# ----------------------------------------------------------------------------
+# Layouts: what each axis of a kernel is, and so which axes a role averages
+
+#: What each role keeps, by layout letter; every other letter is averaged.
+_KEEPS = {
+    "element": frozenset("ionhp"),
+    "heads": frozenset("np"),
+    "value": frozenset("onhp"),
+    "neuron": frozenset("op"),
+    "token": frozenset("op"),
+    "tensor": frozenset("p"),
+}
+_LETTERS = {"i": "input", "o": "output", "n": "heads", "h": "head_dim", "p": "parts"}
+
+
+class _Misfit(Exception):
+  """A layout candidate does not fit a leaf (the message says why)."""
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_layout(text: str) -> tuple[str, ...]:
+  """``"i (n h)"`` -> ``("i", "nh")``: one group of letters per axis."""
+  groups, i, text = [], 0, str(text).lower()
+  while i < len(text):
+    char = text[i]
+    if char.isspace():
+      i += 1
+      continue
+    if char == "(":
+      end = text.find(")", i)
+      if end < 0:
+        raise ValueError(f"layout {text!r}: unclosed '('.")
+      group, i = "".join(text[i + 1 : end].split()), end + 1
+    else:
+      group, i = char, i + 1
+    if not group or set(group) - set(_LETTERS) or len(set(group)) != len(group):
+      raise ValueError(
+          f"layout {text!r}: axis {group!r} must use each of the letters "
+          f"{''.join(_LETTERS)} at most once ({_LETTERS})."
+      )
+    groups.append(group)
+  if "".join(groups).count("p") > 1:
+    raise ValueError(f"layout {text!r}: only one axis can hold the parts ('p').")
+  return tuple(groups)
+
+
+def _layout_candidates(layout: Any) -> tuple[str, ...]:
+  if layout is None:
+    return ()
+  return (layout,) if isinstance(layout, str) else tuple(layout)
+
+
+def _default_layouts(role: str, nd: int) -> tuple[str, ...]:
+  """The usual layouts of a role's kernels of rank ``nd`` (Flax: ``[in, out]``)."""
+  if role in ("heads", "value") and nd == 3:
+    return (_IN_HEADS, _HEADS_IN)
   if role == "heads":
-    if ndim == 2:
+    return ("i (n h)",) if nd == 2 else ()
+  if role == "value":
+    return ("i" + "o" * (nd - 1),)
+  if role == "token":
+    return ("o" + "i" * (nd - 1),)
+  if role == "neuron":
+    return ("i" * (nd - 1) + "o",)
+  return (("i" if role == "tensor" else "o") * nd,)
+
+
+_WHERE_OPS = {
+    "==": lambda a, b: a == b, "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b, ">": lambda a, b: a > b,
+}
+
+
+@functools.lru_cache(maxsize=128)
+def _parse_where(text: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+  for op in _WHERE_OPS:  # two-character operators first
+    if op in text:
+      left, right = text.split(op, 1)
+      terms = []
+      for side in (left, right):
+        factors = tuple(f.strip().lower() for f in side.split("*"))
+        if not factors or any(
+            not f or not (f.isdigit() or set(f) <= set(_LETTERS)) for f in factors
+        ):
+          raise ValueError(f"where={text!r}: terms are products of ints and layout letters.")
+        terms.append(factors)
+      return op, terms[0], terms[1]
+  raise ValueError(f"where={text!r}: expected a comparison ({' '.join(_WHERE_OPS)}).")
+
+
+def _where_holds(text: str, sizes: Mapping[str, int]) -> bool:
+  op, left, right = _parse_where(text)
+
+  def value(factors):
+    out = 1
+    for factor in factors:
+      out *= int(factor) if factor.isdigit() else math.prod(sizes.get(c, 1) for c in factor)
+    return out
+
+  return _WHERE_OPS[op](value(left), value(right))
+
+
+class _Resolved(NamedTuple):
+  reduce_axes: tuple[int, ...]
+  head_axis: int | None = None
+  head_dim: int | None = None
+  part_axis: int | None = None
+  parts: tuple[Part, ...] = ()
+
+
+def _fit(
+    groups: tuple[str, ...],
+    shape: tuple[int, ...],
+    target: str,
+    head_dim: int | None,
+    rules: BlockRules,
+    where: str | None,
+) -> _Resolved:
+  """The blocks ``target`` gives a leaf of ``shape`` read as ``groups``."""
+  if len(groups) != len(shape):
+    raise _Misfit(f"the layout has {len(groups)} axes, the leaf {len(shape)}")
+  names = target.split(",") if "," in target else None
+  roles = tuple(_part_role(n, rules) for n in names) if names else (target,)
+  counts = {c for c in (rules.num_heads, rules.num_kv_heads) if c is not None}
+  sizes: list[dict[str, int]] = []
+  for group, extent in zip(groups, shape):
+    known: dict[str, int] = {}
+    if "h" in group and (len(group) > 1 or head_dim is not None):
       if head_dim is None:
-        raise ValueError(
-            f"{where}: shape {logical_shape} is a flat query/key kernel (rule "
-            f"{pattern!r}) laid out [in, heads*head_dim]; one v per attention "
-            "head needs the head size. Pass head_dim=<size of one head> (e.g. "
-            f"head_dim={_example_head_dim(logical_shape[1])}) to adam_mini / "
-            "scale_by_adam_mini / explain, or override this leaf with "
-            f"blocks=BlockRules(rules=[({pattern!r}, 'neuron')])."
+        raise _Misfit("needs head_dim")
+      known["h"] = head_dim
+    if "p" in group:
+      known["p"] = len(roles)
+    unknown = [c for c in group if c not in known]
+    if len(unknown) > 1:
+      raise _Misfit(f"axis ({group}) has {len(unknown)} unknown factors")
+    factor = math.prod(known.values())
+    if unknown:
+      # [q | k | v] runs with head counts given: the parts' sizes come from
+      # them (_fit_parts), not from equal thirds.
+      uneven = group.startswith("p") and unknown == ["n"]
+      if extent % factor and uneven and rules.num_heads is None:
+        raise _Misfit(
+            "the sizes of its q and k/v parts are unknown (they differ under "
+            "grouped-query attention)"
         )
-      return (0,), 1, head_dim
-    if ndim == 3:
-      # DenseGeneral/LinearGeneral layout [in, heads, head_dim].
-      if head_dim is not None and logical_shape[2] != head_dim:
-        raise ValueError(
-            f"{where}: shape {logical_shape} is a query/key kernel (rule "
-            f"{pattern!r}) read as [in, heads, head_dim], but its last axis is "
-            f"{logical_shape[2]} and head_dim={head_dim}. If heads come first "
-            "(Gemma-style [heads, in, head_dim]), give this leaf its own rule, "
-            f"e.g. blocks=BlockRules(rules=[({pattern!r}, "
-            "BlockSpec(reduce_axes=(1, 2)))])."
+      if extent % factor and not uneven:
+        raise _Misfit(f"its axis of size {extent} is no multiple of {factor} ({group})")
+      known[unknown[0]] = extent // factor
+    elif factor != extent:
+      raise _Misfit(f"axis ({group}) has size {extent}, expected {factor}")
+    sizes.append(known)
+  letter_sizes: dict[str, int] = {}
+  for known in sizes:
+    for c, size in known.items():
+      letter_sizes[c] = letter_sizes.get(c, 1) * size
+  if where is not None and not _where_holds(where, letter_sizes):
+    raise _Misfit(f"its sizes fail {where!r} ({_sizes_text(letter_sizes)})")
+  if names is None:
+    if counts and "n" in letter_sizes and letter_sizes["n"] not in counts:
+      raise _Misfit(
+          f"its heads axis has {letter_sizes['n']} heads, not num_heads/num_kv_heads "
+          f"{sorted(counts)}"
+      )
+    return _fit_role(groups, sizes, roles[0])
+  return _fit_parts(groups, sizes, shape, names, roles, rules, where)
+
+
+def _part_role(name: str, rules: BlockRules) -> str:
+  role = PART_ROLES[name]
+  return "tensor" if role == "value" and rules.value_as_one_block else role
+
+
+def _sizes_text(sizes: Mapping[str, int]) -> str:
+  return ", ".join(f"{c}={sizes[c]}" for c in _LETTERS if c in sizes)
+
+
+def _fit_role(groups, sizes, role) -> _Resolved:
+  keeps = _KEEPS[role]
+  reduce, head_axis, head_dim = [], None, None
+  for axis, group in enumerate(groups):
+    kept = [c in keeps for c in group]
+    if all(kept):
+      continue
+    if not any(kept):
+      reduce.append(axis)
+    elif group == "nh" and head_axis is None:
+      head_axis, head_dim = axis, sizes[axis]["h"]
+    else:
+      raise _Misfit(f"a {role!r} role cannot cut axis ({group})")
+  return _Resolved(tuple(reduce), head_axis, head_dim)
+
+
+def _fit_parts(groups, sizes, shape, names, roles, rules, where) -> _Resolved:
+  part_axis = next(a for a, g in enumerate(groups) if "p" in g)
+  group = groups[part_axis]
+  outer, inner = group.split("p")
+  inner_sizes = [sizes[part_axis][c] for c in inner]
+  part_sizes = [math.prod(inner_sizes)] * len(names)
+  if not outer and "n" in inner:
+    # [q | k | v] runs: with GQA their sizes differ, so equal thirds are
+    # right only when head counts or the rule's size check confirm them.
+    heads = {"q": rules.num_heads}
+    kv = rules.num_kv_heads if rules.num_kv_heads is not None else rules.num_heads
+    heads.update(k=kv, v=kv)
+    if rules.num_heads is not None:
+      other = math.prod(sizes[part_axis][c] for c in inner if c != "n")
+      part_sizes = [heads.get(n, rules.num_heads) * other for n in names]
+      if sum(part_sizes) != shape[part_axis]:
+        raise _Misfit(
+            f"parts {dict(zip(names, part_sizes))} (from num_heads={rules.num_heads}, "
+            f"num_kv_heads={kv}) do not add up to its axis of size {shape[part_axis]}"
         )
-      return (0, 2), None, None
+    elif "q" in names and len(names) > 1 and where is None:
+      raise _Misfit(
+          "the sizes of its q and k/v parts are unknown (they differ under "
+          "grouped-query attention)"
+      )
+  outer_counts = [sizes[part_axis][c] for c in outer if c == "n"]
+  counts = {c for c in (rules.num_heads, rules.num_kv_heads) if c is not None}
+  if counts and any(n not in counts for n in outer_counts):
+    raise _Misfit(f"its heads axis has {outer_counts} heads, not {sorted(counts)}")
+  per_part = []
+  for name, role, size in zip(names, roles, part_sizes):
+    keeps = _KEEPS[role]
+    kept_inner = [c in keeps for c in inner]
+    if all(kept_inner):
+      head_dim = None
+    elif not any(kept_inner):
+      head_dim = size
+    elif inner == "nh":
+      head_dim = sizes[part_axis]["h"]
+    else:
+      raise _Misfit(f"part {name!r} ({role}) cannot cut axis ({group})")
+    averaged = []
+    for axis, g in enumerate(groups):
+      if axis == part_axis:
+        continue
+      kept = [c in keeps for c in g]
+      if not any(kept):
+        averaged.append(axis)
+      elif not all(kept):
+        raise _Misfit(f"part {name!r} ({role}) cannot cut axis ({g})")
+    per_part.append((name, size, head_dim, frozenset(averaged)))
+  common = frozenset.intersection(*(p[3] for p in per_part))
+  parts = tuple(Part(n, size, hd, tuple(sorted(avg - common))) for n, size, hd, avg in per_part)
+  if all(p.head_dim is None and not p.reduce_axes for p in parts):
+    return _Resolved(tuple(sorted(common)))  # e.g. gate|up: one v per neuron of each
+  return _Resolved(tuple(sorted(common)), part_axis=part_axis, parts=parts)
+
+
+def _resolve(
+    rule: Rule,
+    logical_shape: tuple[int, ...],
+    head_dim: int | None,
+    rules: BlockRules,
+    where: str,
+    stacked: bool = False,
+) -> _Resolved:
+  """The blocks ``rule`` gives one layer's leaf, or a ``ValueError`` saying
+  why its layout cannot be confirmed and how to settle it."""
+  target, nd = rule.target, len(logical_shape)
+  role = "tensor" if target == "value" and rules.value_as_one_block else target
+  candidates = _layout_candidates(rule.layout) or _default_layouts(role, nd)
+  if role == "tensor" and target == "value":
+    candidates = _default_layouts("tensor", nd)
+  fits, misfits = {}, []
+  for layout in candidates:
+    try:
+      fits[layout] = _fit(_parse_layout(layout), logical_shape, role, head_dim, rules, rule.where)
+    except _Misfit as e:
+      misfits.append((layout, str(e)))
+  distinct = set(fits.values())
+  if len(distinct) == 1:
+    return next(iter(distinct))
+  shown = f"shape {logical_shape}" + (" (one layer's)" if stacked else "")
+  head = f"{where}: {shown} matched rule {rule.pattern!r} ({target})"
+  letters = "; ".join(f"{c}={w}" for c, w in _LETTERS.items())
+  if len(distinct) > 1:
+    layouts = " or ".join(repr(x) for x in fits)
     raise ValueError(
-        f"{where}: shape {logical_shape} matched the query/key rule "
-        f"{pattern!r}, which knows [in, heads*head_dim] and "
-        "[in, heads, head_dim] kernels only. Give it its own rule, e.g. "
-        f"blocks=BlockRules(rules=[({pattern!r}, BlockSpec(reduce_axes=...))])."
+        f"{head}, whose layout could be {layouts} ({letters}); the shape fits "
+        "each and they give different blocks, so the partition would be a guess. "
+        "Settle it with the model's head counts, blocks=optax_mini.BlockRules("
+        "num_heads=<query heads>, num_kv_heads=<key/value heads>), or give this "
+        f"leaf a rule with its layout, e.g. BlockRules(rules=[Rule({rule.pattern!r}, "
+        f"{target!r}, layout={next(iter(fits))!r})])."
     )
-  raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+  if not candidates:
+    raise ValueError(
+        f"{head}, which knows {'[in, heads*head_dim] and [in, heads, head_dim] kernels' if role == 'heads' else 'no layout of this rank'} "
+        f"only. Give it its own rule, e.g. blocks=BlockRules(rules=[({rule.pattern!r}, "
+        "BlockSpec(reduce_axes=...))]) or a Rule with a layout."
+    )
+  if any(reason == "needs head_dim" for _, reason in misfits):
+    size = logical_shape[-1] if nd else 0
+    raise ValueError(
+        f"{head} laid out {misfits[0][0]!r}, [in, heads*head_dim]-style: one v per "
+        "attention head needs the head size. Pass head_dim=<size of one head> (e.g. "
+        f"head_dim={_example_head_dim(size)}) to adam_mini / scale_by_adam_mini / "
+        "explain, or override this leaf with "
+        f"blocks=BlockRules(rules=[({rule.pattern!r}, 'neuron')])."
+    )
+  reasons = "; ".join(f"as {layout!r}: {reason}" for layout, reason in misfits)
+  settings = f"head_dim={head_dim}, num_heads={rules.num_heads}, num_kv_heads={rules.num_kv_heads}"
+  raise ValueError(
+      f"{head}, but fits none of its layouts ({letters}): {reasons} (with {settings}). "
+      "Check head_dim / BlockRules(num_heads=..., num_kv_heads=...), or give this "
+      f"leaf a rule with its layout, e.g. BlockRules(rules=[Rule({rule.pattern!r}, "
+      f"{target!r}, layout=...)]) or a BlockSpec."
+  )
 
 
 def _example_head_dim(size: int) -> int:
@@ -581,16 +1075,16 @@ def _claim(
   logical_shape = tuple(shape[a] for a in logical_to_full)
   nd = len(logical_shape)
 
-  def finish(reduce, head_axis, hd, role):
-    lifted_head = None
-    if head_axis is not None:
-      lifted_head = _lift((head_axis,), logical_to_full, where, shape)[0]
+  def finish(resolved: _Resolved, role: str) -> BlockSpec:
+    lift = lambda axes: _lift(axes, logical_to_full, where, shape)  # noqa: E731
     spec = BlockSpec(
-        reduce_axes=_lift(reduce, logical_to_full, where, shape),
-        head_axis=lifted_head,
-        head_dim=hd,
+        reduce_axes=lift(resolved.reduce_axes),
+        head_axis=None if resolved.head_axis is None else lift((resolved.head_axis,))[0],
+        head_dim=resolved.head_dim,
         stack_axes=stack,
         role=role,
+        part_axis=None if resolved.part_axis is None else lift((resolved.part_axis,))[0],
+        parts=tuple(p._replace(reduce_axes=lift(p.reduce_axes)) for p in resolved.parts),
     )
     spec.layout(shape, where)  # validate now: errors name the path
     return spec
@@ -600,23 +1094,26 @@ def _claim(
       continue
     target = rule.target
     if isinstance(target, BlockSpec):
-      return finish(
-          target.reduce_axes, target.head_axis, target.head_dim,
-          f"{target.role} [{rule.pattern}]",
-      ), index
-    role = target
-    if role in _KERNEL_ROLES and nd < 2:
+      resolved = _Resolved(
+          target.reduce_axes, target.head_axis, target.head_dim, target.part_axis, target.parts
+      )
+      return finish(resolved, f"{target.role} [{rule.pattern}]"), index
+    fused = "," in target
+    if (fused or target in _KERNEL_ROLES) and nd < 2:
       continue
-    if role == "value" and rules.value_as_one_block:
-      role = "tensor"
+    resolved = _resolve(rule, logical_shape, head_dim, rules, where, bool(stack))
+    if fused:
+      label = f"fused {target.replace(',', '|')} [{rule.pattern}]"
+      if not resolved.parts:
+        label = f"{PART_ROLES[target.split(',')[0]]} per {target.replace(',', '|')} [{rule.pattern}]"
+    elif target == "value" and rules.value_as_one_block:
       label = f"value as one block [{rule.pattern}]"
     else:
-      label = f"{role} [{rule.pattern}]"
-    reduce, head_axis, hd = _role_spec(role, logical_shape, head_dim, where, rule.pattern)
-    return finish(reduce, head_axis, hd, label), index
+      label = f"{target} [{rule.pattern}]"
+    return finish(resolved, label), index
   role = "neuron" if nd >= 2 else "tensor"
-  reduce, head_axis, hd = _role_spec(role, logical_shape, head_dim, where, "")
-  return finish(reduce, head_axis, hd, f"{role} (default)"), None
+  fallback = Rule("", role)
+  return finish(_resolve(fallback, logical_shape, head_dim, rules, where, bool(stack)), f"{role} (default)"), None
 
 
 def check_head_dim(head_dim: Any) -> int | None:
@@ -643,7 +1140,7 @@ def _as_block_rules(blocks: Blocks) -> BlockRules | None:
     return blocks
   if isinstance(blocks, (list, tuple)) and all(
       isinstance(r, Rule)
-      or (isinstance(r, (list, tuple)) and len(r) == 2 and isinstance(r[0], str))
+      or (isinstance(r, (list, tuple)) and 2 <= len(r) <= 4 and isinstance(r[0], str))
       for r in blocks
   ) and len(blocks) > 0:
     return BlockRules(rules=tuple(blocks))

@@ -98,8 +98,9 @@ def _mean_square(
   g2 = jnp.real(g * jnp.conj(g)) if jnp.iscomplexobj(g) else g * g
   total = _two_stage_sum(g2, layout)
   # One multiply undoes the scaling and divides by the block size (an empty
-  # block's sum is 0, so no 0/0).
-  mean = total * (jnp.asarray(weight, total.dtype) * (2.0 ** (-2 * exponent) / n))
+  # block's sum is 0, so no 0/0); a fused kernel's parts divided by their own.
+  divisor = 1 if layout.parts else n
+  mean = total * (jnp.asarray(weight, total.dtype) * (2.0 ** (-2 * exponent) / divisor))
   if mesh_axes:
     mean = jax.lax.pmean(mean, mesh_axes)
   return mean
@@ -124,11 +125,39 @@ def _two_stage_sum(g2: jax.Array, layout: blocks_lib.Layout) -> jax.Array:
   whole update the difference was within noise, but nothing is lost.
   """
   total = _block_sum(g2, layout.shape_reduce)
+  if layout.parts:
+    return _part_means(jax.lax.optimization_barrier(total), layout)
   if layout.rest_reduce:
     # Keeps the v-sized second stage out of the first stage's fusion.
     total = jax.lax.optimization_barrier(total)
     total = jnp.sum(total.reshape(layout.rest_view), axis=layout.rest_reduce)
   return total.reshape(layout.v_shape)
+
+
+def _part_means(total: jax.Array, layout: blocks_lib.Layout) -> jax.Array:
+  """A fused kernel's block means from its sums over the common axes.
+
+  ``total`` is v-sized (the leaf less the axes every part averages). Each
+  part is cut out along the part axis (per repeat), averaged over what only
+  it averages (a query head's ``head_dim``), and broadcast back, so that ``v``
+  keeps one shape for all parts.
+  """
+  axis, period = layout.part_axis, layout.part_period
+  shape = total.shape
+  repeats = shape[axis] // period
+  x = total.reshape(shape[:axis] + (repeats, period) + shape[axis + 1 :])
+  pieces = []
+  for offset, size, head_dim, extra, block_size in layout.parts:
+    piece = jax.lax.slice_in_dim(x, offset, offset + size, axis=axis + 1)
+    sums = piece
+    if extra:
+      sums = jnp.sum(sums, axis=tuple(a + 1 if a > axis else a for a in extra), keepdims=True)
+    if head_dim is not None:
+      split = sums.shape[: axis + 1] + (size // head_dim, head_dim) + sums.shape[axis + 2 :]
+      sums = jnp.sum(sums.reshape(split), axis=axis + 2, keepdims=True)
+      sums = jnp.broadcast_to(sums, split).reshape(split[: axis + 1] + (size,) + split[axis + 3 :])
+    pieces.append(jnp.broadcast_to(sums * (1.0 / max(block_size, 1)), piece.shape))
+  return jnp.concatenate(pieces, axis=axis + 1).reshape(shape)
 
 
 def _sharded_in_types(x: jax.Array, axes: tuple[int, ...]) -> bool:

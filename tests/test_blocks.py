@@ -132,16 +132,31 @@ def test_gemma_heads_first_layouts():
   params = {"attn": {"q_einsum": {"w": leaf(n, d, h)}, "kv_einsum": {"w": leaf(2, k, d, h)}, "attn_vec_einsum": {"w": leaf(n, h, d)}}}
   got = v_shapes(params)["attn"]
   assert got["q_einsum"]["w"] == (n,)
-  assert got["kv_einsum"]["w"] == (2, k)
+  # k: one v per kv head; v: one per output neuron [k, h]. v is stored
+  # [2, k, h], the k part's head value repeated over h.
+  assert got["kv_einsum"]["w"] == (2, k, h)
+  layout = optax_mini.block_specs(params)["attn"]["kv_einsum"]["w"].layout((2, k, d, h))
+  assert layout.num_blocks == k + k * h
   assert got["attn_vec_einsum"]["w"] == (d,)
 
 
-def test_gpt2_fused_qkv_splits_into_heads():
-  params = {"h": {"0": {"attn": {"c_attn": {"kernel": leaf(16, 48), "bias": leaf(48)}, "c_proj": {"kernel": leaf(16, 16)}}}}}
-  got = v_shapes(params, head_dim=4)["h"]["0"]["attn"]
-  assert got["c_attn"]["kernel"] == (12,)  # 3 x 4 heads
-  assert got["c_attn"]["bias"] == (48,)
-  assert got["c_proj"]["kernel"] == (16,)
+def test_gpt2_fused_qkv_gets_each_parts_blocks():
+  # HF Flax GPT-2: FlaxConv1D kernels are [out, in]; c_attn's output is q|k|v.
+  params = {"h": {"0": {"attn": {"c_attn": {"kernel": leaf(48, 16), "bias": leaf(48)}, "c_proj": {"kernel": leaf(16, 16)}}}}}
+  specs = optax_mini.block_specs(params, head_dim=4)["h"]["0"]["attn"]
+  layout = specs["c_attn"]["kernel"].layout((48, 16))
+  assert layout.v_shape == (48,)
+  assert layout.num_blocks == 4 + 4 + 16  # q, k: one per head; v: one per neuron
+  assert [p.name for p in specs["c_attn"]["kernel"].parts] == ["q", "k", "v"]
+  assert specs["c_attn"]["bias"].v_shape((48,)) == (48,)
+  assert specs["c_proj"]["kernel"].reduce_axes == (1,)  # [out, in]: keep out
+
+
+def test_gpt2_names_on_an_in_out_kernel_raise_instead_of_guessing():
+  # A Dense port ([in, out]) under GPT-2's names fails the [out, in] check.
+  params = {"h": {"0": {"attn": {"c_attn": {"kernel": leaf(16, 48)}}}}}
+  with pytest.raises(ValueError, match=r"c_attn.*\(16, 48\).*\(p n h\) i"):
+    optax_mini.block_specs(params, head_dim=4)
 
 
 def test_heads_times_head_dim_different_from_dim():

@@ -67,7 +67,7 @@ def test_spec_tree_with_the_wrong_structure():
 
 
 def test_bad_rule_target():
-  with pytest.raises(ValueError, match="expected a BlockSpec or one of"):
+  with pytest.raises(ValueError, match="expected a BlockSpec, one of"):
     BlockRules(rules=[("q_proj", "per_head")])
 
 

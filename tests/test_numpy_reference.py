@@ -136,17 +136,25 @@ def test_dense_general_and_heads_first_kernels():
       "gemma/q_einsum/w": (n, d, h),
       "gemma/kv_einsum/w": (2, k, d, h),
   }
+
+  def kv_fused(g2):  # k: per head (d, h averaged); v: per output neuron (d averaged)
+    k_part = g2[:1].mean(axis=(2, 3), keepdims=True).repeat(h, 3)
+    return np.concatenate([k_part, g2[1:].mean(axis=2, keepdims=True)], 0)
+
   block_mean = {
       "attention/query/kernel": lambda g2: g2.mean(axis=(0, 2), keepdims=True),
       "attention/key/kernel": lambda g2: g2.mean(axis=(0, 2), keepdims=True),
       "attention/value/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
       "attention/out/kernel": lambda g2: g2.mean(axis=(0, 1), keepdims=True),
       "gemma/q_einsum/w": lambda g2: g2.mean(axis=(1, 2), keepdims=True),
-      "gemma/kv_einsum/w": lambda g2: g2.mean(axis=(2, 3), keepdims=True),
+      "gemma/kv_einsum/w": kv_fused,
   }
   expected = {"attention/query/kernel": (n,), "attention/key/kernel": (k,), "attention/value/kernel": (k, h),
-              "attention/out/kernel": (d,), "gemma/q_einsum/w": (n,), "gemma/kv_einsum/w": (2, k)}
-  check(shapes, block_mean, dict.fromkeys(shapes, True), expected)
+              "attention/out/kernel": (d,), "gemma/q_einsum/w": (n,), "gemma/kv_einsum/w": (2, k, h)}
+  # A 3-D query kernel under a generic name could be [in, heads, head_dim]
+  # or heads-first; the head counts settle it.
+  check(shapes, block_mean, dict.fromkeys(shapes, True), expected,
+        blocks=BlockRules(num_heads=n, num_kv_heads=k))
 
 
 def test_stacked_layers_are_never_averaged():
@@ -156,7 +164,7 @@ def test_stacked_layers_are_never_averaged():
       "layers/mlp/up_proj/kernel": (layers, dim, ffn),
       "layers/norm/scale": (layers, dim),
       "layers/attn/q_proj/bias": (layers, heads * hd),
-      "maxtext/layers/query/kernel": (dim, layers, heads, hd),
+      "maxtext/layers/self_attention/query/kernel": (dim, layers, heads, hd),
       "embed_tokens/embedding": (20, dim),
   }
   block_mean = {
@@ -164,13 +172,13 @@ def test_stacked_layers_are_never_averaged():
       "layers/mlp/up_proj/kernel": lambda g2: g2.mean(axis=1, keepdims=True),
       "layers/norm/scale": lambda g2: g2.mean(axis=1, keepdims=True),
       "layers/attn/q_proj/bias": lambda g2: g2,
-      "maxtext/layers/query/kernel": lambda g2: g2.mean(axis=(0, 3), keepdims=True),
+      "maxtext/layers/self_attention/query/kernel": lambda g2: g2.mean(axis=(0, 3), keepdims=True),
       "embed_tokens/embedding": lambda g2: g2.mean(axis=1, keepdims=True),
   }
   decay = {k: len(s) >= 2 for k, s in shapes.items()}
   expected = {"layers/attn/q_proj/kernel": (layers, heads), "layers/mlp/up_proj/kernel": (layers, ffn),
               "layers/norm/scale": (layers,), "layers/attn/q_proj/bias": (layers, heads * hd),
-              "maxtext/layers/query/kernel": (layers, heads), "embed_tokens/embedding": (20,)}
+              "maxtext/layers/self_attention/query/kernel": (layers, heads), "embed_tokens/embedding": (20,)}
   # Stacked norm scales and biases are 2-D, but one layer's are 1-D: the
   # default mask must not decay them.
   decay["layers/norm/scale"] = decay["layers/attn/q_proj/bias"] = False
@@ -216,3 +224,62 @@ def test_wide_output_layers_take_the_cpu_halving_path():
   }
   expected = {"lm_head/kernel": (20000,), "embed_tokens/embedding": (20000,)}
   check(shapes, block_mean, dict.fromkeys(shapes, True), expected)
+
+
+def test_fused_kernels_get_each_parts_blocks():
+  # q and k parts: one v per head; v (and gate, up): one per output neuron.
+  # Reference block means written per layout in NumPy, independently of the
+  # library's part plan.
+  d, n, kv, h, f = 12, 3, 1, 4, 10
+  shapes = {
+      "gemma/qkv_einsum/w": (3, n, d, h),  # Gemma MHA [3, N, D, H]
+      "gemma/gating_einsum": (2, f, d),  # [2, F, D]: gate, up
+      "gpt2/c_attn/kernel": (3 * d, d),  # HF FlaxConv1D [out, in], out = q|k|v
+      "bloom/query_key_value/kernel": (d, 3 * d),  # [in, (N, 3, H)]: per-head interleave
+      "qwen/qkv_proj/kernel": (d, (n + 2 * kv) * h),  # [in, q | k | v], GQA
+  }
+
+  def heads_then_values(parts_axis, g2, reduce_in, head_dims):
+    """Concatenates per-part means along ``parts_axis``: a part with a head
+    size averages runs of it; None keeps every position."""
+    out, offset = [], 0
+    for size, hd in head_dims:
+      part = np.take(g2, range(offset, offset + size), axis=parts_axis).mean(axis=reduce_in, keepdims=True)
+      if hd is not None:
+        moved = np.moveaxis(part, parts_axis, -1)
+        moved = moved.reshape(moved.shape[:-1] + (size // hd, hd)).mean(-1, keepdims=True).repeat(hd, -1)
+        part = np.moveaxis(moved.reshape(moved.shape[:-2] + (size,)), -1, parts_axis)
+      out.append(part)
+      offset += size
+    return np.concatenate(out, parts_axis)
+
+  def qkv_einsum(g2):
+    q = g2[:1].mean(axis=(2, 3), keepdims=True).repeat(h, 3)
+    k = g2[1:2].mean(axis=(2, 3), keepdims=True).repeat(h, 3)
+    return np.concatenate([q, k, g2[2:].mean(axis=2, keepdims=True)], 0)
+
+  def bloom(g2):
+    per_head = g2.reshape(d, n, 3, h)
+    qk = per_head[:, :, :2].mean(axis=(0, 3), keepdims=True).repeat(h, 3)
+    v = per_head[:, :, 2:].mean(axis=0, keepdims=True)
+    return np.concatenate([qk, v], 2).reshape(1, 3 * d)
+
+  block_mean = {
+      "gemma/qkv_einsum/w": qkv_einsum,
+      "gemma/gating_einsum": lambda g2: g2.mean(axis=2, keepdims=True),
+      "gpt2/c_attn/kernel": lambda g2: heads_then_values(0, g2, (1,), [(d, h), (d, h), (d, None)]),
+      "bloom/query_key_value/kernel": bloom,
+      "qwen/qkv_proj/kernel": lambda g2: heads_then_values(1, g2, (0,), [(n * h, h), (kv * h, h), (kv * h, None)]),
+  }
+  expected = {"gemma/qkv_einsum/w": (3, n, h), "gemma/gating_einsum": (2, f), "gpt2/c_attn/kernel": (3 * d,),
+              "bloom/query_key_value/kernel": (3 * d,), "qwen/qkv_proj/kernel": ((n + 2 * kv) * h,)}
+  gqa = "qwen/qkv_proj/kernel"
+  mha = [k for k in shapes if k != gqa]
+  # The multi-head models need nothing but head_dim ...
+  check({k: shapes[k] for k in mha}, block_mean, dict.fromkeys(mha, True), {k: expected[k] for k in mha},
+        head_dim=h)
+  # ... a generic fused GQA kernel needs the head counts (its parts differ).
+  check({gqa: shapes[gqa]}, block_mean, {gqa: True}, {gqa: expected[gqa]}, head_dim=h,
+        blocks=BlockRules(num_heads=n, num_kv_heads=kv))
+  with pytest.raises(ValueError, match=r"qkv_proj.*sizes of its q and k/v parts are unknown"):
+    optax_mini.block_specs(nest({gqa: np.zeros(shapes[gqa])}), head_dim=h)
