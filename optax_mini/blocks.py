@@ -445,7 +445,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("kv_einsum/w", "k,v", "p n i h"),
     Rule("qkv_einsum/w", "q,k,v", "p n i h"),
     Rule("attn_vec_einsum/w", "neuron", "n h o"),
-    Rule("gating_einsum", "gate,up", "p o i"),
+    # Gemma 3 stores gate|up as [2, F, D], Gemma 2 as [2, D, F]
+    # (transpose_gating_einsum); the MLP widens (F > D), which tells them apart.
+    Rule("gating_einsum", "gate,up", ("p o i", "p i o"), where="o > i"),
     # keras-hub Gemma/Gemma 3 EinsumDense: heads-first "btd,ndh->btnh".
     Rule("decoder_block_*/attention/query", "heads", _HEADS_IN),
     Rule("decoder_block_*/attention/key", "heads", _HEADS_IN),

@@ -41,7 +41,10 @@ class PartitionReport:
   Attributes:
     rows: one :class:`BlockRow` per parameter leaf, in tree order.
     num_params: number of parameters.
-    num_v: number of second-moment entries Adam-mini keeps (= blocks).
+    num_v: number of blocks, i.e. of distinct second-moment values
+      (learning rates). ``v`` stores exactly these, except that a fused
+      kernel's query/key parts repeat each head's value over its ``head_dim``
+      (so that ``v`` keeps the kernel's axes); the byte counts include that.
     adamw_bytes: bytes of ``optax.adamw``'s state for these parameters.
     adam_mini_bytes: bytes of :func:`optax_mini.adam_mini`'s state.
     adam_mini_mu_dtype_bytes: the same with ``mu_dtype`` (``None`` if not given).
@@ -95,6 +98,29 @@ class PartitionReport:
           f"  ({r:.3f}x adamw, {100 * (1 - r):.1f}% saved)"
       )
     return "\n".join(lines)
+
+
+def _averaged_axes(spec: blocks_lib.BlockSpec, ndim: int) -> str:
+  """``(0, 1/64)``: axes 0 and, in heads of 64, axis 1. A fused kernel lists
+  its parts: ``q (1, 3) | k (1, 3) | v (1)``."""
+
+  def text(axes, head=None):
+    items = [str(a % ndim) for a in sorted(a % ndim for a in axes)]
+    if head is not None:
+      items.append(f"{head[0] % ndim}/{head[1]}")
+    return "(" + ", ".join(items) + ")" if items else "-"
+
+  if not spec.parts:
+    head = None if spec.head_axis is None else (spec.head_axis, spec.head_dim)
+    return text(spec.reduce_axes, head)
+  return " | ".join(
+      f"{part.name} "
+      + text(
+          spec.reduce_axes + part.reduce_axes,
+          None if part.head_dim is None else (spec.part_axis, part.head_dim),
+      )
+      for part in spec.parts
+  )
 
 
 def _shape_str(shape: tuple[int, ...]) -> str:
@@ -170,18 +196,16 @@ def explain(
   for (path, leaf), spec, decayed in zip(leaves_with_path, spec_leaves, decay_leaves):
     shape = tuple(int(d) for d in np.shape(leaf))
     layout = spec.layout(shape)
-    averaged = [str(a % len(shape)) for a in spec.reduce_axes]
-    if spec.head_axis is not None:
-      averaged.append(f"{spec.head_axis % len(shape)}/{spec.head_dim}")
+    averaged_text = _averaged_axes(spec, len(shape))
     rows.append(
         BlockRow(
             path=blocks_lib.path_str(path),
             shape=shape,
             dtype=str(jnp.dtype(leaf.dtype)),
             role=spec.role,
-            averaged_axes="(" + ", ".join(averaged) + ")" if averaged else "-",
+            averaged_axes=averaged_text,
             v_shape=layout.v_shape,
-            num_blocks=math.prod(layout.v_shape),
+            num_blocks=layout.num_blocks,
             block_size=layout.block_size,
             decayed=bool(decayed),
         )

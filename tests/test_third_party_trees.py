@@ -1,0 +1,211 @@
+"""Recorded parameter trees of the libraries people train with.
+
+Each fixture in ``third_party/trees`` is a real library's own tree (paths and
+shapes from its init, recorded by ``third_party/record_<library>.py``). The
+expected number of Adam-mini blocks of every leaf is computed here from the
+model's config and the official rules (one v per head for q/k, per token for
+embeddings and an untied output, per output neuron for value / attention-out
+/ MLP, per tensor for norms, per element for biases), independently of
+optax_mini, and compared leaf by leaf with what ``optax_mini.explain`` reports
+for the tree given nothing but ``head_dim`` (and the layer axis of scanned
+trees).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import optax_mini
+
+HERE = pathlib.Path(__file__).parent / "third_party"
+FIXTURES = sorted((HERE / "trees").glob("*.json"))
+
+
+def load(path: pathlib.Path) -> dict:
+  return json.loads(path.read_text())
+
+
+def rebuild(record: dict) -> dict:
+  tree: dict = {}
+  for leaf in record["leaves"]:
+    node = tree
+    *parents, last = leaf["path"]
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[last] = jax.ShapeDtypeStruct(tuple(leaf["shape"]), jnp.dtype(leaf["dtype"]))
+  return tree
+
+
+# Per library: (glob over the '/'-joined path, blocks of ONE layer's leaf from
+# the config). First match wins; every leaf must match one.
+def _heads(c):
+  return c["num_heads"]
+
+
+def _kv_heads(c):
+  return c["num_kv_heads"]
+
+
+def _kv_neurons(c):
+  return c["num_kv_heads"] * c["head_dim"]
+
+
+def _d(c):
+  return c["d_model"]
+
+
+def _mlp(c):
+  return c["mlp_dim"]
+
+
+def _vocab(c):
+  return c["vocab_size"]
+
+
+def _one(c):
+  return 1
+
+
+def _qkv(c):  # fused q|k|v: q and k per head, v per output neuron
+  return c["num_heads"] + c["num_kv_heads"] + c["num_kv_heads"] * c["head_dim"]
+
+
+EXPECTED = {
+    "transformers": [
+        ("*embed_tokens/embedding", _vocab), ("*lm_head/kernel", _vocab),
+        ("*q_proj/kernel", _heads), ("*k_proj/kernel", _kv_heads), ("*v_proj/kernel", _kv_neurons),
+        ("*o_proj/kernel", _d), ("*gate_proj/kernel", _mlp), ("*up_proj/kernel", _mlp),
+        ("*down_proj/kernel", _d), ("*layernorm/weight", _one), ("*norm/weight", _one),
+        # GPT-2
+        ("*wte/embedding", _vocab), ("*wpe/embedding", lambda c: c["native"]["n_positions"]),
+        ("*c_attn/kernel", _qkv), ("*attn/c_proj/kernel", _d), ("*c_fc/kernel", _mlp),
+        ("*mlp/c_proj/kernel", _d),
+        # BLOOM
+        ("*word_embeddings/embedding", _vocab), ("*query_key_value/kernel", _qkv),
+        ("*self_attention/dense/kernel", _d), ("*dense_h_to_4h/kernel", _mlp),
+        ("*dense_4h_to_h/kernel", _d),
+        ("*/scale", _one), ("*/bias", None),
+    ],
+    "keras-hub": [
+        ("token_embedding/embeddings", _vocab), ("token_embedding/reverse_embeddings", _vocab),
+        ("*/query/kernel", _heads), ("*/key/kernel", _kv_heads), ("*/value/kernel", _kv_neurons),
+        ("*/attention_output/kernel", _d),
+        ("*/ffw_gating/kernel", _mlp), ("*/ffw_gating_2/kernel", _mlp), ("*/ffw_linear/kernel", _d),
+        ("*/feedforward_gate_dense/kernel", _mlp), ("*/feedforward_intermediate_dense/kernel", _mlp),
+        ("*/feedforward_output_dense/kernel", _d),
+        ("*/scale", _one),
+    ],
+    "gemma": [
+        ("*embedder/input_embedding", _vocab),
+        ("*/q_einsum/w", _heads),
+        ("*/kv_einsum/w", lambda c: c["num_kv_heads"] + _kv_neurons(c)),
+        ("*/qkv_einsum/w", _qkv),
+        ("*/attn_vec_einsum/w", _d),
+        ("*/gating_einsum", lambda c: 2 * c["mlp_dim"]),
+        ("*/mlp/linear", _d),
+        ("*/scale", _one),
+    ],
+    "maxtext": [
+        ("*token_embedder/embedding", _vocab), ("*logits_dense/kernel", _vocab),
+        ("*/query/kernel", _heads), ("*/key/kernel", _kv_heads), ("*/value/kernel", _kv_neurons),
+        ("*/out/kernel", _d),
+        ("*/wi_0/kernel", _mlp), ("*/wi_1/kernel", _mlp), ("*/wo/kernel", _d),
+        ("*/scale", _one),
+    ],
+}
+
+
+def expected_blocks(record: dict, path: str, shape: tuple[int, ...]) -> int:
+  config = record["config"]
+  for pattern, per_layer in EXPECTED[record["library"]]:
+    if fnmatch.fnmatchcase(path, pattern):
+      if per_layer is None:  # a bias: plain Adam, one v per element
+        return math.prod(shape)
+      stacked = any(path.startswith(prefix + "/") for prefix in record.get("stacked", {}))
+      layers = shape[config["layer_axis"]] if stacked else 1
+      return per_layer(config) * layers
+  raise AssertionError(f"{record['name']}: no expectation for leaf {path} {shape}")
+
+
+def what_the_user_passes(record: dict) -> dict:
+  config = record["config"]
+  kwargs = {"head_dim": config["head_dim"]}
+  if config.get("scanned"):
+    kwargs["blocks"] = optax_mini.BlockRules(stacked=dict(record["stacked"]))
+  return kwargs
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
+def test_every_leaf_gets_the_official_blocks(fixture):
+  record = load(fixture)
+  tree = rebuild(record)
+  report = optax_mini.explain(tree, **what_the_user_passes(record))
+  paths = {tuple(leaf["path"]): leaf for leaf in record["leaves"]}
+  assert len(report.rows) == len(paths)
+  wrong = []
+  leaves_with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
+  for (key_path, leaf), row in zip(leaves_with_path, report.rows):
+    path = "/".join(str(getattr(k, "key", k)) for k in key_path)
+    want = expected_blocks(record, path, leaf.shape)
+    if row.num_blocks != want:
+      wrong.append(f"{path} {leaf.shape}: {row.num_blocks} blocks ({row.role}), expected {want}")
+  assert not wrong, f"{record['name']}: {len(wrong)} leaves mis-partitioned:\n" + "\n".join(wrong[:20])
+  # The whole point: about half of AdamW's state (for real sizes; a toy's
+  # per-tensor values weigh more).
+  if report.num_params >= 10_000_000:
+    assert report.ratio <= 0.502, report.ratio
+  assert report.num_v == sum(expected_blocks(record, "/".join(map(str, leaf["path"])), tuple(leaf["shape"]))
+                             for leaf in record["leaves"])
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
+def test_fixture_matches_its_config(fixture):
+  # The recorded tree is the config's model: parameter count from the config.
+  record = load(fixture)
+  c = record["config"]
+  total = sum(math.prod(leaf["shape"]) for leaf in record["leaves"])
+  attention = c["d_model"] * c["head_dim"] * (2 * c["num_heads"] + 2 * c["num_kv_heads"])
+  per_layer_matrices = attention + 3 * c["d_model"] * c["mlp_dim"]
+  if record["library"] == "transformers" and "gpt2" in record["name"] or "bloom" in record["name"]:
+    per_layer_matrices = attention + 2 * c["d_model"] * c["mlp_dim"]
+  embedding = c["vocab_size"] * c["d_model"] * (1 if c["tied_embeddings"] else 2)
+  matrices = embedding + c["num_layers"] * per_layer_matrices
+  # Everything else (norms, biases, position tables) is small.
+  assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
+
+
+LIVE = {
+    "transformers": ("transformers", "record_hf_flax"),
+    "keras-hub": ("keras_hub", "record_keras_hub"),
+    "gemma": ("gemma", "record_gemma"),
+    "maxtext": ("MaxText", "record_maxtext"),
+}
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
+def test_live_library_builds_the_recorded_tree(fixture, monkeypatch):
+  record = load(fixture)
+  package, recorder = LIVE[record["library"]]
+  pytest.importorskip(
+      package, reason=f"{package} is not installed: the recorded fixture stands in for it"
+  )
+  monkeypatch.syspath_prepend(str(HERE))
+  module = importlib.import_module(recorder)
+  tree, config = module.build(record["name"])
+  rebuilt = {
+      tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path): tuple(x.shape)
+      for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
+  recorded = {tuple(str(c) for c in leaf["path"]): tuple(leaf["shape"]) for leaf in record["leaves"]}
+  assert rebuilt == recorded
+  assert {k: v for k, v in config.items() if k != "native"} == {
+      k: v for k, v in record["config"].items() if k != "native"
+  }
