@@ -34,3 +34,33 @@ def test_quickstart_runs(tmp_path, monkeypatch):
   assert "Llama-2-7B" in text and "0.500x" in text  # 7B: half of AdamW's state
   images = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs if "image/png" in out.get("data", {})]
   assert len(images) >= 2  # loss curves and the memory bar chart
+
+
+YOUR_MODEL = NOTEBOOK.parent / "your_model.ipynb"
+
+
+def test_your_model_notebook_is_stored_stripped():
+  nb = nbformat.read(YOUR_MODEL, as_version=4)
+  for cell in nb.cells:
+    if cell.cell_type == "code":
+      assert cell.outputs == [] and cell.execution_count is None, "strip outputs before committing"
+
+
+def test_your_model_notebook_runs(monkeypatch):
+  pytest.importorskip(
+      "transformers", reason="part 4 trains a Hugging Face Flax GPT-2: needs transformers==4.57.6 (the test extras)"
+  )
+  monkeypatch.setenv("OPTAX_MINI_QUICK", "1")
+  nb = nbformat.read(YOUR_MODEL, as_version=4)
+  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(YOUR_MODEL.parent)}})
+  client.execute(env=dict(os.environ))
+  text = "\n".join(
+      out.get("text", "") + "".join(out.get("data", {}).get("text/plain", ""))
+      for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+  )
+  assert "fused k|v [kv_einsum/w]" in text  # gemma: each part's blocks
+  assert "363,719" in text  # Gemma 3 270M's blocks, as the README's table says
+  assert "reverse_embeddings" in text and "neuron [reverse_embeddings]" in text  # keras-hub
+  assert "ValueError:" in text and "num_heads" in text  # the ambiguity, and how to settle it
+  assert "fused q|k|v [c_attn]" in text  # HF GPT-2's [out, in] fused kernel
+  assert "Adam-mini  first loss" in text and "AdamW      first loss" in text

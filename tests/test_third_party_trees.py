@@ -186,7 +186,7 @@ LIVE = {
     "transformers": ("transformers", "record_hf_flax"),
     "keras-hub": ("keras_hub", "record_keras_hub"),
     "gemma": ("gemma", "record_gemma"),
-    "maxtext": ("MaxText", "record_maxtext"),
+    "maxtext": ("maxtext", "record_maxtext"),
 }
 
 
@@ -209,3 +209,32 @@ def test_live_library_builds_the_recorded_tree(fixture, monkeypatch):
   assert {k: v for k, v in config.items() if k != "native"} == {
       k: v for k, v in record["config"].items() if k != "native"
   }
+
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def your_model_rows() -> list[str]:
+  """The README's "Your model" table, recomputed from the fixtures."""
+  rows = []
+  for fixture in FIXTURES:
+    record = load(fixture)
+    if "dummy" in record["name"]:
+      continue
+    kwargs = what_the_user_passes(record)
+    report = optax_mini.explain(rebuild(record), **kwargs)
+    passed = f"`head_dim={kwargs['head_dim']}`"
+    if "blocks" in kwargs:
+      passed += f", `blocks=BlockRules(stacked={record['stacked']})`"
+    rows.append(
+        f"| {record['library']} {record['library_version']} | `{record['name']}` "
+        f"| {report.num_params / 1e9:.2f}B | {passed} | {report.num_v:,} "
+        f"| {report.ratio:.3f}x |"
+    )
+  return rows
+
+
+def test_readme_your_model_table_is_the_librarys():
+  text = README.read_text()
+  missing = [row for row in your_model_rows() if row not in text]
+  assert not missing, "README 'Your model' rows differ from the fixtures:\n" + "\n".join(missing)

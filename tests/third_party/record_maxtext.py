@@ -1,0 +1,283 @@
+"""Records MaxText's parameter trees (paths and shapes, scanned layers).
+
+MaxText (``pip install maxtext``, package ``maxtext``; AI-Hypercomputer/maxtext)
+builds each model from its own ``pyconfig`` (``base.yml`` + ``model_name=...``)
+with ``scan_layers=True``: the decoder layers are one stacked module whose
+``nnx.Param`` leaves carry the layer axis at ``param_scan_axis`` (1). This module
+builds that tree the way MaxText does, on a 1-device CPU mesh, without weights:
+``jax.eval_shape`` of the Transformer's ``init`` (MaxText's
+``maxtext_utils.get_abstract_param``), keeping the ``'params'`` collection, and
+checks it against MaxText's pure-NNX path (``create_nnx_abstract_model`` +
+``nnx.state(model, nnx.Param)``, what its pre-training optimizer sees).
+
+Nothing is imported from MaxText at import time. Needs Python >= 3.12.
+Install (maxtext 0.2.5, CPU; its full dependency list is large, so no-deps plus
+what the model-building import path needs)::
+
+    pip install --no-deps maxtext==0.2.5
+    pip install jax==0.11.1 jaxlib==0.11.1 flax==0.12.9 optax==0.2.8 \\
+        omegaconf==2.3.1 ml-collections==1.1.0 pydantic==2.13.5 packaging==25.0 \\
+        aqtp==0.9.0 qwix==0.1.8 jinja2==3.1.6 sympy==1.14.0 tokamax==0.0.12 \\
+        pathwaysutils==0.1.11 huggingface-hub==1.32.0 transformers==5.17.0 \\
+        grain==0.2.18 drjax==0.2.1 jaxtyping==0.3.11 pillow==12.3.0 \\
+        tiktoken==0.14.0 sentencepiece==0.2.2
+
+Run: ``python tests/third_party/record_maxtext.py`` (writes ``trees/maxtext_*.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+
+HERE = pathlib.Path(__file__).parent
+TREES = HERE / "trees"
+
+#: Fixture name -> MaxText ``model_name`` (``configs/models/<model_name>.yml``).
+MODELS = {
+    "maxtext_llama2_7b": "llama2-7b",
+    "maxtext_gemma2_2b": "gemma2-2b",
+    "maxtext_mistral_7b": "mistral-7b",
+}
+NAMES = tuple(MODELS)
+
+#: Every leaf under ``decoder/layers`` is stacked, its layer axis at 1
+#: (``param_scan_axis``), norms ``[emb, layers]`` included; the embedding,
+#: the final norm and ``logits_dense`` are not stacked.
+STACKED = {"decoder/layers": 1}
+
+INSTALL = (
+    "pip install --no-deps maxtext==0.2.5 && pip install jax==0.11.1 jaxlib==0.11.1 flax==0.12.9 "
+    "optax==0.2.8 omegaconf==2.3.1 ml-collections==1.1.0 pydantic==2.13.5 packaging==25.0 aqtp==0.9.0 "
+    "qwix==0.1.8 jinja2==3.1.6 sympy==1.14.0 tokamax==0.0.12 pathwaysutils==0.1.11 huggingface-hub==1.32.0 "
+    "transformers==5.17.0 grain==0.2.18 drjax==0.2.1 jaxtyping==0.3.11 pillow==12.3.0 tiktoken==0.14.0 "
+    "sentencepiece==0.2.2"
+)
+
+#: MaxText config fields kept under ``config["native"]``.
+NATIVE_FIELDS = (
+    "model_name", "decoder_block", "base_emb_dim", "emb_dim", "base_num_query_heads", "num_query_heads",
+    "base_num_kv_heads", "num_kv_heads", "head_dim", "base_mlp_dim", "mlp_dim", "base_num_decoder_layers",
+    "num_decoder_layers", "vocab_size", "mlp_activations", "logits_via_embedding", "normalization_layer_epsilon",
+    "scan_layers", "param_scan_axis", "weight_dtype", "dtype", "fused_qkv", "fused_mlp", "attention",
+    "sliding_window_size", "attn_logits_soft_cap", "final_logits_soft_cap", "use_post_attn_norm",
+    "use_post_ffw_norm", "rope_max_timescale", "enable_dropout", "max_target_length", "per_device_batch_size",
+)
+
+NOTES = (
+    "Verified in maxtext 0.2.5 source and by recording. Tree = variables['params'] of "
+    "jax.eval_shape(TransformerLinen.init) (maxtext_utils.get_abstract_param), LogicallyPartitioned boxes "
+    "unboxed; identical paths/shapes to nnx.to_pure_dict(nnx.state(create_nnx_abstract_model(...), nnx.Param)) "
+    "(MaxText 0.2.5 models are NNX modules; its pre-train optimizer uses that NNX state). No 'params' prefix "
+    "in the recorded paths. "
+    "Scanned layers (scan_layers=True, param_scan_axis=1): every leaf under decoder/layers carries the layer "
+    "axis at index 1, logical name 'layers' inserted at 1: kernels AND norm scales ([emb] -> [emb, layers], "
+    "so for norms the layer axis is the last one). Not stacked: token_embedder/embedding [vocab, emb] "
+    "('vocab','embed_vocab'), decoder/decoder_norm/scale [emb] ('norm',), decoder/logits_dense/kernel "
+    "[emb, vocab] ('embed_vocab','vocab'). "
+    "Attention (layers/attentions.py, DenseGeneral): query kernel [emb, q_heads, head_dim] "
+    "('embed_attn','q_heads','kv'), key/value [emb, kv_heads, head_dim] ('embed_attn','kv_heads','kv_head_dim') "
+    "(in=emb, out_features_shape=(heads, head_dim), axis=-1); out kernel [heads, head_dim, emb] "
+    "('heads','kv','embed_attn') contracting axis=(-2,-1); scanned: query [emb, layers, heads, head_dim], "
+    "out [heads, layers, head_dim, emb]. No biases. fused_qkv=False here (fused would be one qkv_proj "
+    "[emb, q+2kv heads, head_dim]). "
+    "MLP (layers/linears.py MlpBlock, fused_mlp=False): wi_0 (gate, act[0]) and wi_1 (up, 'linear') "
+    "[emb, mlp] ('embed','mlp'), wo [mlp, emb] ('mlp','embed'); scanned [emb, layers, mlp] / [mlp, layers, emb]. "
+    "Norms: RMSNorm scale, logical ('norm',). "
+    "Gemma2 (models/gemma2.py): base_num_decoder_layers=13 = half of the real 26 layers: each scanned "
+    "Gemma2DecoderLayer holds a local sliding-window sublayer (AttentionType.LOCAL_SLIDING, window 4096) then "
+    "a global one, so stack index i = real layers 2i (local) and 2i+1 (global); module names "
+    "{pre_self_attention_norm, self_attention, post_self_attention_norm, pre_ffw_norm, mlp, post_ffw_norm}_"
+    "{local,global}; layer axis length 13 while config num_layers=26. logits_via_embedding=true: no "
+    "logits_dense, logits use token_embedder/embedding transposed (tied). Gemma2 query kernel axes also "
+    "('embed_attn','q_heads','kv'). "
+    "Llama2-7b: MHA (kv_heads=32); mistral-7b: GQA (kv_heads=8), same module names as llama2. "
+    "Per-leaf logical axis names are in 'logical_axes'; 'stacked' is the BlockRules(stacked=) pattern."
+)
+
+
+def _jsonable(value):
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if hasattr(value, "value") and isinstance(value.value, (str, int)):  # enums
+    return value.value
+  try:
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    return str(np.dtype(value))
+  except TypeError:
+    return str(value)
+
+
+def _model_name(name: str) -> str:
+  if name in MODELS:
+    return MODELS[name]
+  if name in MODELS.values():
+    return name
+  raise ValueError(f"unknown MaxText model {name!r}; known: {sorted(MODELS)}")
+
+
+def _argv(model_name: str) -> list:
+  import maxtext  # pylint: disable=import-outside-toplevel
+
+  base = os.path.join(os.path.dirname(maxtext.__file__), "configs", "base.yml")
+  return [
+      None, base, f"model_name={model_name}", "scan_layers=True", "attention=dot_product",
+      "skip_jax_distributed_system=True", "hardware=cpu", "enable_checkpointing=False", "run_name=record",
+      "base_output_directory=/tmp/maxtext_record", "per_device_batch_size=1", "max_target_length=16",
+  ]
+
+
+def _setup(name: str):
+  """MaxText's config and a 1-device CPU mesh for ``name``."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from maxtext.configs import pyconfig  # pylint: disable=import-outside-toplevel
+  from maxtext.utils import maxtext_utils  # pylint: disable=import-outside-toplevel
+
+  model_name = _model_name(name)
+  config = pyconfig.initialize(_argv(model_name))
+  devices = jax.devices("cpu")[:1]
+  mesh = jax.sharding.Mesh(maxtext_utils.create_device_mesh(config, devices), config.mesh_axes)
+  return model_name, config, mesh
+
+
+def _linen_params(config, mesh):
+  """``{path: (ShapeDtypeStruct, logical names)}`` from jax.eval_shape(model.init)['params']."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from maxtext.utils import maxtext_utils, model_creation_utils  # pylint: disable=import-outside-toplevel
+
+  model = model_creation_utils.from_config(config, mesh=mesh)  # TransformerLinen, model_mode train
+  boxed = maxtext_utils.get_abstract_param(model, config)["params"]
+  names = {
+      tuple(k.key for k in path): tuple(leaf.names)
+      for path, leaf in jax.tree_util.tree_flatten_with_path(
+          boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+      )[0]
+      if isinstance(leaf, nn.LogicallyPartitioned)
+  }
+  params = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype), nn.meta.unbox(boxed)
+  )
+  return params, names
+
+
+def _nnx_params(config, mesh):
+  """The pure-NNX tree MaxText's pre-train loop optimizes: ``{path: shape}``."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from maxtext.utils import model_creation_utils  # pylint: disable=import-outside-toplevel
+
+  _, model = model_creation_utils.create_nnx_abstract_model(config, mesh)
+  state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  return {
+      tuple(k.key for k in path): (tuple(x.shape), str(x.dtype))
+      for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
+  }
+
+
+def _config_dict(config) -> dict:
+  layers = int(config.num_decoder_layers)
+  if str(_jsonable(config.decoder_block)) == "gemma2":
+    layers *= 2  # one scanned Gemma2DecoderLayer = a local and a global layer
+  return {
+      "vocab_size": int(config.vocab_size),
+      "d_model": int(config.emb_dim),
+      "num_layers": layers,
+      "num_heads": int(config.num_query_heads),
+      "num_kv_heads": int(config.num_kv_heads),
+      "head_dim": int(config.head_dim),
+      "mlp_dim": int(config.mlp_dim),
+      "tied_embeddings": bool(config.logits_via_embedding),
+      "scanned": bool(config.scan_layers),
+      "layer_axis": int(config.param_scan_axis) if config.scan_layers else None,
+      "native": {f: _jsonable(getattr(config, f, None)) for f in NATIVE_FIELDS},
+  }
+
+
+def build(name: str):
+  """``(abstract_params, config_dict)``: MaxText's scanned ``'params'`` tree for ``name``.
+
+  ``name`` is a fixture name (``maxtext_llama2_7b``) or a MaxText ``model_name``
+  (``llama2-7b``). Leaves are ``jax.ShapeDtypeStruct``; nested plain dicts.
+  """
+  _, config, mesh = _setup(name)
+  params, _ = _linen_params(config, mesh)
+  return params, _config_dict(config)
+
+
+def record(name: str) -> dict:
+  from importlib import metadata  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+
+  model_name, config, mesh = _setup(name)
+  params, names = _linen_params(config, mesh)
+  leaves = [
+      {"path": [k.key for k in path], "shape": list(x.shape), "dtype": str(x.dtype)}
+      for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
+  ]
+  linen = {tuple(leaf["path"]): (tuple(leaf["shape"]), leaf["dtype"]) for leaf in leaves}
+  nnx_tree = _nnx_params(config, mesh)
+  if linen != nnx_tree:
+    raise AssertionError(f"{name}: Linen init and NNX Param state differ:\n{linen}\n{nnx_tree}")
+  for leaf in leaves:  # the stacked layer axis is where MaxText names it
+    axes = names[tuple(leaf["path"])]
+    stacked = leaf["path"][:2] == ["decoder", "layers"]
+    assert ("layers" in axes) == stacked, (leaf, axes)
+    if stacked:
+      assert axes.index("layers") == STACKED["decoder/layers"], (leaf, axes)
+  versions = {p: metadata.version(p) for p in ("maxtext", "jax", "jaxlib", "flax")}
+  return {
+      "name": name if name in MODELS else next(k for k, v in MODELS.items() if v == name),
+      "library": "maxtext",
+      "library_version": versions["maxtext"],
+      "recorded_with": (
+          f"python {platform.python_version()}, jax {versions['jax']}, jaxlib {versions['jaxlib']}, "
+          f"flax {versions['flax']}, CPU, 1-device mesh; {INSTALL}"
+      ),
+      "model": (
+          "maxtext.utils.model_creation_utils.from_config(config, mesh=mesh)  # TransformerLinen "
+          "(models.transformer_as_linen), model_mode='train'; config = maxtext.configs.pyconfig.initialize("
+          f"[None, 'maxtext/configs/base.yml', 'model_name={model_name}', 'scan_layers=True', "
+          "'attention=dot_product', 'skip_jax_distributed_system=True', 'hardware=cpu', "
+          "'per_device_batch_size=1', 'max_target_length=16', ...])"
+      ),
+      "how": (
+          "maxtext_utils.get_abstract_param(model, config)['params'], i.e. jax.eval_shape(model.init, "
+          "{'params','dropout','aqt': key}, ones[1,16] int32 tokens, ones[1,16] int32 positions); "
+          "flax.linen.meta.unbox; checked equal to nnx.to_pure_dict(nnx.state("
+          "model_creation_utils.create_nnx_abstract_model(config, mesh)[1], nnx.Param))"
+      ),
+      "config": _config_dict(config),
+      "stacked": dict(STACKED),
+      "logical_axes": {"/".join(leaf["path"]): list(names[tuple(leaf["path"])]) for leaf in leaves},
+      "notes": NOTES,
+      "leaves": leaves,
+  }
+
+
+def _dumps(rec: dict) -> str:
+  """Pretty JSON with one leaf per line (small, diff-friendly)."""
+  head = json.dumps({k: v for k, v in rec.items() if k != "leaves"}, indent=1)
+  leaves = ",\n".join("  " + json.dumps(leaf) for leaf in rec["leaves"])
+  return head[:-2] + ',\n "leaves": [\n' + leaves + "\n ]\n}\n"
+
+
+def main(names=NAMES) -> None:
+  TREES.mkdir(exist_ok=True)
+  for name in names:
+    rec = record(name)
+    out = TREES / f"{rec['name']}.json"
+    out.write_text(_dumps(rec))
+    print(f"wrote {out} ({len(rec['leaves'])} leaves)")
+
+
+if __name__ == "__main__":
+  main()
