@@ -202,6 +202,14 @@ def _reduced_mesh_axes(
         "are sharded with inside shard_map (its in_specs)."
     )
   entries = entries + (None,) * (ndim - len(entries))
+  partial = sorted({a % ndim for part in spec.parts for a in part.reduce_axes})
+  if any(entries[a] is not None for a in partial):
+    raise ValueError(
+        f"{where}: partition spec {pspec} shards axes {partial}, which only some parts "
+        f"of this fused kernel ({', '.join(p.name for p in spec.parts)}) average, so no "
+        "single pmean gives every part its global mean. Shard it along other axes "
+        "inside shard_map, or update it under jit (which sees global arrays)."
+    )
   reduced = {a % ndim for a in spec.reduce_axes}
   names: list[str] = []
   for axis in sorted(reduced):

@@ -51,8 +51,8 @@ def leaf_cases(draw, head_dim):
     return Case(("attn", "bias"), shape, shape, ())
   if kind == "q_proj":  # flat [in, heads*head_dim]: one block per head
     return Case(("self_attn", "q_proj", "kernel"), (a, b * head_dim), (a, b, head_dim), (0, 2))
-  if kind == "query":  # DenseGeneral [in, heads, head_dim]
-    return Case(("attention", "query", "kernel"), (a, b, head_dim), (a, b, head_dim), (0, 2))
+  if kind == "query":  # flax attention's DenseGeneral [in, heads, head_dim]
+    return Case(("MultiHeadDotProductAttention_0", "query", "kernel"), (a, b, head_dim), (a, b, head_dim), (0, 2))
   if kind == "conv":  # unnamed kernel: one block per output channel
     return Case(("conv", "kernel"), (a, b, c), (a, b, c), (0, 1))
   return Case(("temperature",), (), (), ())  # a 0-d leaf: one block

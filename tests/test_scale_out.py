@@ -265,3 +265,64 @@ def test_wide_output_layer_sharded_in_types():
       params, state = jax.jit(functools.partial(_apply, tx))(params, state, jax.device_put(g, sharding))
   assert_trees_close(params, ref_params)
   assert_trees_close(state, ref_state)
+
+
+# Fused kernels (GPT-2's [out, in] c_attn, Gemma's kv_einsum and gating_einsum,
+# BLOOM's per-head interleaved query_key_value), sharded along their part axes.
+FUSED = {
+    "h": {"0": {"attn": {"c_attn": {"kernel": ((48, 16), P("tp", "fsdp"))}}}},
+    "layer_0": {
+        "attn": {"kv_einsum": {"w": ((2, 2, 16, 4), P(None, "tp", "fsdp", None))}},
+        "mlp": {"gating_einsum": ((2, 24, 16), P(None, "tp", "fsdp"))},
+    },
+    "bloom": {"query_key_value": {"kernel": ((16, 48), P("fsdp", "tp"))}},
+}
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
+def test_fused_kernels_sharded_jit_match_single_device(axis_type):
+  def tree(seed):
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda e: rng.normal(size=e[0]).astype(np.float32), FUSED, is_leaf=_is_entry)
+
+  tx = make_tx(clip=False)
+  params = jax.tree.map(jnp.asarray, tree(0))
+  state = tx.init(params)
+  step = jax.jit(lambda p, s, g: _apply(tx, p, s, g))
+  for t in range(STEPS):
+    params, state = step(params, state, jax.tree.map(jnp.asarray, tree(100 + t)))
+
+  mesh = mesh_of((4, 2), axis_type)
+  shardings = jax.tree.map(lambda e: NamedSharding(mesh, e[1]), FUSED, is_leaf=_is_entry)
+  with jax.set_mesh(mesh):
+    sharded = jax.device_put(tree(0), shardings)
+    state_shardings = optax_mini.state_shardings(tx, sharded)
+    sharded_state = jax.jit(tx.init, out_shardings=state_shardings)(sharded)
+    sharded_step = jax.jit(functools.partial(_apply, tx), out_shardings=(shardings, state_shardings))
+    for t in range(STEPS):
+      sharded, sharded_state = sharded_step(sharded, sharded_state, jax.device_put(tree(100 + t), shardings))
+  assert_trees_close(sharded, params)
+  assert_trees_close(sharded_state, state)
+  # v keeps the kernel's axes less the averaged ones, so it shards like them.
+  nu = sharded_state[0].nu
+  assert nu["layer_0"]["attn"]["kv_einsum"]["w"].shape == (2, 2, 4)
+  assert normalized(nu["layer_0"]["attn"]["kv_einsum"]["w"].sharding.spec, 3) == (None, "tp", None)
+
+
+def test_fused_kernel_sharded_on_a_part_only_axis_is_refused_in_shard_map():
+  # Gemma's kv_einsum [2, K, D, H]: only the k part averages H, so H sharded
+  # inside shard_map has no single correct pmean.
+  mesh = jax.make_mesh((8,), ("tp",), axis_types=(AxisType.Explicit,))
+  spec = {"kv_einsum": {"w": P(None, None, None, "tp")}}
+  tx = optax_mini.scale_by_adam_mini(partition_specs=spec)
+
+  def init_and_update(p):
+    state = tx.init(p)
+    return tx.update(p, state)[0]
+
+  with jax.set_mesh(mesh):
+    params = jax.device_put({"kv_einsum": {"w": np.ones((2, 2, 16, 8), np.float32)}},
+                            {"kv_einsum": {"w": NamedSharding(mesh, spec["kv_einsum"]["w"])}})
+    f = jax.shard_map(init_and_update, mesh=mesh, in_specs=(spec,), out_specs=spec)
+    with pytest.raises(ValueError, match=r"kv_einsum.*only some parts"):
+      f(params)
