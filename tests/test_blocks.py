@@ -341,3 +341,38 @@ def test_explain_table_and_totals():
   assert report.adamw_bytes == 8 * n + 4
   assert report.adam_mini_bytes == 4 * n + 4 * report.num_v + 4
   assert report.adam_mini_mu_dtype_bytes == 2 * n + 4 * report.num_v + 4
+
+
+def test_value_as_one_block_in_a_fused_kernel():
+  params = {"attn": {"c_attn": {"kernel": leaf(48, 16)}}}  # GPT-2 [out, in], 4 heads of 4
+  spec = optax_mini.block_specs(params, head_dim=4, blocks=BlockRules(value_as_one_block=True))["attn"]["c_attn"]["kernel"]
+  assert spec.layout((48, 16)).num_blocks == 4 + 4 + 1
+
+
+def test_keras_flat_variable_paths_read_as_their_components():
+  # {variable.path: value}: a flat dict whose keys hold '/'-separated paths.
+  nested = {"decoder_block_0": {"attention": {"query": {"kernel": leaf(4, 32, 8)}}},
+            "token_embedding": {"embeddings": leaf(100, 32)}}
+  flat = {"decoder_block_0/attention/query/kernel": leaf(4, 32, 8), "token_embedding/embeddings": leaf(100, 32)}
+  got = v_shapes(flat, head_dim=8)
+  assert got == {"decoder_block_0/attention/query/kernel": (4,), "token_embedding/embeddings": (100,)}
+  want = v_shapes(nested, head_dim=8)
+  assert got["decoder_block_0/attention/query/kernel"] == want["decoder_block_0"]["attention"]["query"]["kernel"]
+
+
+def test_user_rule_with_a_layout_and_explicit_parts():
+  # A fused [in, q | k | v] kernel of a GQA model: 4 query heads, 2 kv heads of 8.
+  params = {"attn": {"wqkv": {"kernel": leaf(32, (4 + 2 + 2) * 8)}}}
+  rules = BlockRules(rules=[("wqkv", "q,k,v", "i (p n h)")], num_heads=4, num_kv_heads=2)
+  spec = optax_mini.block_specs(params, head_dim=8, blocks=rules)["attn"]["wqkv"]["kernel"]
+  assert [(p.name, p.size, p.head_dim) for p in spec.parts] == [("q", 32, 8), ("k", 16, 8), ("v", 16, None)]
+  assert spec.layout((32, 64)).num_blocks == 4 + 2 + 16
+  # The same blocks written as a BlockSpec.
+  explicit = BlockSpec(reduce_axes=(0,), part_axis=1, parts=(optax_mini.Part("q", 32, 8), optax_mini.Part("k", 16, 8), optax_mini.Part("v", 16)))
+  assert explicit.layout((32, 64)) == spec.layout((32, 64))
+
+
+def test_default_rules_are_well_formed():
+  from optax_mini.blocks import _check_rule
+  for rule in optax_mini.DEFAULT_RULES:
+    _check_rule(rule)

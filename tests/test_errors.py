@@ -103,3 +103,58 @@ def test_gradient_tree_mismatch():
 def test_integer_leaves_are_refused():
   with pytest.raises(ValueError, match=r"\['step'\].*int32"):
     init({"w": jnp.zeros((2, 2)), "step": jnp.zeros((), jnp.int32)})
+
+
+def test_three_d_attention_kernel_of_unknown_layout_is_an_error_not_a_guess():
+  # [512, 8, 64] could be [in, heads, head_dim] or heads-first [heads, in, head_dim].
+  params = {"blocks_0": {"attn": {"query": {"kernel": jnp.zeros((512, 8, 64))}}}}
+  with pytest.raises(ValueError) as err:
+    init(params, head_dim=64)
+  msg = str(err.value)
+  assert "['blocks_0']['attn']['query']['kernel']" in msg and "(512, 8, 64)" in msg
+  assert "'i n h'" in msg and "'n i h'" in msg  # what it could be
+  assert "num_heads=" in msg and "layout=" in msg  # the two fixes
+
+
+@pytest.mark.parametrize("shape, v_shape", [((512, 8, 64), (8,)), ((8, 512, 64), (8,))])
+def test_head_counts_settle_the_layout(shape, v_shape):
+  params = {"attn": {"query": {"kernel": jnp.zeros(shape)}, "value": {"kernel": jnp.zeros(shape)}}}
+  state = init(params, head_dim=64, blocks=BlockRules(num_heads=8))
+  assert state[0].nu["attn"]["query"]["kernel"].shape == v_shape  # one per head
+  assert state[0].nu["attn"]["value"]["kernel"].shape == (8, 64)  # one per output neuron
+
+
+def test_head_counts_that_contradict_a_kernel():
+  params = {"self_attn": {"q_proj": {"kernel": jnp.zeros((64, 128))}}}  # 4 heads of 32
+  with pytest.raises(ValueError, match=r"q_proj.*\(64, 128\).*4 heads, not num_heads/num_kv_heads \[8\]"):
+    init(params, head_dim=32, blocks=BlockRules(num_heads=8))
+
+
+def test_fused_qkv_with_unknown_part_sizes():
+  params = {"attn": {"qkv_proj": {"kernel": jnp.zeros((64, 192))}}}
+  with pytest.raises(ValueError, match=r"qkv_proj.*\(64, 192\).*unknown.*num_heads"):
+    init(params, head_dim=16)
+  # Multi-head: q, k and v take 64 columns each.
+  state = init(params, head_dim=16, blocks=BlockRules(num_heads=4))
+  assert state[0].nu["attn"]["qkv_proj"]["kernel"].shape == (192,)
+
+
+@pytest.mark.parametrize(
+    "rule, match",
+    [
+        (("my_qkv", "q,k,v"), "needs a layout"),
+        (("my_qkv", "q,k,v", "i o"), "'p' \\(parts\\) axis"),
+        (("q_proj", "heads", "i (n h"), "unclosed"),
+        (("q_proj", "heads", "i x"), "letters"),
+        (("q_proj", "heads", "i (n h)", "n h > "), "terms"),
+        (("my_qkv", "q,k,x", "i (p n h)"), "fused parts from"),
+    ],
+)
+def test_bad_layout_rules(rule, match):
+  with pytest.raises(ValueError, match=match):
+    BlockRules(rules=[rule])
+
+
+def test_bad_head_counts():
+  with pytest.raises(ValueError, match="num_heads must be a positive int"):
+    BlockRules(num_heads=0)
