@@ -89,8 +89,9 @@ def adam_mini(
       ``jnp.bfloat16`` quarters the state of float32 AdamW. As with
       ``optax.adam``, under ``optax.inject_hyperparams`` a dtype must be
       static: ``static_args=('head_dim', 'mu_dtype')``.
-    blocks: partition overrides: a :class:`~optax_mini.BlockRules`, a list of
-      ``(pattern, role_or_spec)`` rules, or a pytree of
+    blocks: partition overrides: a :class:`~optax_mini.BlockRules` (which
+      also carries ``num_heads``/``num_kv_heads`` where shapes cannot settle
+      a layout), a list of ``(pattern, role_or_spec)`` rules, or a pytree of
       :class:`~optax_mini.BlockSpec`. Check the result with
       :func:`optax_mini.explain`.
     partition_specs: only inside ``shard_map`` with sharded parameters: their

@@ -326,7 +326,11 @@ def scale_by_adam_mini(
       ``optax.inject_hyperparams`` pass ``static_args=('head_dim',)``.
     blocks: ``None`` (default rules), a :class:`~optax_mini.BlockRules`, a list
       of ``(pattern, role_or_spec)`` rules, or a pytree of
-      :class:`~optax_mini.BlockSpec` with the parameters' structure.
+      :class:`~optax_mini.BlockSpec` with the parameters' structure. A leaf
+      whose layout the rules cannot confirm from its shape (a 3-D attention
+      kernel under an unknown name, a fused qkv kernel of unknown part
+      sizes) raises; ``BlockRules(num_heads=..., num_kv_heads=...)``
+      settles it.
     partition_specs: only for use inside ``shard_map`` with sharded
       parameters (FSDP): a pytree of ``jax.sharding.PartitionSpec`` with the
       parameters' structure, the specs they are sharded with (shard_map's
