@@ -116,6 +116,8 @@ def adam_mini(
     Zhang et al., `Adam-mini: Use Fewer Learning Rates To Gain More
     <https://arxiv.org/abs/2406.16793>`_, ICLR 2025.
   """
+  transform.check_hyperparameter("learning_rate", learning_rate, allow_callable=True)
+  transform.check_hyperparameter("weight_decay", weight_decay, low=0.0)
   if mask is None:
     mask = functools.partial(default_weight_decay_mask, head_dim=head_dim, blocks=blocks)
   return optax.chain(

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax._src import numerics, utils
 
@@ -41,6 +42,54 @@ def _v_dtype(dtype: Any) -> jnp.dtype:
 
 def _compute_dtype(dtype: Any) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
+
+
+def check_hyperparameter(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    allow_callable: bool = False,
+) -> None:
+  """Checks a concrete hyper-parameter: a real number (or array of them) in
+  ``[low, high)`` (``None``: no bound on that side). Traced values, as under
+  ``optax.inject_hyperparams`` inside ``jit``, are not checked; callables
+  (schedules) pass where ``allow_callable``.
+
+  Raises:
+    TypeError: naming the argument, for a value that is not a number.
+    ValueError: naming the argument, for a number out of range (or NaN).
+  """
+  if allow_callable and callable(value):
+    return
+  try:
+    array = np.asarray(value)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return
+  except (TypeError, ValueError):
+    array = np.asarray(None)
+  if high is not None:
+    expected = f"a real number in [{low}, {high})"
+  else:
+    expected = "a real number" + (f" >= {low}" if low is not None else "")
+  if allow_callable:
+    expected += ", an array of them, or a schedule (a callable of the step count)"
+  if array.dtype.kind not in "iuf" or isinstance(value, bool):
+    raise TypeError(f"{name} must be {expected}; got {value!r} of type {type(value).__name__}.")
+  ok = not np.any(np.isnan(array))
+  ok = ok and (low is None or np.all(array >= low)) and (high is None or np.all(array < high))
+  if not ok:
+    raise ValueError(f"{name}={value!r} is out of range: expected {expected}.")
+
+
+def _check_mu_dtype(mu_dtype: Any) -> None:
+  if mu_dtype is not None and not jnp.issubdtype(mu_dtype, jnp.inexact):
+    raise ValueError(
+        f"mu_dtype={jnp.dtype(mu_dtype)} is not a floating-point dtype: an integer (or bool) "
+        "first moment would round every momentum to 0, so nothing would train. Use a "
+        "float dtype (jnp.float32, or jnp.bfloat16 for a quarter of AdamW's state)."
+    )
 
 
 def _check_inexact(path, leaf) -> None:
@@ -360,7 +409,12 @@ def scale_by_adam_mini(
     Zhang et al., `Adam-mini: Use Fewer Learning Rates To Gain More
     <https://arxiv.org/abs/2406.16793>`_, ICLR 2025.
   """
+  for name, value in (("b1", b1), ("b2", b2)):
+    check_hyperparameter(name, value, low=0.0, high=1.0)
+  for name, value in (("eps", eps), ("eps_root", eps_root)):
+    check_hyperparameter(name, value, low=0.0)
   mu_dtype = utils.canonicalize_dtype(mu_dtype)
+  _check_mu_dtype(mu_dtype)
   head_dim = blocks_lib.check_head_dim(head_dim)
   blocks_lib._as_block_rules(blocks)  # a function for blocks= fails here, not at init
 

@@ -158,3 +158,40 @@ def test_bad_layout_rules(rule, match):
 def test_bad_head_counts():
   with pytest.raises(ValueError, match="num_heads must be a positive int"):
     BlockRules(num_heads=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"b2": 1.5}, ValueError, r"b2=1.5 is out of range.*\[0.0, 1.0\)"),
+        ({"b1": -0.1}, ValueError, r"b1=-0.1 is out of range"),
+        ({"b1": float("nan")}, ValueError, r"b1=nan is out of range"),
+        ({"eps": -1e-8}, ValueError, r"eps=-1e-08 is out of range.*>= 0"),
+        ({"eps_root": -1.0}, ValueError, r"eps_root=-1.0"),
+        ({"weight_decay": -0.1}, ValueError, r"weight_decay=-0.1"),
+        ({"learning_rate": "1e-3"}, TypeError, r"learning_rate must be a real number.*schedule.*got '1e-3' of type str"),
+        ({"learning_rate": None}, TypeError, r"learning_rate must be"),
+        ({"b2": "0.999"}, TypeError, r"b2 must be a real number"),
+        ({"mu_dtype": jnp.int8}, ValueError, r"mu_dtype=int8 is not a floating-point dtype"),
+        ({"mu_dtype": jnp.bool_}, ValueError, r"mu_dtype=bool"),
+    ],
+)
+def test_bad_hyperparameters_are_refused_at_construction(kwargs, error, match):
+  kwargs = {"learning_rate": 1e-3, **kwargs}
+  with pytest.raises(error, match=match):
+    optax_mini.adam_mini(**kwargs)
+
+
+def test_good_hyperparameters_of_every_kind_are_accepted():
+  optax_mini.adam_mini(optax.linear_schedule(1e-3, 0.0, 10), b1=0.0, b2=jnp.asarray(0.95), eps=0.0)
+  optax_mini.adam_mini(jnp.asarray(1e-3), mu_dtype=jnp.bfloat16)
+  optax_mini.scale_by_adam_mini(b1=0.9, b2=0.0)
+
+
+def test_traced_hyperparameters_are_not_checked():
+  # optax.inject_hyperparams traces them inside jit: no concrete value to check.
+  params = {"w": jnp.ones((3, 4))}
+  tx = optax.inject_hyperparams(optax_mini.adam_mini)(learning_rate=1e-3, b2=0.95)
+  state = tx.init(params)
+  updates, _ = jax.jit(tx.update)(params, state, params)
+  assert jnp.all(jnp.isfinite(updates["w"]))
