@@ -202,6 +202,8 @@ class Layout(NamedTuple):
   rest_view: tuple[int, ...] = ()
   rest_reduce: tuple[int, ...] = ()
   num_blocks: int = 0
+  # The leaf axis each axis of v comes from (a split head axis: its heads).
+  v_axes: tuple[int, ...] = ()
   # Fused kernels: the part axis in v's shape, the run one repeat spans, and
   # per part (offset, size, head_dim, axes of v it also averages, elements
   # per block).
@@ -283,6 +285,7 @@ def _layout(spec: BlockSpec, shape: tuple[int, ...], path: str) -> Layout:
       tuple(view_shape), tuple(view_reduce), v_shape, keepdims, block_size,
       shape_reduce=tuple(sorted(reduce)), rest_view=tuple(rest_view),
       rest_reduce=tuple(rest_reduce), num_blocks=math.prod(v_shape),
+      v_axes=tuple(a for a in range(ndim) if a not in reduce),
   )
 
 
@@ -335,6 +338,7 @@ def _fused_layout(spec, shape, path, reduce, stack, norm_axis) -> Layout:
       shape, tuple(sorted(reduce)), v_shape, keepdims,
       max(p[-1] for p in planned), shape_reduce=tuple(sorted(reduce)),
       num_blocks=num_blocks, part_axis=v_axis, part_period=period, parts=tuple(planned),
+      v_axes=tuple(kept),
   )
 
 

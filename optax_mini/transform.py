@@ -12,6 +12,7 @@ import numpy as np
 import optax
 from optax._src import numerics, utils
 
+from optax_mini import _flax
 from optax_mini import blocks as blocks_lib
 
 __all__ = ["ScaleByAdamMiniState", "scale_by_adam_mini"]
@@ -445,10 +446,17 @@ def scale_by_adam_mini(
         for p in leaves
     ]
     nu = [_v_zeros(p, layout, axes) for p, layout, axes in zip(leaves, layouts, mesh_axes)]
+    # Under nnx.Optimizer the leaves come back wrapped in the parameters'
+    # Variables: v's must name the axes it keeps, not the parameter's.
+    nu = _flax.describe_kept_axes(
+        jax.tree_util.tree_unflatten(treedef, nu),
+        [layout.v_axes for layout in layouts],
+        [p.ndim for p in leaves],
+    )
     return ScaleByAdamMiniState(
         count=jnp.zeros([], jnp.int32),
         mu=jax.tree_util.tree_unflatten(treedef, mu),
-        nu=jax.tree_util.tree_unflatten(treedef, nu),
+        nu=nu,
     )
 
   def update_fn(updates, state, params=None):

@@ -1,0 +1,61 @@
+"""Flax NNX interop: reduced state that describes its own sharding.
+
+``nnx.Optimizer`` hands ``init`` an ``nnx.State`` of ``Variable`` s, and
+``jax.tree`` functions rebuild every state leaf inside a copy of its
+parameter's ``Variable``, metadata included. For ``mu`` that is right (it has
+the parameter's shape); for Adam-mini's ``v`` it is not: its
+``out_sharding`` would name the parameter's axes, and Flax's eager sharding
+(and ``nnx.get_partition_spec``) would apply a spec of the wrong rank. Here
+each ``v`` Variable gets the names of the axes it keeps instead, the same
+spec :func:`optax_mini.state_shardings` gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+
+def _is_variable(x: Any) -> bool:
+  try:
+    from flax import nnx
+  except ImportError:  # flax is optional
+    return False
+  return isinstance(x, nnx.Variable)
+
+
+def _kept(names: Any, kept_axes: Sequence[int], ndim: int) -> Any:
+  if isinstance(names, NamedSharding):
+    return NamedSharding(names.mesh, _kept(names.spec, kept_axes, ndim))
+  entries = tuple(names) + (None,) * (ndim - len(tuple(names)))
+  kept = tuple(entries[a] for a in kept_axes)
+  return PartitionSpec(*kept) if isinstance(names, PartitionSpec) else kept
+
+
+def describe_kept_axes(
+    tree: Any, kept_axes: Sequence[Sequence[int]], ndims: Sequence[int]
+) -> Any:
+  """Re-labels each ``Variable`` leaf of ``tree`` (a reduced state shaped like
+  the parameters) with the sharding names of the parameter axes it keeps.
+
+  ``kept_axes[i]`` are the parameter axes the ``i``-th leaf's array keeps, in
+  order, and ``ndims[i]`` the parameter's rank. Trees without Variables are
+  returned as they are.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_variable)
+  if not any(_is_variable(x) for x in leaves):
+    return tree
+  out = []
+  for leaf, axes, ndim in zip(leaves, kept_axes, ndims, strict=True):
+    if not _is_variable(leaf):
+      out.append(leaf)
+      continue
+    metadata = leaf.get_metadata()
+    for key in ("out_sharding", "optimizer_sharding"):
+      if metadata.get(key) is not None:
+        metadata[key] = _kept(metadata[key], axes, ndim)
+    out.append(type(leaf)(leaf.get_value(), **metadata))
+  return jax.tree_util.tree_unflatten(treedef, out)
