@@ -151,12 +151,29 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return rotated.astype(x.dtype)
 
 
-def _linear(in_features: int, out_features: int, config: Config, rngs: nnx.Rngs) -> nnx.Linear:
+# Sharding annotations, as Flax's sharding guide writes them: logical mesh
+# axes per kernel axis. Megatron-style tensor parallelism: q/k/v, gate/up and
+# lm_head split their output features (heads) over "tp" ("column parallel"),
+# o_proj/down_proj their input features ("row parallel"); the other axis is
+# split over "fsdp". Norm scales are replicated. They are metadata
+# (nnx.get_partition_spec) unless a mesh is set when the model is built, in
+# which case Flax places each parameter accordingly (eager sharding).
+COLUMN_PARALLEL = ("fsdp", "tp")
+ROW_PARALLEL = ("tp", "fsdp")
+
+
+def _linear(
+  in_features: int,
+  out_features: int,
+  config: Config,
+  rngs: nnx.Rngs,
+  sharding: tuple[str, str] = COLUMN_PARALLEL,
+) -> nnx.Linear:
   return nnx.Linear(
     in_features,
     out_features,
     use_bias=False,
-    kernel_init=_INIT,
+    kernel_init=nnx.with_partitioning(_INIT, sharding),
     dtype=config.compute_dtype,
     rngs=rngs,
   )
@@ -180,7 +197,7 @@ class Attention(nnx.Module):
     self.q_proj = _linear(c.dim, c.n_heads * c.head_dim, c, rngs)
     self.k_proj = _linear(c.dim, c.n_kv_heads * c.head_dim, c, rngs)
     self.v_proj = _linear(c.dim, c.n_kv_heads * c.head_dim, c, rngs)
-    self.o_proj = _linear(c.n_heads * c.head_dim, c.dim, c, rngs)
+    self.o_proj = _linear(c.n_heads * c.head_dim, c.dim, c, rngs, ROW_PARALLEL)
 
   def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
     """``[batch, seq, dim]`` -> same; position t sees positions <= t only."""
@@ -202,7 +219,7 @@ class MLP(nnx.Module):
   def __init__(self, config: Config, rngs: nnx.Rngs):
     self.gate_proj = _linear(config.dim, config.hidden_dim, config, rngs)
     self.up_proj = _linear(config.dim, config.hidden_dim, config, rngs)
-    self.down_proj = _linear(config.hidden_dim, config.dim, config, rngs)
+    self.down_proj = _linear(config.hidden_dim, config.dim, config, rngs, ROW_PARALLEL)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """``[..., dim]`` -> ``[..., dim]``."""
@@ -239,20 +256,23 @@ class Llama(nnx.Module):
   def __init__(self, config: Config, *, seed: int = 0):
     self.config = config
     rngs = nnx.Rngs(seed)
-    self.embed_tokens = nnx.Embed(
-      config.vocab_size,
-      config.dim,
-      embedding_init=_INIT,
-      dtype=config.compute_dtype,
-      rngs=rngs,
-    )
-    # nnx.List (not a Python list) registers the blocks as sub-modules, with
-    # parameter paths ('layers', 0, 'self_attn', ...).
-    self.layers = nnx.List([DecoderLayer(config, rngs) for _ in range(config.n_layers)])
-    self.norm = _rms_norm(config, rngs)
-    self.lm_head = (
-      None if config.tie_embeddings else _linear(config.dim, config.vocab_size, config, rngs)
-    )
+    # The annotations are placed eagerly only under a mesh (jax.set_mesh);
+    # without one the model builds on one device, annotations as metadata.
+    with nnx.use_eager_sharding(not jax.sharding.get_abstract_mesh().empty):
+      self.embed_tokens = nnx.Embed(
+        config.vocab_size,
+        config.dim,
+        embedding_init=nnx.with_partitioning(_INIT, COLUMN_PARALLEL),
+        dtype=config.compute_dtype,
+        rngs=rngs,
+      )
+      # nnx.List (not a Python list) registers the blocks as sub-modules, with
+      # parameter paths ('layers', 0, 'self_attn', ...).
+      self.layers = nnx.List([DecoderLayer(config, rngs) for _ in range(config.n_layers)])
+      self.norm = _rms_norm(config, rngs)
+      self.lm_head = (
+        None if config.tie_embeddings else _linear(config.dim, config.vocab_size, config, rngs)
+      )
 
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
     """Next-token logits ``[batch, seq, vocab_size]`` for int ``tokens``.

@@ -101,9 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the batch order")
   p.add_argument(
+    "--corpus",
+    choices=data.CORPORA,
+    default="pydoc",
+    help="built-in text: 'pydoc' (CPython's docs, 0.47 MB: long runs repeat it) or 'stdlib' "
+    "(the standard library's sources, ~12 MB: does not run out; whole files held out)",
+  )
+  p.add_argument(
     "--text",
     default=None,
-    help=f"UTF-8 file to train on (default: CPython's {data.DEFAULT_SOURCE})",
+    help="UTF-8 file to train on instead of --corpus",
   )
   p.add_argument(
     "--out", default="runs/llama", help="directory for metrics, summary and checkpoints"
@@ -253,29 +260,22 @@ def _cross_entropy(
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
-# Megatron-style tensor parallelism: q/k/v, gate/up and lm_head split their
-# output features (heads) over "tp", o_proj/down_proj their input features;
-# every kernel's other axis is split over "fsdp".
-_ROW_PARALLEL = ("o_proj", "down_proj")
+def param_shardings(specs: Any, params: Params, mesh: jax.sharding.Mesh) -> Any:
+  """``NamedSharding`` per parameter from the model's own annotations.
 
-
-def param_shardings(params: Params, mesh: jax.sharding.Mesh) -> Any:
-  """``NamedSharding`` per parameter on an ``("fsdp", "tp")`` mesh.
-
-  Axes that the mesh axis does not divide stay unsharded, so any preset runs
-  on any mesh. 1-D leaves (norm scales) are replicated.
+  ``specs`` is ``nnx.get_partition_spec`` of the model's state as a pure
+  dict (the ``nnx.with_partitioning`` annotations in ``model.py``). A mesh
+  axis that does not divide its parameter axis is dropped there, so any preset
+  runs on any mesh.
   """
   P = jax.sharding.PartitionSpec
 
-  def spec(path, x):
-    if x.ndim != 2:
-      return jax.sharding.NamedSharding(mesh, P())
-    names = [str(getattr(k, "key", k)) for k in path]
-    axes = ("tp", "fsdp") if any(n in _ROW_PARALLEL for n in names) else ("fsdp", "tp")
-    entries = tuple(a if x.shape[i] % mesh.shape[a] == 0 else None for i, a in enumerate(axes))
-    return jax.sharding.NamedSharding(mesh, P(*entries))
+  def fit(spec, x):
+    entries = tuple(spec) + (None,) * (x.ndim - len(tuple(spec)))
+    kept = tuple(a if a is None or x.shape[i] % mesh.shape[a] == 0 else None for i, a in enumerate(entries))
+    return jax.sharding.NamedSharding(mesh, P(*kept))
 
-  return jax.tree_util.tree_map_with_path(spec, params)
+  return jax.tree.map(fit, specs, params, is_leaf=lambda x: isinstance(x, P))
 
 
 def make_mesh(fsdp: int, tp: int) -> jax.sharding.Mesh | None:
@@ -290,8 +290,8 @@ def make_mesh(fsdp: int, tp: int) -> jax.sharding.Mesh | None:
       f"{len(jax.devices())}. On a CPU, start with "
       f"XLA_FLAGS=--xla_force_host_platform_device_count={fsdp * tp}."
     )
-  # Auto axes: the model is written without sharding annotations and jit's
-  # partitioner propagates the parameters' and the batch's shardings.
+  # Auto axes: the parameters' shardings come from the model's annotations,
+  # and jit's partitioner propagates them and the batch's.
   auto = (jax.sharding.AxisType.Auto,) * 2
   return jax.make_mesh((fsdp, tp), ("fsdp", "tp"), axis_types=auto, devices=jax.devices()[: fsdp * tp])
 
@@ -434,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if args.steps < 1:
     raise ValueError(f"--steps {args.steps}: must be at least 1.")
   config = model_lib.PRESETS[args.preset]
-  corpus = data.load_corpus(args.text, seq_len=args.seq_len)
+  corpus = data.load_corpus(args.text, seq_len=args.seq_len, corpus=args.corpus)
   eval_batches = data.eval_batches(
     corpus.held_out,
     batch_size=args.batch_size,
@@ -444,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
   model = model_lib.Llama(config, seed=args.seed)
   graphdef, params = nnx.split(model)
+  # The model's sharding annotations (nnx.with_partitioning), for --fsdp/--tp.
+  param_specs = nnx.to_pure_dict(nnx.get_partition_spec(params))
   params = nnx.to_pure_dict(params)
   del model  # the arrays live on in `params`; the module is rebuilt in jit
   if args.explain:
@@ -461,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if args.batch_size % args.fsdp:
       raise ValueError(f"--batch-size {args.batch_size} must be divisible by --fsdp {args.fsdp}.")
-    param_sh = param_shardings(params, mesh)
+    param_sh = param_shardings(param_specs, params, mesh)
     params = jax.device_put(params, param_sh)
     # The state's shardings follow from the parameters' (Adam-mini's v: the
     # axes each block keeps); optax_mini works this out for any optimizer.
