@@ -76,6 +76,35 @@ def test_split_is_deterministic_and_holds_out_the_tail():
   assert len(text) > 400_000  # pydoc_data.topics is ~0.47 MB
 
 
+def test_stdlib_corpus_does_not_run_out_and_holds_out_whole_files(tmp_path):
+  corpus = data.load_corpus(seq_len=128, corpus="stdlib")
+  again = data.load_corpus(seq_len=128, corpus="stdlib")
+  np.testing.assert_array_equal(corpus.train, again.train)
+  total = len(corpus.train) + len(corpus.held_out)
+  assert total > 10_000_000  # > 10 MB: 1000 default steps (1000 x 16 x 256 bytes) are < 1 epoch
+  assert 0.03 < len(corpus.held_out) / total < 0.2
+  # Whole files: every held-out file is in the held-out part, none in training.
+  import sysconfig
+  root = sysconfig.get_paths()["stdlib"]
+  files = data.stdlib_files(root)
+  assert not any("/test/" in f"/{f}" or os.path.basename(f).startswith("test_") for f in files)
+  held = [f for f in files if data.is_held_out(f)]
+  kept = [f for f in files if not data.is_held_out(f)]
+  assert held and kept
+  train, held_out = bytes(corpus.train), bytes(corpus.held_out)
+  for rel in held[:5]:
+    with open(os.path.join(root, rel), "rb") as f:
+      body = f.read()
+    if len(body) > 2000:
+      assert body in held_out and body not in train
+  # A file tree of our own: the split is by file, by a hash of the path.
+  for name in ("a.py", "b.py", "c.py", "pkg/d.py", "test/e.py", "test_f.py"):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {name}\n" * 20)
+  assert data.stdlib_files(str(tmp_path)) == ["a.py", "b.py", "c.py", os.path.join("pkg", "d.py")]
+
+
 def test_train_batches_are_a_function_of_seed_and_step():
   tokens = data.load_corpus(seq_len=16).train
 

@@ -1,0 +1,211 @@
+"""The learning-rate study: AdamW and Adam-mini on data that does not run out.
+
+  python benchmarks/study.py [--preset tiny] [--corpus stdlib] [--jobs N] [--out benchmarks/study]
+
+For one preset of the example (``examples/llama``) on a corpus that stays
+under one epoch at every budget here (``--corpus stdlib``: ~12 MB of the
+standard library's sources, whole files held out):
+
+1. a grid, seed 0: both optimizers over the same learning rates x warmups;
+2. seeds 0, 1, 2 at AdamW's best setting (AdamW, and Adam-mini as a drop-in),
+   at Adam-mini's best setting, and ``value_as_one_block`` at Adam-mini's best;
+3. a report: best-vs-best and drop-in gaps (mean +- std over seeds), loss vs
+   learning rate, loss vs step at the best settings (plots beside it).
+
+Every run is cached as JSON under ``--out`` (keyed by its flags), so the study
+can be stopped and resumed, and a grid can be widened without re-running what
+is there. Runs are deterministic: ``--jobs`` changes the wall time only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+GRIDS = {
+    # preset: (learning rates, warmups, seeds at the best settings)
+    "tiny": ((5e-4, 1e-3, 2e-3, 4e-3), (30, 100), (0, 1, 2)),
+    "small": ((5e-4, 1e-3, 2e-3), (100,), (0, 1)),
+}
+STEPS = 1000
+
+
+def run_flags(preset: str, corpus: str, optimizer: str, lr: float, warmup: int, seed: int,
+              value_as_one_block: bool = False) -> list[str]:
+  flags = ["--preset", preset, "--corpus", corpus, "--optimizer", optimizer, "--lr", repr(lr),
+           "--warmup", str(warmup), "--seed", str(seed), "--steps", str(STEPS)]
+  if value_as_one_block:
+    flags.append("--value-as-one-block")
+  return flags
+
+
+def _key(flags: Sequence[str]) -> str:
+  return hashlib.sha1(" ".join(flags).encode()).hexdigest()[:16]
+
+
+def _train(flags: list[str], out_dir: str) -> dict[str, Any]:
+  """One run of the example; its final held-out loss and curves, cached."""
+  path = os.path.join(out_dir, f"{_key(flags)}.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  from examples.llama import train
+
+  run_dir = os.path.join(out_dir, "runs", _key(flags))
+  start = time.perf_counter()
+  summary = train.main([*flags, "--out", run_dir, "--quiet", "--log-every", "10",
+                        "--eval-every", str(STEPS // 10), "--checkpoint-every", "0"])
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  result = {
+      "flags": flags,
+      "final_eval_loss": summary["final_eval_loss"],
+      "train_curve": [(r["step"], r["train_loss"]) for r in records if "train_loss" in r],
+      "eval_curve": [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r],
+      "seconds": time.perf_counter() - start,
+  }
+  with open(path + ".tmp", "w") as f:
+    json.dump(result, f)
+  os.replace(path + ".tmp", path)
+  print(f"  {' '.join(flags)}: held-out {result['final_eval_loss']:.4f} ({result['seconds']:.0f} s)", flush=True)
+  return result
+
+
+def run_all(runs: list[list[str]], out_dir: str, jobs: int) -> dict[str, dict[str, Any]]:
+  if jobs > 1:
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+      futures = {_key(flags): pool.submit(_train, flags, out_dir) for flags in runs}
+      return {key: future.result() for key, future in futures.items()}
+  return {_key(flags): _train(flags, out_dir) for flags in runs}
+
+
+def mean_std(xs: Sequence[float]) -> str:
+  return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
+
+
+def gap(a: Sequence[float], b: Sequence[float]) -> str:
+  return f"{100 * (statistics.mean(a) / statistics.mean(b) - 1):+.2f} %"
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--preset", default="tiny", choices=sorted(GRIDS))
+  parser.add_argument("--corpus", default="stdlib")
+  parser.add_argument("--jobs", type=int, default=1)
+  parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "study"))
+  args = parser.parse_args(argv)
+  from benchmarks.run import machine_line
+
+  lrs, warmups, seeds = GRIDS[args.preset]
+  out_dir = os.path.join(args.out, f"{args.preset}_{args.corpus}")
+  os.makedirs(out_dir, exist_ok=True)
+  wall = time.perf_counter()
+
+  def flags(optimizer, lr, warmup, seed, value_as_one_block=False):
+    return run_flags(args.preset, args.corpus, optimizer, lr, warmup, seed, value_as_one_block)
+
+  grid = [flags(o, lr, w, seeds[0]) for o in ("adamw", "adam_mini") for lr in lrs for w in warmups]
+  results = run_all(grid, out_dir, args.jobs)
+
+  def loss(optimizer, lr, warmup, seed=seeds[0], vob=False):
+    return results[_key(flags(optimizer, lr, warmup, seed, vob))]["final_eval_loss"]
+
+  best = {o: min(((lr, w) for lr in lrs for w in warmups), key=lambda s, o=o: loss(o, *s))
+          for o in ("adamw", "adam_mini")}
+  settings = [("adamw", best["adamw"], False), ("adam_mini", best["adamw"], False),
+              ("adam_mini", best["adam_mini"], False), ("adam_mini", best["adam_mini"], True)]
+  seeded = [flags(o, lr, w, s, vob) for o, (lr, w), vob in settings for s in seeds]
+  results.update(run_all(seeded, out_dir, args.jobs))
+
+  def over_seeds(optimizer, setting, vob=False):
+    return [loss(optimizer, *setting, s, vob) for s in seeds]
+
+  adamw_best = over_seeds("adamw", best["adamw"])
+  mini_best = over_seeds("adam_mini", best["adam_mini"])
+  drop_in = over_seeds("adam_mini", best["adamw"])
+  vob = over_seeds("adam_mini", best["adam_mini"], True)
+  seconds = sum(r["seconds"] for r in results.values())
+  lines = [
+      f"## Learning-rate study: preset `{args.preset}`, corpus `{args.corpus}`, {STEPS} steps",
+      "",
+      f"Machine: {machine_line()}; commit {_commit()}. {len(results)} runs, "
+      f"{seconds / 60:.0f} min of training (wall {(time.perf_counter() - wall) / 60:.0f} min this "
+      f"invocation, --jobs {args.jobs}).",
+      "",
+      f"Grid (seed {seeds[0]}), final held-out loss (nats/byte):",
+      "",
+      "| lr | " + " | ".join(f"AdamW w{w}" for w in warmups) + " | "
+      + " | ".join(f"Adam-mini w{w}" for w in warmups) + " |",
+      "|---:|" + "---:|" * (2 * len(warmups)),
+  ]
+  for lr in lrs:
+    lines.append(f"| {lr:g} | " + " | ".join(f"{loss('adamw', lr, w):.4f}" for w in warmups) + " | "
+                 + " | ".join(f"{loss('adam_mini', lr, w):.4f}" for w in warmups) + " |")
+  lines += [
+      "",
+      f"Best settings (seed {seeds[0]}): AdamW lr {best['adamw'][0]:g} warmup {best['adamw'][1]}; "
+      f"Adam-mini lr {best['adam_mini'][0]:g} warmup {best['adam_mini'][1]}. Over seeds {list(seeds)}:",
+      "",
+      "| run | held-out loss | vs AdamW at its best |",
+      "|---|---:|---:|",
+      f"| AdamW at its best | {mean_std(adamw_best)} | |",
+      f"| Adam-mini at its best | {mean_std(mini_best)} | {gap(mini_best, adamw_best)} |",
+      f"| Adam-mini as a drop-in (AdamW's best setting) | {mean_std(drop_in)} | {gap(drop_in, adamw_best)} |",
+      f"| Adam-mini, value as one block, at its best | {mean_std(vob)} | {gap(vob, adamw_best)} |",
+  ]
+  text = "\n".join(lines) + "\n"
+  with open(os.path.join(args.out, f"STUDY_{args.preset}_{args.corpus}.md"), "w") as f:
+    f.write(text)
+  _plots(args, lrs, warmups, loss, results, best, flags, seeds)
+  print(text)
+  return text
+
+
+def _commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def _plots(args, lrs, warmups, loss, results, best, flags, seeds) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+  for optimizer, color in (("adamw", "tab:blue"), ("adam_mini", "tab:orange")):
+    for w, style in zip(warmups, ("-", "--")):
+      left.plot(lrs, [loss(optimizer, lr, w) for lr in lrs], style, marker="o", color=color,
+                label=f"{optimizer} warmup {w}")
+    lr, w = best[optimizer]
+    curve = results[_key(flags(optimizer, lr, w, seeds[0]))]["eval_curve"]
+    right.plot(*zip(*curve), color=color, marker=".", label=f"{optimizer} lr {lr:g} w{w}")
+  left.set(xscale="log", xlabel="peak learning rate", ylabel="held-out loss (seed 0)",
+           title=f"{args.preset}, {args.corpus}: loss vs lr")
+  right.set(xlabel="step", ylabel="held-out loss", title="at each optimizer's best setting")
+  for ax in (left, right):
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(os.path.join(args.out, f"study_{args.preset}_{args.corpus}.png"), dpi=100)
+
+
+if __name__ == "__main__":
+  main()
