@@ -84,6 +84,14 @@ def assert_close(a, b, rtol=1e-5):
     assert np.max(np.abs(x - y)) <= rtol * max(np.max(np.abs(y)), 1e-30), jax.tree_util.keystr(path)
 
 
+def train_and_compare_with_one_device(mesh, model, optimizer):
+  shard = lambda b: jax.device_put(b, NamedSharding(mesh, PartitionSpec("fsdp")))  # noqa: E731
+  model, optimizer = train(model, optimizer, shard)
+  ref_model, ref_optimizer = one_device()
+  assert_close(nnx.state(model, nnx.Param), nnx.state(ref_model, nnx.Param))
+  assert_close(nnx.state(optimizer), nnx.state(ref_optimizer))
+
+
 def nu_specs(optimizer):
   specs = nnx.get_partition_spec(nnx.state(optimizer))
   return jax.tree.map(lambda v: PartitionSpec(*v.get_value()) if isinstance(v, nnx.Variable) else v,
@@ -119,11 +127,7 @@ def test_eager_sharding_recipe(axis_type):
       # embedding gather must name its out_sharding); creation is the part
       # that concerns the optimizer.
       return
-    shard = lambda b: jax.device_put(b, NamedSharding(mesh, PartitionSpec("fsdp")))  # noqa: E731
-    model, optimizer = train(model, optimizer, shard)
-  ref_model, ref_optimizer = one_device()
-  assert_close(nnx.state(model, nnx.Param), nnx.state(ref_model, nnx.Param))
-  assert_close(nnx.state(optimizer), nnx.state(ref_optimizer))
+    train_and_compare_with_one_device(mesh, model, optimizer)
 
 
 def test_with_sharding_constraint_recipe():
@@ -140,11 +144,7 @@ def test_with_sharding_constraint_recipe():
   with jax.set_mesh(mesh):
     model, optimizer = create()  # raised before: a spec of the wrong rank for v
     assert optimizer.opt_state[0].nu["q_proj"]["kernel"].get_value().sharding.spec == PartitionSpec("tp")
-    shard = lambda b: jax.device_put(b, NamedSharding(mesh, PartitionSpec("fsdp")))  # noqa: E731
-    model, optimizer = train(model, optimizer, shard)
-  ref_model, ref_optimizer = one_device()
-  assert_close(nnx.state(model, nnx.Param), nnx.state(ref_model, nnx.Param))
-  assert_close(nnx.state(optimizer), nnx.state(ref_optimizer))
+    train_and_compare_with_one_device(mesh, model, optimizer)
 
 
 def test_unannotated_models_keep_plain_metadata():

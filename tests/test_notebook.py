@@ -12,22 +12,32 @@ nbformat = pytest.importorskip("nbformat", reason="the notebook test needs the t
 nbclient = pytest.importorskip("nbclient", reason="the notebook test needs the test extras (nbformat, nbclient, ipykernel)")
 
 
-def test_committed_notebook_has_no_outputs():
-  nb = nbformat.read(NOTEBOOK, as_version=4)
+def assert_stored_stripped(path: pathlib.Path) -> None:
+  nb = nbformat.read(path, as_version=4)
   for cell in nb.cells:
     if cell.cell_type == "code":
       assert cell.outputs == [] and cell.execution_count is None, "strip outputs before committing"
 
 
-def test_quickstart_runs(tmp_path, monkeypatch):
+def run_notebook(path: pathlib.Path, monkeypatch) -> tuple[str, object]:
+  """Executes a notebook top to bottom (a few-step run); its text output and cells."""
   monkeypatch.setenv("OPTAX_MINI_QUICK", "1")
-  nb = nbformat.read(NOTEBOOK, as_version=4)
-  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+  nb = nbformat.read(path, as_version=4)
+  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
   client.execute(env=dict(os.environ))
   text = "\n".join(
       out.get("text", "") + "".join(out.get("data", {}).get("text/plain", ""))
       for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
   )
+  return text, nb
+
+
+def test_committed_notebook_has_no_outputs():
+  assert_stored_stripped(NOTEBOOK)
+
+
+def test_quickstart_runs(monkeypatch):
+  text, nb = run_notebook(NOTEBOOK, monkeypatch)
   assert "heads [q_proj]" in text  # the explain table
   assert "v entries" in text
   assert "Adam-mini" in text and "AdamW" in text  # the comparison table
@@ -40,24 +50,14 @@ YOUR_MODEL = NOTEBOOK.parent / "your_model.ipynb"
 
 
 def test_your_model_notebook_is_stored_stripped():
-  nb = nbformat.read(YOUR_MODEL, as_version=4)
-  for cell in nb.cells:
-    if cell.cell_type == "code":
-      assert cell.outputs == [] and cell.execution_count is None, "strip outputs before committing"
+  assert_stored_stripped(YOUR_MODEL)
 
 
 def test_your_model_notebook_runs(monkeypatch):
   pytest.importorskip(
       "transformers", reason="part 4 trains a Hugging Face Flax GPT-2: needs transformers==4.57.6 (the test extras)"
   )
-  monkeypatch.setenv("OPTAX_MINI_QUICK", "1")
-  nb = nbformat.read(YOUR_MODEL, as_version=4)
-  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(YOUR_MODEL.parent)}})
-  client.execute(env=dict(os.environ))
-  text = "\n".join(
-      out.get("text", "") + "".join(out.get("data", {}).get("text/plain", ""))
-      for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
-  )
+  text, _ = run_notebook(YOUR_MODEL, monkeypatch)
   assert "fused k|v [kv_einsum/w]" in text  # gemma: each part's blocks
   assert "363,719" in text  # Gemma 3 270M's blocks, as the README's table says
   assert "reverse_embeddings" in text and "neuron [reverse_embeddings]" in text  # keras-hub
