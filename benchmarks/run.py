@@ -266,6 +266,17 @@ def largest_fitting(budget: float, tx_for: Callable[[int], optax.GradientTransfo
   return best
 
 
+def largest_micro_batch_tokens(config: shapes_lib.LlamaShape, tx: optax.GradientTransformation,
+                               budget: float, shards: int = 1) -> int:
+  """Tokens per device (a multiple of 256) whose activations fit ``budget`` beside
+  the parameters, gradients and optimizer state, each split over ``shards``
+  devices (FSDP). Activations are linear in tokens under this method."""
+  one = training_bytes(config, tx)
+  fixed = (one["params"] + one["grads"] + one["state"]) / shards
+  per_token = one["activations"] / FIT_TOKENS
+  return max(int((budget - fixed) // per_token) // 256 * 256, 0)
+
+
 def section_fits(quick: bool) -> str:
   del quick
   names = list(optimizers(128))
@@ -283,6 +294,15 @@ def section_fits(quick: bool) -> str:
     b = training_bytes(seven, optimizers(seven.head_dim)[name])
     breakdown.append([name] + [f"{b[k] / GB:.1f}" for k in
                                ("params", "grads", "state", "activations", "total")])
+  one_b = shapes_lib.scaled(2048)
+  batch_rows = []
+  for label, config in (("Llama-2-7B", seven), (f"{one_b.num_params / 1e9:.2f}B (d=2048)", one_b)):
+    for shards in (1, 2, 8):
+      tokens = [largest_micro_batch_tokens(config, optimizers(config.head_dim)[name], 80 * GB, shards)
+                for name in names]
+      batch_rows.append([label, "1 device" if shards == 1 else f"FSDP over {shards}"] + [
+          f"{t:,}" + (f" ({t / tokens[0]:.2f}x)" if tokens[0] and i else "")
+          for i, t in enumerate(tokens)])
   return "\n\n".join([
       "## 2b. Largest LLaMA whose training step fits one device",
       "Method (analytic, stated): float32 parameters and float32 gradients (4 + 4 bytes per "
@@ -297,6 +317,13 @@ def section_fits(quick: bool) -> str:
       table(["budget"] + names, rows),
       "Llama-2-7B under this method (GB):",
       table(["optimizer", "params", "grads", "state", "activations", "total"], breakdown),
+      "**Memory buys batch.** The paper's +49.6 % throughput at 7B comes from the larger "
+      "micro-batch the freed memory allows (1 -> 4 per GPU on 2 x A800-80GB), not from a faster "
+      "step. Largest micro-batch in tokens per 80 GB device (rounded down to 256), same method "
+      "(parameters, gradients and state split over the devices under FSDP; activations per "
+      "device, linear in tokens); 0: nothing fits. On two devices, as in the paper, Adam-mini's "
+      "freed state is most of the headroom; over eight it matters less:",
+      table(["model", "layout"] + names, batch_rows),
   ])
 
 
