@@ -195,3 +195,11 @@ def test_traced_hyperparameters_are_not_checked():
   state = tx.init(params)
   updates, _ = jax.jit(tx.update)(params, state, params)
   assert jnp.all(jnp.isfinite(updates["w"]))
+
+
+def test_gemma_gating_whose_shape_cannot_tell_gate_from_input():
+  # [2, F, D] (Gemma 3) and [2, D, F] (Gemma 2) are told apart by F > D; a
+  # square one cannot be, so it raises rather than guess.
+  params = {"mlp": {"gating_einsum": jnp.zeros((2, 16, 16))}}
+  with pytest.raises(ValueError, match=r"gating_einsum.*\(2, 16, 16\).*o > i"):
+    init(params)

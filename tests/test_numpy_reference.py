@@ -230,7 +230,7 @@ def test_fused_kernels_get_each_parts_blocks():
   # q and k parts: one v per head; v (and gate, up): one per output neuron.
   # Reference block means written per layout in NumPy, independently of the
   # library's part plan.
-  d, n, kv, h, f = 12, 3, 1, 4, 10
+  d, n, kv, h, f = 12, 3, 1, 4, 20  # the MLP widens (f > d), as every gating_einsum does
   shapes = {
       "gemma/qkv_einsum/w": (3, n, d, h),  # Gemma MHA [3, N, D, H]
       "gemma/gating_einsum": (2, f, d),  # [2, F, D]: gate, up
