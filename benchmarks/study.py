@@ -9,8 +9,12 @@ standard library's sources, whole files held out):
 1. a grid, seed 0: both optimizers over the same learning rates x warmups;
 2. seeds 0, 1, 2 at AdamW's best setting (AdamW, and Adam-mini as a drop-in),
    at Adam-mini's best setting, and ``value_as_one_block`` at Adam-mini's best;
-3. a report: best-vs-best and drop-in gaps (mean +- std over seeds), loss vs
-   learning rate, loss vs step at the best settings (plots beside it).
+3. at AdamW's best setting, each parameter group (heads, value, attention
+   out, MLP, embedding, lm_head; value + attention out) handed back to
+   per-element v, one at a time, over the same seeds (``--no-ablation`` skips);
+4. a report: best-vs-best and drop-in gaps (mean +- std over seeds), the
+   ablation, loss vs learning rate, loss vs step at the best settings (plots
+   beside it).
 
 Every run is cached as JSON under ``--out`` (keyed by its flags), so the study
 can be stopped and resumed, and a grid can be widened without re-running what
@@ -44,12 +48,19 @@ GRIDS = {
 STEPS = 1000
 
 
+# Phase 3: at AdamW's best setting (where Adam-mini as a drop-in trails), which
+# parameter groups, handed back to per-element v one at a time, recover AdamW.
+ABLATIONS = ("heads", "value", "attn_out", "mlp", "embed", "lm_head", "value,attn_out")
+
+
 def run_flags(preset: str, corpus: str, optimizer: str, lr: float, warmup: int, seed: int,
-              value_as_one_block: bool = False) -> list[str]:
+              value_as_one_block: bool = False, per_element: str = "") -> list[str]:
   flags = ["--preset", preset, "--corpus", corpus, "--optimizer", optimizer, "--lr", repr(lr),
            "--warmup", str(warmup), "--seed", str(seed), "--steps", str(STEPS)]
   if value_as_one_block:
     flags.append("--value-as-one-block")
+  if per_element:
+    flags += ["--per-element", per_element]
   return flags
 
 
@@ -107,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--corpus", default="stdlib")
   parser.add_argument("--jobs", type=int, default=1)
   parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "study"))
+  parser.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
+                      help="phase 3: per-element groups at AdamW's best setting")
   args = parser.parse_args(argv)
   from benchmarks.run import machine_line
 
@@ -115,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   os.makedirs(out_dir, exist_ok=True)
   wall = time.perf_counter()
 
-  def flags(optimizer, lr, warmup, seed, value_as_one_block=False):
-    return run_flags(args.preset, args.corpus, optimizer, lr, warmup, seed, value_as_one_block)
+  def flags(optimizer, lr, warmup, seed, value_as_one_block=False, per_element=""):
+    return run_flags(args.preset, args.corpus, optimizer, lr, warmup, seed, value_as_one_block, per_element)
 
   grid = [flags(o, lr, w, seeds[0]) for o in ("adamw", "adam_mini") for lr in lrs for w in warmups]
   results = run_all(grid, out_dir, args.jobs)
@@ -134,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> str:
   def over_seeds(optimizer, setting, vob=False):
     return [loss(optimizer, *setting, s, vob) for s in seeds]
 
+  ablation = [flags("adam_mini", *best["adamw"], seed, per_element=group)
+              for group in ABLATIONS for seed in seeds] if args.ablation else []
+  results.update(run_all(ablation, out_dir, args.jobs))
   adamw_best = over_seeds("adamw", best["adamw"])
   mini_best = over_seeds("adam_mini", best["adam_mini"])
   drop_in = over_seeds("adam_mini", best["adamw"])
@@ -167,6 +183,20 @@ def main(argv: Sequence[str] | None = None) -> str:
       f"| Adam-mini as a drop-in (AdamW's best setting) | {mean_std(drop_in)} | {gap(drop_in, adamw_best)} |",
       f"| Adam-mini, value as one block, at its best | {mean_std(vob)} | {gap(vob, adamw_best)} |",
   ]
+  if args.ablation:
+    lines += [
+        "",
+        f"Ablation at AdamW's best setting (lr {best['adamw'][0]:g}, warmup {best['adamw'][1]}): "
+        "one group at a time back to per-element v (plain Adam), over the same seeds:",
+        "",
+        "| per-element group | held-out loss | vs AdamW at its best |",
+        "|---|---:|---:|",
+        f"| (none: Adam-mini as a drop-in) | {mean_std(drop_in)} | {gap(drop_in, adamw_best)} |",
+    ]
+    for group in ABLATIONS:
+      xs = [results[_key(flags("adam_mini", *best["adamw"], seed, per_element=group))]["final_eval_loss"]
+            for seed in seeds]
+      lines.append(f"| {group} | {mean_std(xs)} | {gap(xs, adamw_best)} |")
   text = "\n".join(lines) + "\n"
   with open(os.path.join(args.out, f"STUDY_{args.preset}_{args.corpus}.md"), "w") as f:
     f.write(text)

@@ -328,3 +328,20 @@ def test_resume_refuses_changed_flags_and_fresh_runs_refuse_old_dirs(tmp_path):
     train.main(flags)
   with pytest.raises(ValueError, match="lr"):
     train.main([*flags, "--resume", "--lr", "0.5"])
+
+
+def test_per_element_ablation_flag():
+  from flax import nnx
+
+  import optax_mini
+
+  args = train.build_parser().parse_args(["--per-element", "value,attn_out", "--value-as-one-block"])
+  blocks = train.adam_mini_blocks(args)
+  params = nnx.to_pure_dict(nnx.state(model_lib.Llama(model_lib.PRESETS["tiny"]), nnx.Param))
+  specs = optax_mini.block_specs(params, head_dim=32, blocks=blocks)
+  attn = specs["layers"][0]["self_attn"]
+  shape = params["layers"][0]["self_attn"]["v_proj"]["kernel"].shape
+  assert attn["v_proj"]["kernel"].v_shape(shape) == shape  # plain Adam: one v per element
+  assert attn["q_proj"]["kernel"].role == "heads [q_proj]"  # the rest untouched
+  with pytest.raises(ValueError, match="--per-element"):
+    train.adam_mini_blocks(train.build_parser().parse_args(["--per-element", "values"]))

@@ -45,6 +45,16 @@ from examples.llama import data  # noqa: E402
 from examples.llama import model as model_lib  # noqa: E402
 
 OPTIMIZERS = ("adam_mini", "adamw")
+# --per-element: the parameter groups an ablation can hand back to plain Adam
+# (one v per element), by the path components that name them in this model.
+PER_ELEMENT_GROUPS = {
+  "heads": ("q_proj", "k_proj"),
+  "value": ("v_proj",),
+  "attn_out": ("o_proj",),
+  "mlp": ("mlp",),
+  "embed": ("embed_tokens",),
+  "lm_head": ("lm_head",),
+}
 # Flags that may change between a run and its --resume without changing
 # what is computed.
 # The mesh is among them: a sharded checkpoint restores onto another mesh.
@@ -98,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     default=False,
     help="Adam-mini: one v per value projection instead of one "
     "per output neuron (advised by the authors for short runs)",
+  )
+  p.add_argument(
+    "--per-element",
+    default="",
+    help="Adam-mini ablation: comma-separated groups that get plain Adam's one v per element "
+    f"({','.join(PER_ELEMENT_GROUPS)})",
   )
   p.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the batch order")
   p.add_argument(
@@ -168,13 +184,19 @@ def decay_mask(params: Params) -> Params:
 
 
 def adam_mini_blocks(args: argparse.Namespace) -> Any:
-  """Adam-mini's ``blocks=`` for the flags: default rules, or value as one."""
+  """Adam-mini's ``blocks=`` for the flags: default rules, value as one block,
+  and groups switched to per-element ``v`` (``--per-element``)."""
   import optax_mini
 
+  groups = [g for g in (getattr(args, "per_element", "") or "").split(",") if g]
+  unknown = sorted(set(groups) - set(PER_ELEMENT_GROUPS))
+  if unknown:
+    raise ValueError(f"--per-element {unknown}: choose from {','.join(PER_ELEMENT_GROUPS)}.")
+  rules = [(name, "element") for g in groups for name in PER_ELEMENT_GROUPS[g]]
   # The authors advise one block per value matrix for runs shorter than
   # ~10k steps (Adam-mini README; paper Appendix C.3).
-  if args.value_as_one_block:
-    return optax_mini.BlockRules(value_as_one_block=True)
+  if args.value_as_one_block or rules:
+    return optax_mini.BlockRules(rules=rules, value_as_one_block=args.value_as_one_block)
   return None
 
 
