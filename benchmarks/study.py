@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
                       help="phase 3: per-element groups at AdamW's best setting")
   args = parser.parse_args(argv)
-  from benchmarks.run import machine_line
+  from benchmarks.common import machine_line
 
   lrs, warmups, seeds = GRIDS[args.preset]
   out_dir = os.path.join(args.out, f"{args.preset}_{args.corpus}")

@@ -13,7 +13,8 @@ import re
 
 import pytest
 
-from benchmarks import run
+from benchmarks import convergence, run
+from benchmarks.common import settings
 
 
 def test_memory_and_fsdp_sections_write_results_and_plot(tmp_path):
@@ -51,10 +52,10 @@ def test_unknown_section_is_refused(capsys):
 
 def test_convergence_runs_do_not_depend_on_jobs(monkeypatch):
   variants = {"adam_mini": ["--optimizer", "adam_mini", "--preset", "tiny"]}
-  monkeypatch.setattr(run, "_JOBS", 1)
-  serial = run._train_runs(variants, steps=3, seeds=(0, 1))
-  monkeypatch.setattr(run, "_JOBS", 2)
-  parallel = run._train_runs(variants, steps=3, seeds=(0, 1))
+  monkeypatch.setattr(settings, "jobs", 1)
+  serial = convergence._train_runs(variants, steps=3, seeds=(0, 1))
+  monkeypatch.setattr(settings, "jobs", 2)
+  parallel = convergence._train_runs(variants, steps=3, seeds=(0, 1))
   assert serial == parallel
   finals, curves = serial
   assert len(finals["adam_mini"]) == 2 and finals["adam_mini"][0] != finals["adam_mini"][1]

@@ -1,0 +1,113 @@
+"""3. Update speed, interleaved against optax.adamw."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import matplotlib
+import optax
+
+import optax_mini
+from benchmarks import hlo
+from benchmarks import shapes as shapes_lib
+from benchmarks.common import (
+    Ratio,
+    interleaved,
+    log,
+    make_update_step,
+    ms,
+    table,
+)
+
+matplotlib.use("Agg")
+
+
+# --------------------------------------------------------------------------- 3. update speed
+
+
+TENSOR_ABLATION = "adam_mini (one v per tensor)"
+
+SPEED_NOTES = """\
+What limits it (investigated with `jax.profiler`, ablations and the optimized HLO; not re-run by \
+this script). Per leaf the compiled update is three passes: `m` (reads m, g; writes m), the block \
+sums of `g*g` (reads g), and the parameter update (reads p, the new m; writes p): 7 words per \
+parameter against AdamW's 10 (m, v and p passes), a 1.43x bound. XLA:CPU does no multi-output \
+fusion, so the `m` and parameter passes cannot share one read of `m` (6 words, 1.67x), and its \
+reductions stream `g` more slowly than fused elementwise passes. What the block structure \
+adds over one sum per tensor is the last column's gap; it varies by CPU (on a 2-core AMD EPYC \
+the `[640, 32000]` `lm_head` column sum alone was ~9 ms of a ~67 ms update at 102M, where \
+AdamW took ~79 ms; the speed ratios there were 1.04x / 1.18x / 1.16x). XLA:CPU sums over a leading axis \
+at ~1 GB/s once the kept row passes 64 kB (a plain `jnp.sum(g*g, 0)` of that `lm_head`: 68 ms), \
+so on CPU such leaves use pairwise halving (split, add; 4 ms, ~20 GB/s against ~38 GB/s for a \
+row sum). Fixed on the way: the overflow prescale's constant, shared by same-shaped leaves, was \
+materialised as a full-size array read beside every `g` (7.33 words/param; 102M 0.93x -> 1.16x \
+on the AMD machine). Tried and dropped, slower or no better: two-stage head sums with or \
+without a fusion barrier (kept: no loss), row-chunked scans fusing m and the sums, k-way slice \
+sums, `[1, R] @ g*g` dots (whole or in row chunks: 23-28 ms for the lm_head, the `g*g` \
+temporary costs more than the sum saves), column-sliced sums, reshaping the wide axis to \
+<= 16384, `einsum('io,io->o')` (68 ms), unrolled tails after halving (16-20 ms), pairwise \
+halving for every column sum, disabling YNNPACK.\
+"""
+
+
+def section(quick: bool) -> str:
+  configs = shapes_lib.SPEED[:2] if quick else shapes_lib.SPEED
+  pairs = 20 if quick else 100  # cheap (~1 min), and this shared CPU is noisy
+  rows, pass_rows = [], []
+  for config in configs:
+    shapes = shapes_lib.param_shapes(config)
+    txs = {"adamw": optax.adamw(1e-3, weight_decay=1e-4),
+           "adam_mini": optax_mini.adam_mini(1e-3, weight_decay=1e-4, head_dim=config.head_dim),
+           # Ablation: the same passes with the simplest sums (one v per tensor),
+           # to tell the cost of the block structure from that of reading g.
+           TENSOR_ABLATION: optax_mini.adam_mini(
+               1e-3, weight_decay=1e-4, head_dim=config.head_dim,
+               blocks=[("kernel", "tensor"), ("embedding", "tensor")])}
+    leaf_sizes = {math.prod(x.shape) for x in jax.tree.leaves(shapes) if len(x.shape) >= 2}
+    runs, passes = {}, {}
+    for name, tx in txs.items():
+      params = shapes_lib.materialize(shapes, seed=0)
+      grads = shapes_lib.materialize(shapes, seed=1, scale=1e-3)
+      state = tx.init(params)
+      step = jax.jit(make_update_step(tx), donate_argnums=(0, 1))
+      compiled = step.lower(params, state, grads).compile()
+      passes[name] = hlo.count_passes(compiled.as_text(), leaf_sizes, config.num_params)
+      box = {"params": params, "state": state}
+
+      def run(compiled=compiled, box=box, grads=grads):
+        box["params"], box["state"] = compiled(box["params"], box["state"], grads)
+        return box["params"]
+
+      runs[name] = run
+    times = interleaved(runs, pairs)
+    ratio = Ratio.of(times["adamw"], times["adam_mini"])
+    bound = passes["adamw"].bytes_moved / passes["adam_mini"].bytes_moved
+    ablation = Ratio.of(times["adamw"], times[TENSOR_ABLATION])
+    log(f"  speed {config.name}: adamw {ms(times['adamw'])}, adam_mini {ms(times['adam_mini'])}, "
+        f"ratio {ratio}; one v per tensor {ablation}")
+    rows.append([config.name, f"{config.num_params / 1e6:.1f}M", ms(times["adamw"]),
+                 ms(times["adam_mini"]), str(ratio), f"{bound:.2f}x", "1.40x",
+                 f"{ablation.median:.2f}x"])
+    for name in ("adamw", "adam_mini"):
+      p = passes[name]
+      pass_rows.append([config.name, name, p.instructions, p.arrays_moved,
+                        f"{p.words_per_param:.2f}", f"{p.bytes_moved / 1e6:,.0f}"])
+    del runs
+  return "\n\n".join([
+      "## 3. Update speed (jitted update + apply_updates, params and state donated)",
+      f"LLaMA-shaped trees with HF names (`shapes.SPEED`), float32, weight decay 1e-4, "
+      f"interleaved, {pairs} pairs after 3 warm-up pairs. Ratio = adamw time / adam_mini "
+      "time (> 1: Adam-mini faster). Bound from HLO = AdamW's full-size bytes moved / "
+      "Adam-mini's, both counted in the optimized HLO below; naive bound = 7N/5N words.",
+      table(["tree", "params", "adamw", "adam_mini", "ratio (median, IQR)",
+             "bound (HLO bytes)", "naive bound", "ratio, one v per tensor"], rows),
+      "Last column: Adam-mini with every kernel and the embedding as one block (the same "
+      "passes, the simplest sums), timed in the same interleaved run: what the block "
+      "structure itself costs.",
+      "Full-size traffic in the optimized HLO (`compile().as_text()`, ENTRY instructions "
+      "reading or writing a parameter-sized array; `benchmarks/hlo.py`):",
+      table(["tree", "optimizer", "full-size instructions", "arrays read+written",
+             "words / parameter", "MB moved"], pass_rows),
+      SPEED_NOTES,
+  ])
