@@ -26,6 +26,15 @@ two (non-layer) axes; a smaller leaf under such a module (a norm scale inside
 ``mlp``, BERT's ``embeddings/LayerNorm``) goes on down the table, which is where
 the official package raises ``IndexError``. Leaves no rule claims get
 ``neuron`` (two or more axes) or ``tensor`` (fewer).
+
+A rule may also name its kernel's *layout* (:class:`Rule`: one letter per
+axis, ``"n i h"`` for Gemma's heads-first einsums) and a fused kernel's
+*parts* (``"q,k,v"``: each part gets its own blocks, :class:`Part`). The
+libraries people train with (gemma, Hugging Face Flax, keras-hub, MaxText)
+are described that way in :data:`DEFAULT_RULES`. A leaf whose layout the
+rules cannot confirm from its shape, ``head_dim`` and the head counts of
+:class:`BlockRules` raises a ``ValueError`` that says how to settle it; it is
+never guessed.
 """
 
 from __future__ import annotations
