@@ -49,18 +49,28 @@ STEPS = 1000
 
 
 # Phase 3: at AdamW's best setting (where Adam-mini as a drop-in trails), which
-# parameter groups, handed back to per-element v one at a time, recover AdamW.
-ABLATIONS = ("heads", "value", "attn_out", "mlp", "embed", "lm_head", "value,attn_out")
+# parameter groups, handed back to per-element v one at a time, recover AdamW
+# (--per-element); and whether one v per head for value / attention out (less
+# memory than the default, not more) does (--per-head). Most telling first: a
+# study cut short still reports those.
+ABLATIONS = (
+    ("per_element", "heads"), ("per_element", "value,attn_out"), ("per_head", "value,attn_out"),
+    ("per_element", "value"), ("per_element", "attn_out"), ("per_element", "mlp"),
+    ("per_head", "value"), ("per_head", "attn_out"),
+    ("per_element", "embed"), ("per_element", "lm_head"),
+)
 
 
 def run_flags(preset: str, corpus: str, optimizer: str, lr: float, warmup: int, seed: int,
-              value_as_one_block: bool = False, per_element: str = "") -> list[str]:
+              value_as_one_block: bool = False, per_element: str = "", per_head: str = "") -> list[str]:
   flags = ["--preset", preset, "--corpus", corpus, "--optimizer", optimizer, "--lr", repr(lr),
            "--warmup", str(warmup), "--seed", str(seed), "--steps", str(STEPS)]
   if value_as_one_block:
     flags.append("--value-as-one-block")
   if per_element:
     flags += ["--per-element", per_element]
+  if per_head:
+    flags += ["--per-head", per_head]
   return flags
 
 
@@ -70,12 +80,12 @@ def _key(flags: Sequence[str]) -> str:
 
 def _train(flags: list[str], out_dir: str) -> dict[str, Any]:
   """One run of the example; its final held-out loss and curves, cached."""
-  path = os.path.join(out_dir, f"{_key(flags)}.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+  cached = _cached(flags, out_dir)
+  if cached is not None:
+    return cached
   from examples.llama import train
 
+  path = os.path.join(out_dir, f"{_key(flags)}.json")
   run_dir = os.path.join(out_dir, "runs", _key(flags))
   start = time.perf_counter()
   summary = train.main([*flags, "--out", run_dir, "--quiet", "--log-every", "10",
@@ -96,7 +106,19 @@ def _train(flags: list[str], out_dir: str) -> dict[str, Any]:
   return result
 
 
-def run_all(runs: list[list[str]], out_dir: str, jobs: int) -> dict[str, dict[str, Any]]:
+def _cached(flags: list[str], out_dir: str) -> dict[str, Any] | None:
+  path = os.path.join(out_dir, f"{_key(flags)}.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_all(runs: list[list[str]], out_dir: str, jobs: int,
+            cached_only: bool = False) -> dict[str, dict[str, Any]]:
+  if cached_only:
+    found = {_key(flags): _cached(flags, out_dir) for flags in runs}
+    return {key: result for key, result in found.items() if result is not None}
   if jobs > 1:
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
       futures = {_key(flags): pool.submit(_train, flags, out_dir) for flags in runs}
@@ -119,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--jobs", type=int, default=1)
   parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "study"))
   parser.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
-                      help="phase 3: per-element groups at AdamW's best setting")
+                      help="phase 3: per-element / per-head groups at AdamW's best setting")
+  parser.add_argument("--report-only", action="store_true",
+                      help="run nothing: report what is cached (ablation rows not yet run are marked)")
   args = parser.parse_args(argv)
   from benchmarks.common import machine_line
 
@@ -128,8 +152,9 @@ def main(argv: Sequence[str] | None = None) -> str:
   os.makedirs(out_dir, exist_ok=True)
   wall = time.perf_counter()
 
-  def flags(optimizer, lr, warmup, seed, value_as_one_block=False, per_element=""):
-    return run_flags(args.preset, args.corpus, optimizer, lr, warmup, seed, value_as_one_block, per_element)
+  def flags(optimizer, lr, warmup, seed, value_as_one_block=False, per_element="", per_head=""):
+    return run_flags(args.preset, args.corpus, optimizer, lr, warmup, seed, value_as_one_block,
+                     per_element, per_head)
 
   grid = [flags(o, lr, w, seeds[0]) for o in ("adamw", "adam_mini") for lr in lrs for w in warmups]
   results = run_all(grid, out_dir, args.jobs)
@@ -147,9 +172,12 @@ def main(argv: Sequence[str] | None = None) -> str:
   def over_seeds(optimizer, setting, vob=False):
     return [loss(optimizer, *setting, s, vob) for s in seeds]
 
-  ablation = [flags("adam_mini", *best["adamw"], seed, per_element=group)
-              for group in ABLATIONS for seed in seeds] if args.ablation else []
-  results.update(run_all(ablation, out_dir, args.jobs))
+  def ablated(group, seed):
+    kind, groups = group
+    return flags("adam_mini", *best["adamw"], seed, **{kind: groups})
+
+  ablation = [ablated(group, seed) for group in ABLATIONS for seed in seeds] if args.ablation else []
+  results.update(run_all(ablation, out_dir, args.jobs, cached_only=args.report_only))
   adamw_best = over_seeds("adamw", best["adamw"])
   mini_best = over_seeds("adam_mini", best["adam_mini"])
   drop_in = over_seeds("adam_mini", best["adamw"])
@@ -187,16 +215,21 @@ def main(argv: Sequence[str] | None = None) -> str:
     lines += [
         "",
         f"Ablation at AdamW's best setting (lr {best['adamw'][0]:g}, warmup {best['adamw'][1]}): "
-        "one group at a time back to per-element v (plain Adam), over the same seeds:",
+        "one group at a time back to per-element v (plain Adam), or to one v per attention head "
+        "(less state than the default), over the same seeds:",
         "",
-        "| per-element group | held-out loss | vs AdamW at its best |",
+        "| blocks changed | held-out loss | vs AdamW at its best |",
         "|---|---:|---:|",
         f"| (none: Adam-mini as a drop-in) | {mean_std(drop_in)} | {gap(drop_in, adamw_best)} |",
     ]
     for group in ABLATIONS:
-      xs = [results[_key(flags("adam_mini", *best["adamw"], seed, per_element=group))]["final_eval_loss"]
-            for seed in seeds]
-      lines.append(f"| {group} | {mean_std(xs)} | {gap(xs, adamw_best)} |")
+      label = f"{group[1]} {'per element' if group[0] == 'per_element' else 'per head'}"
+      found = [results.get(_key(ablated(group, seed))) for seed in seeds]
+      xs = [r["final_eval_loss"] for r in found if r is not None]
+      if len(xs) < len(seeds):
+        lines.append(f"| {label} | not run ({len(xs)} of {len(seeds)} seeds cached) | |")
+      else:
+        lines.append(f"| {label} | {mean_std(xs)} | {gap(xs, adamw_best)} |")
   text = "\n".join(lines) + "\n"
   with open(os.path.join(args.out, f"STUDY_{args.preset}_{args.corpus}.md"), "w") as f:
     f.write(text)

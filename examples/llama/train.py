@@ -25,7 +25,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 if __package__ in (None, ""):
@@ -54,6 +54,12 @@ PER_ELEMENT_GROUPS = {
   "mlp": ("mlp",),
   "embed": ("embed_tokens",),
   "lm_head": ("lm_head",),
+}
+# --per-head: the groups a variant can give one v per attention head instead
+# of one per output neuron; the rule each gets, as (path, role, layout).
+PER_HEAD_GROUPS = {
+  "value": ("v_proj", "heads", None),  # [in, (kv_heads head_dim)] -> [kv_heads]
+  "attn_out": ("o_proj", "heads", "(n h) i"),  # [(heads head_dim), out] -> [heads]
 }
 # Flags that may change between a run and its --resume without changing
 # what is computed.
@@ -114,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     default="",
     help="Adam-mini ablation: comma-separated groups that get plain Adam's one v per element "
     f"({','.join(PER_ELEMENT_GROUPS)})",
+  )
+  p.add_argument(
+    "--per-head",
+    default="",
+    help="Adam-mini variant: comma-separated groups that get one v per attention head instead "
+    f"of one per output neuron ({','.join(PER_HEAD_GROUPS)})",
   )
   p.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the batch order")
   p.add_argument(
@@ -183,16 +195,27 @@ def decay_mask(params: Params) -> Params:
   return jax.tree.map(lambda x: x.ndim >= 2, params)
 
 
+def _groups(flag: str, value: str, known: Mapping[str, Any]) -> list[str]:
+  groups = [g for g in (value or "").split(",") if g]
+  unknown = sorted(set(groups) - set(known))
+  if unknown:
+    raise ValueError(f"{flag} {unknown}: choose from {','.join(known)}.")
+  return groups
+
+
 def adam_mini_blocks(args: argparse.Namespace) -> Any:
   """Adam-mini's ``blocks=`` for the flags: default rules, value as one block,
-  and groups switched to per-element ``v`` (``--per-element``)."""
+  groups switched to per-element ``v`` (``--per-element``) or to one ``v``
+  per attention head (``--per-head``)."""
   import optax_mini
 
-  groups = [g for g in (getattr(args, "per_element", "") or "").split(",") if g]
-  unknown = sorted(set(groups) - set(PER_ELEMENT_GROUPS))
-  if unknown:
-    raise ValueError(f"--per-element {unknown}: choose from {','.join(PER_ELEMENT_GROUPS)}.")
-  rules = [(name, "element") for g in groups for name in PER_ELEMENT_GROUPS[g]]
+  per_element = _groups("--per-element", getattr(args, "per_element", ""), PER_ELEMENT_GROUPS)
+  per_head = _groups("--per-head", getattr(args, "per_head", ""), PER_HEAD_GROUPS)
+  both = sorted(set(per_element) & set(per_head))
+  if both:
+    raise ValueError(f"{both} given to both --per-element and --per-head: pick one.")
+  rules = [optax_mini.Rule(name, "element") for g in per_element for name in PER_ELEMENT_GROUPS[g]]
+  rules += [optax_mini.Rule(*PER_HEAD_GROUPS[g]) for g in per_head]
   # The authors advise one block per value matrix for runs shorter than
   # ~10k steps (Adam-mini README; paper Appendix C.3).
   if args.value_as_one_block or rules:
