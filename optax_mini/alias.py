@@ -56,6 +56,7 @@ def adam_mini(
     mu_dtype: Any | None = None,
     blocks: blocks_lib.Blocks = None,
     partition_specs: Any = None,
+    mu_code: str = "dynamic",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam-mini: AdamW with one second moment per block of parameters.
 
@@ -86,9 +87,11 @@ def adam_mini(
       ``[in, heads*head_dim]`` query/key kernels. Static: under
       ``optax.inject_hyperparams`` pass ``static_args=('head_dim',)``.
     mu_dtype: dtype of the first moment (``None``: the parameters' dtype).
-      ``jnp.bfloat16`` quarters the state of float32 AdamW. As with
-      ``optax.adam``, under ``optax.inject_hyperparams`` a dtype must be
-      static: ``static_args=('head_dim', 'mu_dtype')``.
+      ``jnp.bfloat16`` quarters the state of float32 AdamW; ``jnp.int8``
+      stores it block-quantized, for about an eighth
+      (:mod:`optax_mini.quantize`). As with ``optax.adam``, under
+      ``optax.inject_hyperparams`` a dtype must be static:
+      ``static_args=('head_dim', 'mu_dtype')``.
     blocks: partition overrides: a :class:`~optax_mini.BlockRules` (which
       also carries ``num_heads``/``num_kv_heads`` where shapes cannot settle
       a layout), a list of ``(pattern, role_or_spec)`` rules, or a pytree of
@@ -97,6 +100,8 @@ def adam_mini(
     partition_specs: only inside ``shard_map`` with sharded parameters: their
       ``PartitionSpec`` pytree, so that blocks spanning shards take the global
       mean (see :func:`optax_mini.scale_by_adam_mini`).
+    mu_code: with ``mu_dtype=jnp.int8``, the code map (``"dynamic"`` or
+      ``"linear"``; see :func:`optax_mini.scale_by_adam_mini`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -130,6 +135,7 @@ def adam_mini(
           head_dim=head_dim,
           blocks=blocks,
           partition_specs=partition_specs,
+          mu_code=mu_code,
       ),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate),

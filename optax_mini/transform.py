@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -14,6 +15,7 @@ from optax._src import numerics, utils
 
 from optax_mini import _flax
 from optax_mini import blocks as blocks_lib
+from optax_mini import quantize as quantize_lib
 
 __all__ = ["ScaleByAdamMiniState", "scale_by_adam_mini"]
 
@@ -23,7 +25,10 @@ class ScaleByAdamMiniState(NamedTuple):
 
   Attributes:
     count: number of updates so far, int32 scalar.
-    mu: first moment, shaped like the parameters (dtype ``mu_dtype``).
+    mu: first moment, shaped like the parameters (dtype ``mu_dtype``); with
+      ``mu_dtype=jnp.int8`` each leaf of at least 4096 elements is a
+      :class:`~optax_mini.quantize.QuantizedMoment` (int8 codes and float32
+      block scales) and smaller ones are float32.
     nu: second moment, one float32 entry per block: each leaf has the
       ``v_shape`` of its :class:`~optax_mini.BlockSpec` (float64 for float64
       parameters).
@@ -84,13 +89,84 @@ def check_hyperparameter(
     raise ValueError(f"{name}={value!r} is out of range: expected {expected}.")
 
 
-def _check_mu_dtype(mu_dtype: Any) -> None:
-  if mu_dtype is not None and not jnp.issubdtype(mu_dtype, jnp.inexact):
+def _is_int8(mu_dtype: Any) -> bool:
+  return mu_dtype is not None and jnp.dtype(mu_dtype) == jnp.int8
+
+
+def _check_mu_dtype(mu_dtype: Any, mu_code: str) -> None:
+  if mu_dtype is not None and not (jnp.issubdtype(mu_dtype, jnp.inexact) or _is_int8(mu_dtype)):
     raise ValueError(
-        f"mu_dtype={jnp.dtype(mu_dtype)} is not a floating-point dtype: an integer (or bool) "
-        "first moment would round every momentum to 0, so nothing would train. Use a "
-        "float dtype (jnp.float32, or jnp.bfloat16 for a quarter of AdamW's state)."
+        f"mu_dtype={jnp.dtype(mu_dtype)} is neither a floating-point dtype nor int8: cast to "
+        "it, every momentum would round to 0 and nothing would train. Use jnp.int8 for the "
+        "block-quantized 8-bit first moment (an eighth of AdamW's state), or a float dtype "
+        "(jnp.float32, or jnp.bfloat16 for a quarter)."
     )
+  if mu_code not in quantize_lib.CODES:
+    raise ValueError(f"mu_code={mu_code!r}: expected one of {quantize_lib.CODES}.")
+
+
+class _Shard(NamedTuple):
+  """Where a leaf's local array lies in the global one: inside ``shard_map``
+  with ``partition_specs`` a shard, else the whole leaf."""
+
+  global_shape: tuple[int, ...]
+  offsets: tuple[Any, ...] | None  # traced start along each axis, or None
+  block: int  # quantization block along the last axis (the global leaf's)
+
+
+def _shard_of(shape: tuple[int, ...], pspec: Any, where: str) -> _Shard:
+  entries = tuple(pspec) if pspec is not None else ()
+  entries = entries + (None,) * (len(shape) - len(entries))
+  names = [() if e is None else ((e,) if isinstance(e, str) else tuple(e)) for e in entries]
+  if not any(names) or not _axes_bound(tuple(n for group in names for n in group)):
+    return _Shard(tuple(shape), None, quantize_lib.block_size(shape[-1]) if shape else 1)
+  global_shape, offsets = [], []
+  for size, group in zip(shape, names):
+    count, index = 1, jnp.zeros([], jnp.int32)
+    for name in group:  # major to minor, as PartitionSpec tuples mean
+      index = index * jax.lax.axis_size(name) + jax.lax.axis_index(name)
+      count *= jax.lax.axis_size(name)
+    global_shape.append(size * count)
+    offsets.append(index * size)
+  block = quantize_lib.block_size(global_shape[-1])
+  if shape[-1] % block and quantize_lib.is_quantized(tuple(global_shape), jnp.float32):
+    raise ValueError(
+        f"{where}: partition spec {pspec} splits the last axis of this "
+        f"{tuple(global_shape)} leaf into shards of {shape[-1]}, which is not a multiple of "
+        f"mu_dtype=int8's quantization block ({block}): the shards' blocks would differ from "
+        f"the global leaf's. Shard the last axis into multiples of {block} (or shard another axis)."
+    )
+  return _Shard(tuple(global_shape), tuple(offsets), block)
+
+
+def _mu_zeros(leaf: Any, mu_dtype: Any, mu_code: str, shard: _Shard) -> Any:
+  """A leaf's zero first moment: ``mu_dtype`` (the parameter's if ``None``);
+  for int8, quantized codes and block scales, or float32 for a small leaf."""
+  if not _is_int8(mu_dtype):
+    return jnp.zeros_like(leaf, dtype=mu_dtype)
+  if not quantize_lib.is_quantized(shard.global_shape, leaf.dtype):
+    return jnp.zeros_like(leaf, dtype=_compute_dtype(leaf.dtype))
+  # The scales' shape and sharding from eval_shape of the quantization
+  # itself, as v's from its reduction (sharding in types).
+  target = jax.eval_shape(lambda x: quantize_lib.quantize(x, mu_code, block=shard.block), leaf)
+  return quantize_lib.QuantizedMoment(
+      codes=jnp.zeros_like(leaf, dtype=jnp.int8), scales=jnp.zeros_like(target.scales)
+  )
+
+
+def _as_moment(mu: Any) -> Any:
+  """``mu`` as stored; a quantized one that came back as a mapping (Flax NNX
+  rebuilds NamedTuples inside an ``nnx.Optimizer``'s state as ``nnx.State``
+  after its first update) as a :class:`~optax_mini.quantize.QuantizedMoment`."""
+  if isinstance(mu, Mapping) and set(mu.keys()) == set(quantize_lib.QuantizedMoment._fields):
+    return quantize_lib.QuantizedMoment(**{k: mu[k] for k in quantize_lib.QuantizedMoment._fields})
+  return mu
+
+
+def _mu_shape(mu: Any) -> tuple[int, ...]:
+  if isinstance(mu, quantize_lib.QuantizedMoment):
+    return tuple(jnp.shape(mu.codes))
+  return tuple(jnp.shape(mu))
 
 
 def _check_inexact(path, leaf) -> None:
@@ -309,6 +385,7 @@ def scale_by_adam_mini(
     head_dim: int | None = None,
     blocks: blocks_lib.Blocks = None,
     partition_specs: Any = None,
+    mu_code: str = "dynamic",
 ) -> optax.GradientTransformation:
   r"""Rescale updates by the Adam-mini algorithm.
 
@@ -370,7 +447,13 @@ def scale_by_adam_mini(
     mu_dtype: dtype of the first moment; ``None``: the parameters' dtype. The
       update is computed from the first moment as stored (so a bfloat16
       ``mu`` costs no float32 temporaries); the second moment is float32
-      whatever the parameters' dtype.
+      whatever the parameters' dtype. ``jnp.int8``: the first moment is
+      stored block-quantized (:mod:`optax_mini.quantize`: int8 codes with the
+      parameter's shape plus one float32 scale per 256 elements of the last
+      axis, about an eighth of ``optax.adamw``'s state); each step
+      dequantizes it, updates it in float32, uses that for the update and
+      requantizes it, inside one leaf's fusion. Leaves under 4096 elements
+      keep a float32 first moment. Other integer dtypes raise.
     head_dim: size of one attention head, needed by flat
       ``[in, heads*head_dim]`` query/key kernels. A shape, so static: under
       ``optax.inject_hyperparams`` pass ``static_args=('head_dim',)``.
@@ -389,6 +472,10 @@ def scale_by_adam_mini(
       (a ``pmean`` over those axes). Not needed under ``jit`` (sharded or not)
       or ``pmap`` with replicated parameters, where the transform sees global
       arrays.
+    mu_code: with ``mu_dtype=jnp.int8``, the code map: ``"dynamic"``
+      (Dettmers et al.'s dynamic tree map, nearest rounding) or ``"linear"``
+      (``k / 127`` with stochastic rounding from a hash of the step count
+      and the element's position). Ignored otherwise.
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a
@@ -415,7 +502,8 @@ def scale_by_adam_mini(
   for name, value in (("eps", eps), ("eps_root", eps_root)):
     check_hyperparameter(name, value, low=0.0)
   mu_dtype = utils.canonicalize_dtype(mu_dtype)
-  _check_mu_dtype(mu_dtype)
+  _check_mu_dtype(mu_dtype, mu_code)
+  int8 = _is_int8(mu_dtype)
   head_dim = blocks_lib.check_head_dim(head_dim)
   blocks_lib._as_block_rules(blocks)  # a function for blocks= fails here, not at init
 
@@ -429,6 +517,7 @@ def scale_by_adam_mini(
     specs = blocks_lib._flat_specs(paths, shapes, treedef, head_dim, blocks)
     layouts = [s.layout(shape) for s, shape in zip(specs, shapes)]
     if partition_specs is None:
+      pspecs = [None] * len(leaves)
       mesh_axes = [()] * len(leaves)
     else:
       pspecs = _flatten_partition_specs(treedef, partition_specs)
@@ -436,15 +525,16 @@ def scale_by_adam_mini(
           _reduced_mesh_axes(spec, len(shape), pspec, blocks_lib.path_str(path))
           for spec, shape, pspec, path in zip(specs, shapes, pspecs, paths)
       ]
-    return treedef, paths, leaves, layouts, mesh_axes
+    shards = [
+        _shard_of(shape, pspec, blocks_lib.path_str(path)) if int8 else None
+        for shape, pspec, path in zip(shapes, pspecs, paths)
+    ]
+    return treedef, paths, leaves, layouts, mesh_axes, shards
 
   def init_fn(params):
-    treedef, paths, leaves, layouts, mesh_axes = layouts_for(params)
+    treedef, paths, leaves, layouts, mesh_axes, shards = layouts_for(params)
     blocks_lib.warn_unclaimed_rules(paths, [x.shape for x in leaves], head_dim, blocks)
-    mu = [
-        jnp.zeros_like(p, dtype=mu_dtype if mu_dtype is not None else None)
-        for p in leaves
-    ]
+    mu = [_mu_zeros(p, mu_dtype, mu_code, shard) for p, shard in zip(leaves, shards)]
     nu = [_v_zeros(p, layout, axes) for p, layout, axes in zip(leaves, layouts, mesh_axes)]
     # Under nnx.Optimizer the leaves come back wrapped in the parameters'
     # Variables: v's must name the axes it keeps, not the parameter's.
@@ -466,15 +556,15 @@ def scale_by_adam_mini(
     # misleading partition error (a v mismatch, a head_dim that does not
     # divide) or, worse, broadcast against mu.
     grads_with_path, grads_def = jax.tree_util.tree_flatten_with_path(updates)
-    mus = _flatten_like(grads_def, state.mu, "mu", updates)
+    mus = [_as_moment(mu) for mu in _flatten_like(grads_def, state.mu, "mu", updates)]
     for (path, g), mu in zip(grads_with_path, mus):
-      if tuple(jnp.shape(g)) != tuple(jnp.shape(mu)):
+      if tuple(jnp.shape(g)) != _mu_shape(mu):
         raise ValueError(
             f"{blocks_lib.path_str(path)}: gradient shape {tuple(jnp.shape(g))} "
-            f"differs from the state's mu shape {tuple(jnp.shape(mu))}; the "
+            f"differs from the state's mu shape {_mu_shape(mu)}; the "
             "gradients must have the parameters' shapes (no broadcasting)."
         )
-    treedef, paths, grads, layouts, mesh_axes = layouts_for(updates)
+    treedef, paths, grads, layouts, mesh_axes, shards = layouts_for(updates)
     nus = _flatten_like(treedef, state.nu, "nu", updates)
     unbound = sorted({a for axes in mesh_axes for a in axes if not _axes_bound((a,))})
     if unbound:
@@ -493,7 +583,9 @@ def scale_by_adam_mini(
     static_hyper, traced_hyper = _split_static(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
     static_weight, traced_weight = _split_static(weight=1 - b2)
     new_updates, new_mu, new_nu = [], [], []
-    for path, g, mu, nu, layout, axes in zip(paths, grads, mus, nus, layouts, mesh_axes):
+    for index, (path, g, mu, nu, layout, axes, shard) in enumerate(
+        zip(paths, grads, mus, nus, layouts, mesh_axes, shards)
+    ):
       if tuple(nu.shape) != layout.v_shape:
         raise ValueError(
             f"{blocks_lib.path_str(path)}: the state's v has shape "
@@ -506,9 +598,17 @@ def scale_by_adam_mini(
       mean = _leaf_mean(g, traced_weight, static_hyper=static_weight, layout=layout)
       if axes:
         mean = jax.lax.pmean(mean, axes)
+      quantized = isinstance(mu, quantize_lib.QuantizedMoment)
+      if int8 and not quantized:
+        _check_small_mu(path, g, mu, shard)
+      rounding = None
+      if quantized:
+        rounding = (quantize_lib.rounding_seed(count_inc, index), shard.offsets)
       u, m, v = _leaf_step(
-          g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper,
-          static_hyper=static_hyper, layout=layout, mu_dtype=mu_dtype,
+          g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, rounding,
+          static_hyper=static_hyper, layout=layout,
+          mu_dtype=None if int8 else mu_dtype, mu_code=mu_code,
+          quantization=(shard.block, shard.global_shape) if quantized else None,
       )
       new_updates.append(u)
       new_mu.append(m)
@@ -546,9 +646,21 @@ def _split_static(**hyper: Any) -> tuple[tuple[tuple[str, float], ...], dict[str
   return tuple(static), traced
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "mu_dtype", "static_hyper"))
-def _leaf_step(g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, *, static_hyper,
-               layout, mu_dtype):
+def _check_small_mu(path, g, mu, shard: _Shard) -> None:
+  if quantize_lib.is_quantized(shard.global_shape, jnp.result_type(g)):
+    raise ValueError(
+        f"{blocks_lib.path_str(path)}: shape {tuple(jnp.shape(g))} is quantized with "
+        f"mu_dtype=int8, but the state's mu is a plain {jnp.result_type(mu)} array: the state "
+        "was made by a transform with another mu_dtype. Re-create it with this "
+        "transform's init, or use the mu_dtype that made it."
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("layout", "mu_dtype", "mu_code", "quantization", "static_hyper")
+)
+def _leaf_step(g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, rounding, *,
+               static_hyper, layout, mu_dtype, mu_code, quantization):
   """One leaf's update from its block means: ``(update, new mu, new nu)``.
 
   Traced once per leaf signature, like ``_leaf_mean``. Numeric
@@ -562,10 +674,22 @@ def _leaf_step(g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, *, sta
   # The update reads m as stored: with a narrow mu_dtype (bf16) no
   # full-size float32 copy of m outlives its fusion (at 7B shapes that
   # is 14 GB of temporaries), and the next step starts from this m anyway.
-  m_stored = ((1 - b1) * g_c + b1 * mu.astype(cdt)).astype(
-      mu_dtype if mu_dtype is not None else mu.dtype
-  )
-  m = m_stored.astype(cdt)
+  if isinstance(mu, quantize_lib.QuantizedMoment):
+    # int8: the update uses the float32 m of this step; the stored codes are
+    # its quantization. XLA recomputes m inside the block-max reduction and
+    # the final elementwise pass rather than keeping a full-size copy.
+    block, global_shape = quantization
+    seed, offsets = rounding
+    m = (1 - b1) * g_c + b1 * quantize_lib.dequantize(mu, mu_code, block=block).astype(cdt)
+    m_stored = quantize_lib.quantize(
+        m, mu_code, seed if mu_code == "linear" else None,
+        block=block, global_shape=global_shape, offsets=offsets,
+    )
+  else:
+    m_stored = ((1 - b1) * g_c + b1 * mu.astype(cdt)).astype(
+        mu_dtype if mu_dtype is not None else mu.dtype
+    )
+    m = m_stored.astype(cdt)
   v = mean + b2 * nu.astype(_v_dtype(g.dtype))
   v = v.astype(nu.dtype)
   # Work on the v-shaped array, then one broadcast multiply over m: the

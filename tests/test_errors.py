@@ -172,7 +172,8 @@ def test_bad_head_counts():
         ({"learning_rate": "1e-3"}, TypeError, r"learning_rate must be a real number.*schedule.*got '1e-3' of type str"),
         ({"learning_rate": None}, TypeError, r"learning_rate must be"),
         ({"b2": "0.999"}, TypeError, r"b2 must be a real number"),
-        ({"mu_dtype": jnp.int8}, ValueError, r"mu_dtype=int8 is not a floating-point dtype"),
+        ({"mu_dtype": jnp.int16}, ValueError, r"mu_dtype=int16 is neither a floating-point dtype nor int8"),
+        ({"mu_dtype": jnp.int8, "mu_code": "nf4"}, ValueError, r"mu_code=.nf4.: expected one of"),
         ({"mu_dtype": jnp.bool_}, ValueError, r"mu_dtype=bool"),
     ],
 )

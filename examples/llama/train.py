@@ -61,6 +61,7 @@ PER_HEAD_GROUPS = {
   "value": ("v_proj", "heads", None),  # [in, (kv_heads head_dim)] -> [kv_heads]
   "attn_out": ("o_proj", "heads", "(n h) i"),  # [(heads head_dim), out] -> [heads]
 }
+_MU_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16, "int8": jnp.int8}
 # Flags that may change between a run and its --resume without changing
 # what is computed.
 # The mesh is among them: a sharded checkpoint restores onto another mesh.
@@ -120,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     default="",
     help="Adam-mini ablation: comma-separated groups that get plain Adam's one v per element "
     f"({','.join(PER_ELEMENT_GROUPS)})",
+  )
+  p.add_argument(
+    "--mu-dtype",
+    choices=("float32", "bfloat16", "int8"),
+    default="float32",
+    help="Adam-mini: the first moment's storage (int8: block-quantized, an eighth of AdamW's state)",
+  )
+  p.add_argument(
+    "--mu-code",
+    choices=("dynamic", "linear"),
+    default="dynamic",
+    help="Adam-mini with --mu-dtype int8: the code map (see optax_mini.quantize)",
   )
   p.add_argument(
     "--per-head",
@@ -260,6 +273,8 @@ def make_optimizer(
       **common,
       head_dim=config.head_dim,
       blocks=adam_mini_blocks(args),
+      mu_dtype=_MU_DTYPES[getattr(args, "mu_dtype", "float32")],
+      mu_code=getattr(args, "mu_code", "dynamic"),
     )
   else:
     raise ValueError(f"--optimizer {name!r}: expected one of {OPTIMIZERS}.")

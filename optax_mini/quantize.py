@@ -1,0 +1,315 @@
+"""An 8-bit first moment: block-wise absmax quantization along the last axis.
+
+With ``v`` cut to one value per block, Adam-mini's state is almost all first
+moment ``m``. ``mu_dtype=jnp.int8`` stores it as one int8 code per element
+(the parameter's shape, so it shards like the parameter) plus one float32
+scale per :data:`BLOCK_SIZE` consecutive elements of the last axis: about
+1.02 bytes per parameter, an eighth of ``optax.adamw``'s 8.
+
+A block's elements are divided by the block's absolute maximum (its scale)
+and each quotient in ``[-1, 1]`` is stored as the index of a value of a
+256-entry *code map*. Two maps are implemented:
+
+* ``"dynamic"`` (the default): the signed dynamic tree map of Dettmers et al.
+  (2022), :func:`dynamic_code_map`: seven decades below the block's maximum,
+  resolved linearly within each (1 value in the lowest, 64 in the highest).
+  A quotient is stored as the nearest value, so quantization is
+  deterministic. Momentum values span orders of magnitude within a block
+  (an output neuron's few large entries next to many small ones), which a
+  relative-precision map keeps and a linear one rounds to zero.
+* ``"linear"``: 255 evenly spaced values ``k / 127``, with stochastic
+  rounding (unbiased: the expected stored value is exact). The random bits
+  are a counter-based hash of the step count, the leaf's index and the
+  element's position, so they live in the state: a resumed run repeats them
+  bit for bit, and a sharded run draws the same bits as one device.
+
+Which is the default was decided by measurement on the example (see
+``benchmarks/RESULTS.md``, "8-bit first moment").
+
+Leaves with fewer than :data:`MIN_QUANTIZED_SIZE` elements (norm scales,
+biases) and complex leaves keep a float32 (complex64) ``m``: they are a
+negligible share of the state.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "BLOCK_SIZE",
+    "CODES",
+    "MIN_QUANTIZED_SIZE",
+    "QuantizedMoment",
+    "dequantize",
+    "dynamic_code_map",
+    "linear_code_map",
+    "quantize",
+]
+
+BLOCK_SIZE = 256
+MIN_QUANTIZED_SIZE = 4096
+CODES = ("dynamic", "linear")
+
+
+class QuantizedMoment(NamedTuple):
+  """One leaf's first moment, quantized (``mu_dtype=jnp.int8``).
+
+  Attributes:
+    codes: int8, the parameter's shape: each element's index into the code
+      map, offset by -128.
+    scales: float32, shaped like the parameter with the last axis ``n``
+      replaced by ``ceil(n / min(n, BLOCK_SIZE))``: each block's absolute
+      maximum. The last block of a row may be short (zero-padded).
+  """
+
+  codes: jax.Array
+  scales: jax.Array
+
+
+def dynamic_code_map() -> np.ndarray:
+  """The signed dynamic tree code map (Dettmers et al., 2022), float64, sorted.
+
+  256 values in ``[-1, 1]``: 0, 1, and for each decade ``i = 0..6`` the
+  midpoints of ``2**i`` equal steps of ``[0.1, 1]`` scaled by ``10**(i - 6)``,
+  with both signs. The smallest positive value is ``5.5e-7``, the largest
+  below 1 is ``0.993``.
+
+  Example:
+    >>> from optax_mini import quantize
+    >>> code = quantize.dynamic_code_map()
+    >>> code.shape, float(code.min()), float(code.max())
+    ((256,), -0.99296875, 1.0)
+  """
+  values = [0.0, 1.0]
+  for decade in range(7):
+    edges = np.linspace(0.1, 1.0, 2**decade + 1)
+    mids = (edges[:-1] + edges[1:]) / 2 * 10.0 ** (decade - 6)
+    values += list(mids) + list(-mids)
+  return np.sort(np.asarray(values, np.float64))
+
+
+def linear_code_map() -> np.ndarray:
+  """The linear code map ``k / 127`` for ``k = -128..127``, float64, sorted
+  (``-128`` is never produced: quotients are clipped to ``[-127, 127]``)."""
+  return np.arange(-128, 128, dtype=np.float64) / 127
+
+
+def block_size(n: int) -> int:
+  """The block length along a last axis of ``n`` elements: 256, or the whole
+  axis if it is shorter."""
+  return min(n, BLOCK_SIZE)
+
+
+def is_quantized(shape: tuple[int, ...], dtype: Any) -> bool:
+  """Whether ``mu_dtype=int8`` quantizes a leaf of this shape and dtype."""
+  return (
+      len(shape) >= 1
+      and math.prod(shape) >= MIN_QUANTIZED_SIZE
+      and jnp.issubdtype(dtype, jnp.floating)
+  )
+
+
+def _blocked(x: jax.Array, block: int | None) -> tuple[jax.Array, int]:
+  """``x`` viewed as ``[..., num_blocks, block]``, the last block zero-padded."""
+  n = x.shape[-1]
+  block = block or block_size(n)
+  pad = -n % block
+  if pad:
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+  return x.reshape(x.shape[:-1] + ((n + pad) // block, block)), pad
+
+
+def _unblocked(x: jax.Array, pad: int) -> jax.Array:
+  x = x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
+  return x[..., : x.shape[-1] - pad] if pad else x
+
+
+# The dynamic map, by decade d = 0..6: 2**d values (0.1 + (k + 0.5) * 0.9 /
+# 2**d) * 10**(d - 6), k = 0..2**d - 1. In sorted order the map is 127
+# negatives (index 0..126), 0 (127), 127 positives (128..254) and 1 (255); a
+# positive of rank r (r = 2**d - 1 + k) has index 128 + r, a negative 126 - r.
+# Quantization and dequantization compute the index and the value from these
+# per-decade constants, elementwise: no table lookups (gathers are slow on
+# CPU and do not take a sharded index under sharding in types).
+_DECADES = 7
+
+
+@functools.cache
+def _decade_constants() -> dict[str, tuple[float, ...]]:
+  d = np.arange(_DECADES)
+  width = 10.0 ** (d - 6.0)
+  n = 2.0**d
+  smallest = (0.1 + 0.45 / n) * width
+  largest = (1 - 0.45 / n) * width
+  return {
+      # Midpoints between a decade's largest value and the next one's smallest.
+      "boundaries": tuple((largest[:-1] + smallest[1:]) / 2),
+      "zero_below": smallest[0] / 2,
+      "one_above": (largest[-1] + 1.0) / 2,
+      # k = floor(a * slope - intercept): the value interval a falls in.
+      "slope": tuple(n / (0.9 * width)),
+      "intercept": tuple(0.1 * n / 0.9),
+      "base": tuple(smallest),
+      "step": tuple(0.9 / n * width),
+  }
+
+
+def _per_decade(decade: jax.Array, values: tuple[float, ...]) -> jax.Array:
+  out = jnp.full_like(decade, values[0], dtype=jnp.float32)
+  for d in range(1, _DECADES):
+    out = jnp.where(decade == d, jnp.float32(values[d]), out)
+  return out
+
+
+def _dynamic_index(q: jax.Array) -> jax.Array:
+  """Index (0..255) of the nearest value of the dynamic map for each ``q`` in
+  ``[-1, 1]`` (a tie within one float32 rounding may go either way)."""
+  c = _decade_constants()
+  a = jnp.abs(q)
+  decade = jnp.zeros_like(a, dtype=jnp.int32)
+  for boundary in c["boundaries"]:
+    decade = decade + (a >= jnp.float32(boundary)).astype(jnp.int32)
+  count = jnp.left_shift(1, decade)
+  k = jnp.floor(a * _per_decade(decade, c["slope"]) - _per_decade(decade, c["intercept"]))
+  k = jnp.clip(k.astype(jnp.int32), 0, count - 1)
+  rank = count - 1 + k
+  positive = jnp.where(a >= jnp.float32(c["one_above"]), 255, 128 + rank)
+  index = jnp.where(q >= 0, positive, 126 - rank)
+  return jnp.where(a < jnp.float32(c["zero_below"]), 127, index)
+
+
+def _dynamic_value(index: jax.Array) -> jax.Array:
+  """The dynamic map's value at ``index`` (0..255), float32."""
+  c = _decade_constants()
+  rank = jnp.where(index >= 128, index - 128, 126 - index)
+  decade = jnp.zeros_like(rank)
+  for d in range(1, _DECADES):
+    decade = decade + (rank + 1 >= 2**d).astype(jnp.int32)
+  k = rank - (jnp.left_shift(1, decade) - 1)
+  magnitude = _per_decade(decade, c["base"]) + k.astype(jnp.float32) * _per_decade(decade, c["step"])
+  value = jnp.where(index >= 128, magnitude, -magnitude)
+  value = jnp.where(index == 255, 1.0, value)
+  return jnp.where(index == 127, 0.0, value)
+
+
+def _hash_uniform(
+    like: jax.Array,
+    seed: jax.Array,
+    global_shape: tuple[int, ...] | None = None,
+    offsets: tuple[Any, ...] | None = None,
+) -> jax.Array:
+  """Uniform ``[0, 1)`` floats shaped like ``like``, a counter-based hash
+  (murmur3's finaliser) of each element's row-major position and ``seed``
+  (uint32).
+
+  A shard (inside ``shard_map``) passes the global shape and its ``offsets``
+  along each axis, so that it draws the bits one device would."""
+  shape = like.shape
+  global_shape = global_shape or shape
+  # Positions with ``like``'s sharding (under sharding in types).
+  sharding = getattr(jax.typeof(like), "sharding", None)
+  position = jnp.zeros_like(like, dtype=jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    index = jax.lax.broadcasted_iota(jnp.uint32, shape, axis, out_sharding=sharding)
+    if offsets is not None:
+      index = index + jnp.asarray(offsets[axis]).astype(jnp.uint32)
+    position = position + index * jnp.uint32(stride)
+    stride = (stride * global_shape[axis]) % 2**32
+  h = position * jnp.uint32(0x9E3779B1) + seed.astype(jnp.uint32)
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  h = h ^ (h >> 16)
+  return (h >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+
+
+def rounding_seed(count: jax.Array, leaf_index: int) -> jax.Array:
+  """The stochastic-rounding seed of one leaf at one step (uint32): a hash of
+  the step ``count`` and the leaf's index in the tree, nothing else."""
+  c = jnp.asarray(count).astype(jnp.uint32)
+  return c * jnp.uint32(0x27D4EB2F) + jnp.uint32((leaf_index * 0x165667B1 + 1) % 2**32)
+
+
+def quantize(
+    x: jax.Array,
+    code: str = "dynamic",
+    seed: jax.Array | None = None,
+    *,
+    block: int | None = None,
+    global_shape: tuple[int, ...] | None = None,
+    offsets: tuple[Any, ...] | None = None,
+) -> QuantizedMoment:
+  """Block-wise absmax quantization of ``x`` along its last axis.
+
+  Args:
+    x: a real array with at least one axis.
+    code: ``"dynamic"`` (nearest value of :func:`dynamic_code_map`) or
+      ``"linear"`` (:func:`linear_code_map`; stochastic rounding if ``seed``
+      is given, else nearest).
+    seed: uint32 scalar for the linear map's stochastic rounding.
+    block: the block length (``None``: :func:`block_size` of the last axis).
+      A shard of a leaf whose last axis is split passes the global one's.
+    global_shape: with ``offsets``, where this shard lies in the global leaf
+      (stochastic rounding draws by global position).
+    offsets: the shard's start along each axis.
+
+  Returns:
+    A :class:`QuantizedMoment`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_mini import quantize
+    >>> x = jnp.linspace(-1.0, 3.0, 512).reshape(2, 256)
+    >>> q = quantize.quantize(x)
+    >>> q.codes.dtype, q.codes.shape, q.scales.shape
+    (dtype('int8'), (2, 256), (2, 1))
+    >>> bool(jnp.max(jnp.abs(quantize.dequantize(q) - x)) < 0.02)
+    True
+  """
+  if code not in CODES:
+    raise ValueError(f"code={code!r}: expected one of {CODES}.")
+  x = x.astype(jnp.float32)
+  blocked, pad = _blocked(x, block)
+  scales = jnp.max(jnp.abs(blocked), axis=-1)
+  inverse = jnp.where(scales > 0, 1 / scales, 0.0)[..., None]
+  q = blocked * inverse
+  if code == "linear":
+    q = q * 127
+    if seed is not None:
+      noise = _hash_uniform(x, seed, global_shape, offsets)
+      noise = _unblocked_like(noise, pad, blocked.shape)
+      index = jnp.floor(q + noise)
+    else:
+      index = jnp.round(q)
+    codes = jnp.clip(index, -127, 127).astype(jnp.int8)
+  else:
+    index = _dynamic_index(q)
+    codes = (index - 128).astype(jnp.int8)
+  return QuantizedMoment(_unblocked(codes, pad), scales)
+
+
+def _unblocked_like(noise: jax.Array, pad: int, blocked_shape: tuple[int, ...]) -> jax.Array:
+  if pad:
+    noise = jnp.pad(noise, [(0, 0)] * (noise.ndim - 1) + [(0, pad)])
+  return noise.reshape(blocked_shape)
+
+
+def dequantize(q: QuantizedMoment, code: str = "dynamic", *, block: int | None = None) -> jax.Array:
+  """The float32 array ``q`` stands for (the inverse of :func:`quantize` up to
+  its rounding); ``block`` as given to :func:`quantize`."""
+  if code not in CODES:
+    raise ValueError(f"code={code!r}: expected one of {CODES}.")
+  blocked, pad = _blocked(q.codes, block)
+  if code == "linear":
+    values = blocked.astype(jnp.float32) * (1 / 127)
+  else:
+    values = _dynamic_value(blocked.astype(jnp.int32) + 128)
+  return _unblocked(values * q.scales[..., None], pad)

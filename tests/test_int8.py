@@ -1,0 +1,525 @@
+"""The 8-bit first moment (``mu_dtype=jnp.int8``) against float64 NumPy.
+
+The references here are written from the method's description (block-wise
+absmax along the last axis, nearest value of the dynamic tree map, Adam-mini's
+update in float64), not from the code under test.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optax_mini
+from optax_mini import quantize
+
+B1, B2, EPS = 0.9, 0.95, 1e-8
+
+
+def reference_code_map() -> np.ndarray:
+  """Dettmers et al. (2022), signed dynamic tree quantization, 8 bits: one
+  sign bit, then a run of zeros whose length is the decade (7 decades
+  below 1), an indicator bit, and the remaining bits a linear fraction of
+  [0.1, 1], each value the middle of its fraction interval; plus 0 and 1."""
+  values = {0.0, 1.0}
+  for zeros in range(7):  # decade 10**-(6 - i) .. 10**-(6 - i) * 0.1
+    fraction_bits = 6 - zeros
+    n = 2 ** (6 - fraction_bits)  # grows with the decade: 1, 2, ..., 64 values
+    step = 0.9 / n
+    for k in range(n):
+      value = (0.1 + (k + 0.5) * step) * 10.0 ** -(6 - zeros)
+      values |= {value, -value}
+  return np.array(sorted(values))
+
+
+def reference_quantize(x: np.ndarray, code: np.ndarray, block: int | None = None):
+  """float64: per block of the last axis, scale = absmax, index = nearest value."""
+  n = x.shape[-1]
+  block = block or min(n, 256)
+  pad = -n % block
+  xp = np.pad(x.astype(np.float64), [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+  xb = xp.reshape(x.shape[:-1] + ((n + pad) // block, block))
+  scales = np.abs(xb).max(-1)
+  q = np.divide(xb, scales[..., None], out=np.zeros_like(xb), where=scales[..., None] > 0)
+  distance = np.abs(q[..., None] - code)
+  index = distance.argmin(-1)
+  # Where the two nearest values are (nearly) equally far, either is right.
+  ordered = np.sort(distance, axis=-1)
+  tie = ordered[..., 1] - ordered[..., 0] <= 1e-6 * np.maximum(np.abs(q), 1e-30)
+  unblock = lambda a: a.reshape(x.shape[:-1] + (n + pad,))[..., :n]  # noqa: E731
+  return unblock(index - 128), scales, unblock(tie)
+
+
+def reference_dequantize(codes, scales, code, block=None):
+  n = codes.shape[-1]
+  block = block or min(n, 256)
+  pad = -n % block
+  cp = np.pad(codes.astype(np.int64), [(0, 0)] * (codes.ndim - 1) + [(0, pad)])
+  values = code[cp + 128].reshape(codes.shape[:-1] + ((n + pad) // block, block))
+  return (values * scales[..., None]).reshape(codes.shape[:-1] + (n + pad,))[..., :n]
+
+
+def heavy_tailed(shape, seed, scale=1e-3):
+  rng = np.random.default_rng(seed)
+  return (rng.standard_t(2.5, size=shape) * scale).astype(np.float32)
+
+
+def test_dynamic_code_map_is_dettmers_map():
+  np.testing.assert_allclose(quantize.dynamic_code_map(), reference_code_map(), rtol=1e-15, atol=0)
+  code = quantize.dynamic_code_map()
+  assert code.shape == (256,) and len(np.unique(code)) == 256
+  assert code[128] == 0.0 or code[127] == 0.0
+  assert np.isclose(code[code > 0].min(), 5.5e-7) and np.isclose(code[code < 1].max(), 0.99296875)
+
+
+@pytest.mark.parametrize("shape", [(7, 600), (3, 256), (40, 100), (4096,)], ids=str)
+def test_round_trip_matches_float64_reference(shape):
+  x = heavy_tailed(shape, seed=sum(shape))
+  x.reshape(-1)[::97] = 0.0  # exact zeros stay zeros
+  code = reference_code_map()
+  q = quantize.quantize(jnp.asarray(x))
+  codes, scales, tie = reference_quantize(x, code)
+  assert q.codes.dtype == jnp.int8 and q.codes.shape == x.shape
+  assert q.scales.dtype == jnp.float32 and q.scales.shape == scales.shape
+  np.testing.assert_allclose(np.asarray(q.scales), scales, rtol=0, atol=0)
+  mismatch = np.asarray(q.codes) != codes
+  assert not np.any(mismatch & ~tie), f"{int(np.sum(mismatch & ~tie))} codes differ off ties"
+  back = np.asarray(quantize.dequantize(q))
+  ref = reference_dequantize(np.asarray(q.codes), scales, code)
+  np.testing.assert_allclose(back, ref, rtol=1e-6, atol=0)
+  assert np.all(back.reshape(-1)[::97] == 0.0)
+  # The dynamic map's worst relative error near a block's maximum is half a
+  # step of its top decade: 0.9 / 64 / 2 = 0.7 %.
+  scale_of = np.repeat(scales, min(shape[-1], 256), axis=-1)[..., : shape[-1]]
+  assert np.max(np.abs(back - x) / scale_of) <= 0.9 / 64 / 2 + 1e-6
+
+
+def test_linear_stochastic_rounding_is_unbiased_and_deterministic():
+  x = heavy_tailed((8, 512), seed=1)
+  q = [quantize.quantize(jnp.asarray(x), "linear", seed=jnp.uint32(s)) for s in range(256)]
+  back = np.stack([np.asarray(quantize.dequantize(a, "linear")) for a in q])
+  scales = np.abs(x.reshape(8, 2, 256)).max(-1)
+  step = np.repeat(scales, 256, axis=-1) / 127
+  # Each value lands on one of the two grid points around it ...
+  assert np.all(np.abs(back - x) <= step * (1 + 1e-5))
+  # ... and on average on itself (256 draws: the mean's error is ~step / 32).
+  assert np.max(np.abs(back.mean(0) - x) / step) < 0.25
+  again = quantize.quantize(jnp.asarray(x), "linear", seed=jnp.uint32(7))
+  np.testing.assert_array_equal(np.asarray(again.codes), np.asarray(q[7].codes))
+  assert np.any(np.asarray(q[7].codes) != np.asarray(q[8].codes))
+
+
+# ---------------------------------------------------------------- the transform
+
+SHAPES = {
+    "embed_tokens": {"embedding": (64, 96)},  # 6144 >= 4096: quantized, block 96
+    "self_attn": {"q_proj": {"kernel": (96, 64)}},  # 6144, block 64
+    "mlp": {"kernel": (24, 600)},  # 14400: blocks 256, 256, 88 (padded)
+    "small": {"kernel": (16, 8)},  # 128 < 4096: float32 m
+    "norm": {"scale": (96,)},
+}
+
+
+def tree(seed, scale=1.0):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(rng.standard_t(3, size=s) * scale, jnp.float32), SHAPES,
+                      is_leaf=lambda x: isinstance(x, tuple))
+
+
+def test_state_layout():
+  params = tree(0)
+  state = optax_mini.scale_by_adam_mini(mu_dtype=jnp.int8, head_dim=16).init(params)
+  mu = state.mu
+  for path in (("embed_tokens", "embedding"), ("self_attn", "q_proj", "kernel"), ("mlp", "kernel")):
+    leaf = functools.reduce(lambda t, k: t[k], path, mu)
+    shape = functools.reduce(lambda t, k: t[k], path, SHAPES)
+    assert isinstance(leaf, quantize.QuantizedMoment), path
+    assert leaf.codes.shape == shape and leaf.codes.dtype == jnp.int8
+    n = shape[-1]
+    assert leaf.scales.shape == (*shape[:-1], -(-n // min(n, 256))) and leaf.scales.dtype == jnp.float32
+  assert mu["mlp"]["kernel"].scales.shape == (24, 3)
+  assert mu["small"]["kernel"].dtype == jnp.float32 and mu["norm"]["scale"].dtype == jnp.float32
+
+
+def _at(path, tree):
+  return functools.reduce(lambda x, k: x[k.key], path, tree)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_update_matches_float64_reference(jit):
+  """Each step against float64 NumPy from the state the transform holds:
+  the update from the float64 m, the stored codes its nearest quantization."""
+  tx = optax_mini.scale_by_adam_mini(b1=B1, b2=B2, eps=EPS, mu_dtype=jnp.int8, head_dim=16)
+  params = tree(0)
+  state = tx.init(params)
+  update = jax.jit(tx.update) if jit else tx.update
+  code = reference_code_map()
+  # Blocks by hand (REFERENCE.md): embedding per token (row), q_proj per head
+  # of 16 columns, mlp per output neuron (column), norm and small kernel.
+  # (view, axes averaged in the view) per leaf
+  blocks = {
+      "embed_tokens": {"embedding": ((64, 96), (1,))},
+      "self_attn": {"q_proj": {"kernel": ((96, 4, 16), (0, 2))}},
+      "mlp": {"kernel": ((24, 600), (0,))},
+      "small": {"kernel": ((16, 8), (0,))},
+      "norm": {"scale": ((96,), (0,))},
+  }
+  for t in range(1, 5):
+    grads = tree(100 + t, scale=10.0 ** -t)  # shrinking gradients: m's blocks span decades
+    updates, new_state = update(grads, state, params)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+      where = jax.tree_util.keystr(path)
+      get = functools.partial(_at, path)
+      mu, nu = get(state.mu), get(state.nu)
+      view, axes = get(blocks)
+      g64 = np.asarray(g, np.float64)
+      if isinstance(mu, quantize.QuantizedMoment):
+        m_prev = reference_dequantize(np.asarray(mu.codes), np.asarray(mu.scales, np.float64), code)
+      else:
+        m_prev = np.asarray(mu, np.float64)
+      m = (1 - B1) * g64 + B1 * m_prev
+      mean = (g64 * g64).reshape(view).mean(axes, keepdims=True)
+      v = (1 - B2) * mean + B2 * np.asarray(nu, np.float64).reshape(mean.shape)
+      u = (m.reshape(view) / (1 - B1**t) / (np.sqrt(v / (1 - B2**t)) + EPS)).reshape(g.shape)
+      np.testing.assert_allclose(np.asarray(get(updates)), u, rtol=2e-5, atol=1e-6, err_msg=where)
+      new_mu = get(new_state.mu)
+      if isinstance(new_mu, quantize.QuantizedMoment):
+        codes, scales, tie = reference_quantize(m, code)
+        np.testing.assert_allclose(np.asarray(new_mu.scales), scales, rtol=1e-6, err_msg=where)
+        off = (np.asarray(new_mu.codes) != codes) & ~tie
+        # float32 against float64 m: a code may flip where m sits within
+        # float32 rounding of a threshold; never more than to a neighbour.
+        assert np.mean(off) < 1e-3, where
+        assert np.max(np.abs(np.asarray(new_mu.codes, np.int64) - codes)) <= 1, where
+      else:
+        np.testing.assert_allclose(np.asarray(new_mu), m, rtol=1e-5, atol=1e-9, err_msg=where)
+    state = new_state
+
+
+def test_state_bytes_and_explain_at_llama2_7b():
+  from tests.test_memory import LLAMA2_7B, llama_shapes, nbytes
+
+  params, head_dim = llama_shapes(**LLAMA2_7B)
+  adamw = nbytes(jax.eval_shape(optax.adamw(1e-3).init, params))
+  mini8 = nbytes(jax.eval_shape(optax_mini.adam_mini(1e-3, head_dim=head_dim, mu_dtype=jnp.int8).init, params))
+  # Every leaf has >= 4096 elements and a last axis of 256 k (4096, 11008,
+  # 32000): m is 1 byte + 4 / 256 bytes of scale per parameter; v is the
+  # paper's 1.16 M float32 values; the count 4 bytes.
+  n = 6_738_415_616
+  assert mini8 == n + 4 * n // 256 + 4 * 1_163_841 + 4
+  assert mini8 <= 0.13 * adamw
+  report = optax_mini.explain(params, head_dim=head_dim, mu_dtype=jnp.int8)
+  assert report.adam_mini_mu_dtype_bytes == mini8 and report.mu_dtype == "int8"
+  assert "int8" in str(report) and f"{mini8 / adamw:.3f}x" in str(report)
+
+
+def _quadratic_run(tx, steps, shapes, seed=3):
+  rng = np.random.default_rng(seed)
+  target = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), shapes,
+                        is_leaf=lambda x: isinstance(x, tuple))
+  # Curvatures spread over two decades inside every block.
+  curvature = jax.tree.map(lambda t: jnp.asarray(10 ** rng.uniform(-1, 1, size=t.shape), jnp.float32), target)
+
+  def loss(p):
+    terms = jax.tree.map(lambda x, t, h: 0.5 * jnp.sum(h * (x - t) ** 2), p, target, curvature)
+    return sum(jax.tree.leaves(terms))
+
+  def step(carry, _):
+    params, state = carry
+    value, grads = jax.value_and_grad(loss)(params)
+    updates, state = tx.update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), value
+
+  params = jax.tree.map(jnp.zeros_like, target)
+  state = tx.init(params)
+  (params, state), losses = jax.jit(lambda c: jax.lax.scan(step, c, length=steps))((params, state))
+  return params, state, np.asarray(losses), target, loss
+
+
+@pytest.mark.parametrize("code", quantize.CODES)
+def test_10000_steps_with_int8_mu_converge_without_nan(code):
+  shapes = {"embed": {"embedding": (128, 64)}, "mlp": {"kernel": (64, 300)}, "norm": {"scale": (64,)},
+            "bias": (300,)}
+  steps = 10_000
+  tx = optax_mini.adam_mini(optax.cosine_decay_schedule(3e-2, steps, alpha=1e-3), weight_decay=0.0,
+                            mu_dtype=jnp.int8, mu_code=code)
+  params, state, losses, target, loss = _quadratic_run(tx, steps, shapes)
+  assert isinstance(state[0].mu["mlp"]["kernel"], quantize.QuantizedMoment)
+  assert np.all(np.isfinite(losses))
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((params, state)))
+  for (path, x), t in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(target)):
+    np.testing.assert_allclose(x, t, atol=1e-2, err_msg=jax.tree_util.keystr(path))
+  assert float(loss(params)) < 1e-4 * losses[0]
+  # The embedding's norm does not blow up (Q-Adam-mini's failure mode).
+  norm = float(jnp.linalg.norm(params["embed"]["embedding"]))
+  assert norm < 1.05 * float(jnp.linalg.norm(target["embed"]["embedding"]))
+
+
+def test_other_integer_dtypes_and_codes_raise():
+  for dtype in (jnp.int16, jnp.uint8, jnp.int4):
+    with pytest.raises(ValueError, match="neither a floating-point dtype nor int8"):
+      optax_mini.adam_mini(1e-3, mu_dtype=dtype)
+  with pytest.raises(ValueError, match=r"mu_code='log'"):
+    optax_mini.adam_mini(1e-3, mu_dtype=jnp.int8, mu_code="log")
+
+
+def test_float_state_under_int8_transform_is_refused():
+  params = tree(0)
+  float_state = optax_mini.scale_by_adam_mini(head_dim=16).init(params)
+  tx = optax_mini.scale_by_adam_mini(mu_dtype=jnp.int8, head_dim=16)
+  with pytest.raises(ValueError, match=r"\['embed_tokens'\]\['embedding'\].*mu_dtype"):
+    tx.update(tree(1), float_state, params)
+
+
+# ------------------------------------------------------- where the float path works
+
+def test_inject_hyperparams_with_static_mu_dtype():
+  params = tree(0)
+  plain = optax_mini.adam_mini(1e-2, head_dim=16, mu_dtype=jnp.int8)
+  injected = optax.inject_hyperparams(optax_mini.adam_mini, static_args=("head_dim", "mu_dtype"))(
+      learning_rate=1e-2, head_dim=16, mu_dtype=jnp.int8)
+  s1, s2 = plain.init(params), injected.init(params)
+  for t in range(3):
+    u1, s1 = jax.jit(plain.update)(tree(10 + t), s1, params)
+    u2, s2 = jax.jit(injected.update)(tree(10 + t), s2, params)
+    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+      # A traced learning rate rounds differently from a folded one.
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-9)
+  c1 = np.asarray(s1[0].mu["mlp"]["kernel"].codes, np.int64)
+  c2 = np.asarray(s2.inner_state[0].mu["mlp"]["kernel"].codes, np.int64)
+  assert np.max(np.abs(c1 - c2)) <= 1 and np.mean(c1 != c2) < 1e-3
+
+
+def test_apply_if_finite_skips_a_bad_step():
+  params = tree(0)
+  tx = optax.apply_if_finite(optax_mini.adam_mini(1e-2, head_dim=16, mu_dtype=jnp.int8), 3)
+  ref = optax_mini.adam_mini(1e-2, head_dim=16, mu_dtype=jnp.int8)
+  state, ref_state = tx.init(params), ref.init(params)
+  bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), tree(50))
+  for t, grads in enumerate([tree(10), bad, tree(11), tree(12)]):
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    if t != 1:
+      ref_updates, ref_state = jax.jit(ref.update)(grads, ref_state, params)
+      for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    else:
+      assert all(not np.any(np.asarray(u)) for u in jax.tree.leaves(updates))
+  assert int(state.notfinite_count) == 0 and int(state.total_notfinite) == 1
+  assert all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree.leaves(state.inner_state))
+
+
+def test_multisteps_accumulates_then_updates():
+  params = tree(0)
+  k = 2
+  tx = optax.MultiSteps(optax_mini.adam_mini(1e-2, head_dim=16, mu_dtype=jnp.int8), every_k_schedule=k)
+  ref = optax_mini.adam_mini(1e-2, head_dim=16, mu_dtype=jnp.int8)
+  state, ref_state = tx.init(params), ref.init(params)
+  for t in range(2):
+    micro = [tree(20 + 2 * t + i) for i in range(k)]
+    for grads in micro:
+      updates, state = jax.jit(tx.update)(grads, state, params)
+    mean = jax.tree.map(lambda *g: sum(g) / k, *micro)
+    ref_updates, ref_state = jax.jit(ref.update)(mean, ref_state, params)
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-8)
+
+
+# Sharded: FSDP on the first axis, tensor parallel on the last; every last
+# axis splits into whole 256-blocks (or is shorter than one and not split).
+SHARDED = {
+    "embed_tokens": {"embedding": ((64, 96), P("fsdp", None))},
+    "mlp": {"up_proj": {"kernel": ((16, 1024), P("fsdp", "tp"))},
+            "down_proj": {"kernel": ((512, 64), P(("tp", "fsdp"), None))}},
+    "norm": {"scale": ((64,), P())},
+}
+_is_entry = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], P)  # noqa: E731
+needs_8 = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (the root conftest sets XLA_FLAGS)")
+
+
+def sharded_tree(seed):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda e: rng.standard_t(3, size=e[0]).astype(np.float32), SHARDED, is_leaf=_is_entry)
+
+
+def sharded_specs():
+  return jax.tree.map(lambda e: e[1], SHARDED, is_leaf=_is_entry)
+
+
+def _apply(tx, params, state, grads):
+  updates, state = tx.update(grads, state, params)
+  return optax.apply_updates(params, updates), state
+
+
+def one_device_run(code, steps=3):
+  tx = optax_mini.adam_mini(1e-2, b2=0.95, mu_dtype=jnp.int8, mu_code=code)
+  params = jax.tree.map(jnp.asarray, sharded_tree(0))
+  state = tx.init(params)
+  step = jax.jit(functools.partial(_apply, tx))
+  for t in range(steps):
+    params, state = step(params, state, jax.tree.map(jnp.asarray, sharded_tree(100 + t)))
+  return params, state
+
+
+def assert_states_match(a, b, rtol=1e-5):
+  """Params and float leaves to rtol; int8 codes equal but for rare
+  neighbours (a float32 m within rounding of a threshold)."""
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype == np.int8:
+      diff = np.abs(x.astype(np.int64) - y)
+      assert np.max(diff) <= 1 and np.mean(diff > 0) < 1e-3, jax.tree_util.keystr(path)
+    else:
+      scale = max(np.max(np.abs(y)), 1e-30)
+      assert np.max(np.abs(x - y)) / scale <= rtol, jax.tree_util.keystr(path)
+
+
+def normalized(spec, ndim):
+  entries = tuple(spec) + (None,) * (ndim - len(tuple(spec)))
+  return entries[:ndim]
+
+
+@needs_8
+@pytest.mark.parametrize("code", quantize.CODES)
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
+def test_sharded_jit_matches_one_device(axis_type, code):
+  mesh = jax.make_mesh((4, 2), ("fsdp", "tp"), axis_types=(axis_type, axis_type))
+  tx = optax_mini.adam_mini(1e-2, b2=0.95, mu_dtype=jnp.int8, mu_code=code)
+  shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), sharded_specs())
+  with jax.set_mesh(mesh):
+    params = jax.device_put(sharded_tree(0), shardings)
+    state_shardings = optax_mini.state_shardings(tx, params)
+    state = jax.jit(tx.init, out_shardings=state_shardings)(params)
+    step = jax.jit(functools.partial(_apply, tx), out_shardings=(shardings, state_shardings),
+                   donate_argnums=(0, 1))
+    for t in range(3):
+      params, state = step(params, state, jax.device_put(sharded_tree(100 + t), shardings))
+  ref_params, ref_state = one_device_run(code)
+  assert_states_match(params, ref_params)
+  assert_states_match(state, ref_state)
+  mu = state[0].mu
+  # Codes shard exactly like their parameters; scales along the same axes.
+  for name, spec in (("up_proj", P("fsdp", "tp")), ("down_proj", P(("tp", "fsdp"), None))):
+    q = mu["mlp"][name]["kernel"]
+    assert normalized(q.codes.sharding.spec, 2) == normalized(spec, 2)
+    assert normalized(q.scales.sharding.spec, 2)[0] == normalized(spec, 2)[0]
+  assert mu["mlp"]["up_proj"]["kernel"].scales.shape == (16, 4)
+
+
+@needs_8
+def test_pmap_matches_one_device():
+  n = 8
+  tx = optax_mini.adam_mini(1e-2, b2=0.95, mu_dtype=jnp.int8)
+  params = jax.tree.map(jnp.asarray, sharded_tree(0))
+  replicate = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), tree)  # noqa: E731
+
+  @functools.partial(jax.pmap, axis_name="data")
+  def step(params, state, grads):
+    return _apply(tx, params, state, jax.lax.pmean(grads, "data"))
+
+  p, s = replicate(params), replicate(tx.init(params))
+  for t in range(3):
+    rng = np.random.default_rng(t)
+    mean = sharded_tree(100 + t)
+    noise = jax.tree.map(lambda x, rng=rng: rng.normal(size=(n, *x.shape)).astype(np.float32), mean)
+    per_device = jax.tree.map(lambda m, e: m[None] + e - e.mean(0, keepdims=True), mean, noise)
+    p, s = step(p, s, per_device)
+  ref_params, ref_state = one_device_run("dynamic")
+  assert_states_match(jax.tree.map(lambda x: x[5], p), ref_params)
+  assert_states_match(jax.tree.map(lambda x: x[2], s), ref_state)
+
+
+@needs_8
+@pytest.mark.parametrize("code", quantize.CODES)
+def test_shard_map_with_partition_specs_matches_one_device(code):
+  mesh = jax.make_mesh((4, 2), ("fsdp", "tp"), axis_types=(AxisType.Explicit,) * 2)
+  specs = sharded_specs()
+  tx = optax_mini.adam_mini(1e-2, b2=0.95, mu_dtype=jnp.int8, mu_code=code, partition_specs=specs)
+  shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+  with jax.set_mesh(mesh):
+    params = jax.device_put(sharded_tree(0), shardings)
+    state_specs = jax.tree.map(lambda s: s.spec, optax_mini.state_shardings(tx, params))
+    init = jax.jit(jax.shard_map(tx.init, mesh=mesh, in_specs=(specs,), out_specs=state_specs))
+    step = jax.jit(jax.shard_map(functools.partial(_apply, tx), mesh=mesh,
+                                 in_specs=(specs, state_specs, specs), out_specs=(specs, state_specs)))
+    state = init(params)
+    for t in range(3):
+      params, state = step(params, state, jax.device_put(sharded_tree(100 + t), shardings))
+  ref_params, ref_state = one_device_run(code)
+  assert_states_match(params, ref_params)
+  assert_states_match(state, ref_state)
+
+
+@needs_8
+def test_shard_map_split_inside_a_block_is_refused():
+  mesh = jax.make_mesh((8,), ("tp",), axis_types=(AxisType.Explicit,))
+  spec = {"kernel": P(None, "tp")}
+  tx = optax_mini.scale_by_adam_mini(mu_dtype=jnp.int8, partition_specs=spec)
+  with jax.set_mesh(mesh):
+    params = jax.device_put({"kernel": np.ones((16, 1024), np.float32)}, {"kernel": NamedSharding(mesh, spec["kernel"])})
+    init = jax.shard_map(tx.init, mesh=mesh, in_specs=(spec,), out_specs=P())
+    with pytest.raises(ValueError, match=r"\['kernel'\].*shards of 128.*block \(256\)"):
+      init(params)
+
+
+def test_nnx_optimizer_and_orbax_resume_are_bit_identical(tmp_path):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  from flax import nnx
+
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.embed = nnx.Embed(64, 96, rngs=rngs)
+      self.mlp = nnx.Linear(96, 64, rngs=rngs)
+
+    def __call__(self, tokens):
+      return self.mlp(self.embed(tokens))
+
+  tx = optax_mini.adam_mini(1e-2, mu_dtype=jnp.int8)
+
+  def batch(t):
+    rng = np.random.default_rng(t)
+    return jnp.asarray(rng.integers(0, 64, size=(8,))), jnp.asarray(rng.normal(size=(8, 64)), jnp.float32)
+
+  @nnx.jit
+  def train_step(model, optimizer, x, y):
+    loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+    optimizer.update(model, grads)
+    return loss
+
+  def fresh(seed):
+    model = Model(nnx.Rngs(seed))
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  ref_model, ref_opt = fresh(0)
+  losses = [float(train_step(ref_model, ref_opt, *batch(t))) for t in range(6)]
+  assert losses[-1] < losses[0]
+  # The embedding's m (64 x 96) is stored as int8 codes; the bias's in float32.
+  dtypes = sorted(str(np.asarray(x).dtype) for x in jax.tree.leaves(nnx.state(ref_opt)))
+  assert dtypes.count("int8") == 2, dtypes
+
+  model, optimizer = fresh(0)
+  for t in range(3):
+    train_step(model, optimizer, *batch(t))
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "ckpt", {"model": nnx.state(model), "optimizer": nnx.state(optimizer)})
+  checkpointer.wait_until_finished()
+  model, optimizer = fresh(1)
+  abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
+  restored = ocp.StandardCheckpointer().restore(
+      tmp_path / "ckpt", {"model": abstract(nnx.state(model)), "optimizer": abstract(nnx.state(optimizer))})
+  nnx.update(model, restored["model"])
+  nnx.update(optimizer, restored["optimizer"])
+  for t in range(3, 6):
+    train_step(model, optimizer, *batch(t))
+  for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(nnx.state(optimizer))),
+                  jax.tree.leaves(nnx.to_pure_dict(nnx.state(ref_opt)))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(nnx.state(model))),
+                  jax.tree.leaves(nnx.to_pure_dict(nnx.state(ref_model)))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
