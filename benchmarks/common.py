@@ -63,6 +63,7 @@ def optimizers(head_dim: int) -> dict[str, optax.GradientTransformation]:
       "adamw": optax.adamw(1e-3),
       "adam_mini": optax_mini.adam_mini(1e-3, head_dim=head_dim),
       "adam_mini (bf16 m)": optax_mini.adam_mini(1e-3, head_dim=head_dim, mu_dtype=jnp.bfloat16),
+      "adam_mini (int8 m)": optax_mini.adam_mini(1e-3, head_dim=head_dim, mu_dtype=jnp.int8),
       "adafactor": optax.adafactor(1e-3),
       "lion": optax.lion(1e-3),
   }

@@ -49,7 +49,9 @@ def section(quick: bool) -> str:
   seven_line = (
       f"Llama-2-7B: AdamW **{seven['adamw'] / GB:.2f} GB** -> Adam-mini "
       f"**{seven['adam_mini'] / GB:.2f} GB** ({seven['adam_mini'] / seven['adamw']:.3f}x; "
-      f"paper: 53.92 -> 26.96 GB), **{seven['adam_mini (bf16 m)'] / GB:.2f} GB** with bf16 m."
+      f"paper: 53.92 -> 26.96 GB), **{seven['adam_mini (bf16 m)'] / GB:.2f} GB** with bf16 m, "
+      f"**{seven['adam_mini (int8 m)'] / GB:.2f} GB** with int8 m "
+      f"({seven['adam_mini (int8 m)'] / seven['adamw']:.3f}x; target <= 0.13x)."
   )
   return "\n\n".join([
       "## 1. Optimizer-state memory (shapes only)",

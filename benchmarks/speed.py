@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import matplotlib
 import optax
 
@@ -27,6 +28,7 @@ matplotlib.use("Agg")
 
 
 TENSOR_ABLATION = "adam_mini (one v per tensor)"
+INT8 = "adam_mini (int8 m)"
 
 SPEED_NOTES = """\
 What limits it (investigated with `jax.profiler`, ablations and the optimized HLO; not re-run by \
@@ -63,7 +65,9 @@ def section(quick: bool) -> str:
            # to tell the cost of the block structure from that of reading g.
            TENSOR_ABLATION: optax_mini.adam_mini(
                1e-3, weight_decay=1e-4, head_dim=config.head_dim,
-               blocks=[("kernel", "tensor"), ("embedding", "tensor")])}
+               blocks=[("kernel", "tensor"), ("embedding", "tensor")]),
+           INT8: optax_mini.adam_mini(1e-3, weight_decay=1e-4, head_dim=config.head_dim,
+                                      mu_dtype=jnp.int8)}
     leaf_sizes = {math.prod(x.shape) for x in jax.tree.leaves(shapes) if len(x.shape) >= 2}
     runs, passes = {}, {}
     for name, tx in txs.items():
@@ -84,12 +88,13 @@ def section(quick: bool) -> str:
     ratio = Ratio.of(times["adamw"], times["adam_mini"])
     bound = passes["adamw"].bytes_moved / passes["adam_mini"].bytes_moved
     ablation = Ratio.of(times["adamw"], times[TENSOR_ABLATION])
+    int8 = Ratio.of(times["adamw"], times[INT8])
     log(f"  speed {config.name}: adamw {ms(times['adamw'])}, adam_mini {ms(times['adam_mini'])}, "
-        f"ratio {ratio}; one v per tensor {ablation}")
+        f"ratio {ratio}; one v per tensor {ablation}; int8 m {ms(times[INT8])}, {int8}")
     rows.append([config.name, f"{config.num_params / 1e6:.1f}M", ms(times["adamw"]),
                  ms(times["adam_mini"]), str(ratio), f"{bound:.2f}x", "1.40x",
-                 f"{ablation.median:.2f}x"])
-    for name in ("adamw", "adam_mini"):
+                 f"{ablation.median:.2f}x", ms(times[INT8]), str(int8)])
+    for name in ("adamw", "adam_mini", INT8):
       p = passes[name]
       pass_rows.append([config.name, name, p.instructions, p.arrays_moved,
                         f"{p.words_per_param:.2f}", f"{p.bytes_moved / 1e6:,.0f}"])
@@ -101,10 +106,12 @@ def section(quick: bool) -> str:
       "time (> 1: Adam-mini faster). Bound from HLO = AdamW's full-size bytes moved / "
       "Adam-mini's, both counted in the optimized HLO below; naive bound = 7N/5N words.",
       table(["tree", "params", "adamw", "adam_mini", "ratio (median, IQR)",
-             "bound (HLO bytes)", "naive bound", "ratio, one v per tensor"], rows),
-      "Last column: Adam-mini with every kernel and the embedding as one block (the same "
-      "passes, the simplest sums), timed in the same interleaved run: what the block "
-      "structure itself costs.",
+             "bound (HLO bytes)", "naive bound", "ratio, one v per tensor", "int8 m",
+             "ratio, int8 m"], rows),
+      "One v per tensor: Adam-mini with every kernel and the embedding as one block (the "
+      "same passes, the simplest sums), timed in the same interleaved run: what the block "
+      "structure itself costs. int8 m: `mu_dtype=jnp.int8` (block-quantized first moment, "
+      "dequantized, updated and requantized inside the update), same run.",
       "Full-size traffic in the optimized HLO (`compile().as_text()`, ENTRY instructions "
       "reading or writing a parameter-sized array; `benchmarks/hlo.py`):",
       table(["tree", "optimizer", "full-size instructions", "arrays read+written",

@@ -125,9 +125,30 @@ def _blocked(x: jax.Array, block: int | None) -> tuple[jax.Array, int]:
   return x.reshape(x.shape[:-1] + ((n + pad) // block, block)), pad
 
 
-def _unblocked(x: jax.Array, pad: int) -> jax.Array:
-  x = x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
-  return x[..., : x.shape[-1] - pad] if pad else x
+_INNER = 16
+
+
+def block_absmax(x: jax.Array, block: int | None = None) -> jax.Array:
+  """Each block's ``max(|x|)``: the ``scales`` :func:`quantize` computes.
+
+  Written so that XLA:CPU fuses the reduction with the computation of ``x``
+  (the new ``m``) instead of writing ``x`` out in full (a full-size float32
+  ``m`` per leaf, every leaf's alive at once: 34 GB of temporaries at 7B):
+  a float max reduction goes to a library kernel that needs its input in
+  memory, and a long one is split into a windowed pre-reduction that does
+  not fuse its producer. So the max is taken over the int32 bit patterns of
+  ``|x|`` (ordered as the floats are, for non-negative values; a NaN's
+  pattern is above inf's, so a NaN still propagates), in two stages of at
+  most 16 that a barrier keeps apart.
+  """
+  blocked, _ = _blocked(jnp.abs(x.astype(jnp.float32)), block)
+  bits = jax.lax.bitcast_convert_type(blocked, jnp.int32)
+  extra = -bits.shape[-1] % _INNER  # zeros leave a max of |x| unchanged
+  if extra:
+    bits = jnp.pad(bits, [(0, 0)] * (bits.ndim - 1) + [(0, extra)])
+  bits = bits.reshape(bits.shape[:-1] + (bits.shape[-1] // _INNER, _INNER))
+  bits = jnp.max(jax.lax.optimization_barrier(jnp.max(bits, axis=-1)), axis=-1)
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
 # The dynamic map, by decade d = 0..6: 2**d values (0.1 + (k + 0.5) * 0.9 /
@@ -246,6 +267,7 @@ def quantize(
     block: int | None = None,
     global_shape: tuple[int, ...] | None = None,
     offsets: tuple[Any, ...] | None = None,
+    scales: jax.Array | None = None,
 ) -> QuantizedMoment:
   """Block-wise absmax quantization of ``x`` along its last axis.
 
@@ -260,6 +282,8 @@ def quantize(
     global_shape: with ``offsets``, where this shard lies in the global leaf
       (stochastic rounding draws by global position).
     offsets: the shard's start along each axis.
+    scales: the blocks' absolute maxima, if already known
+      (:func:`block_absmax`).
 
   Returns:
     A :class:`QuantizedMoment`.
@@ -277,29 +301,29 @@ def quantize(
   if code not in CODES:
     raise ValueError(f"code={code!r}: expected one of {CODES}.")
   x = x.astype(jnp.float32)
-  blocked, pad = _blocked(x, block)
-  scales = jnp.max(jnp.abs(blocked), axis=-1)
-  inverse = jnp.where(scales > 0, 1 / scales, 0.0)[..., None]
-  q = blocked * inverse
+  if scales is None:
+    scales = block_absmax(x, block)
+  # Elementwise in the leaf's own shape (the scales broadcast to it), so that
+  # XLA can write the new codes over the old ones in place.
+  q = x * _spread(jnp.where(scales > 0, 1 / scales, 0.0), x.shape[-1], block)
   if code == "linear":
     q = q * 127
     if seed is not None:
-      noise = _hash_uniform(x, seed, global_shape, offsets)
-      noise = _unblocked_like(noise, pad, blocked.shape)
-      index = jnp.floor(q + noise)
+      index = jnp.floor(q + _hash_uniform(x, seed, global_shape, offsets))
     else:
       index = jnp.round(q)
     codes = jnp.clip(index, -127, 127).astype(jnp.int8)
   else:
-    index = _dynamic_index(q)
-    codes = (index - 128).astype(jnp.int8)
-  return QuantizedMoment(_unblocked(codes, pad), scales)
+    codes = (_dynamic_index(q) - 128).astype(jnp.int8)
+  return QuantizedMoment(codes, scales)
 
 
-def _unblocked_like(noise: jax.Array, pad: int, blocked_shape: tuple[int, ...]) -> jax.Array:
-  if pad:
-    noise = jnp.pad(noise, [(0, 0)] * (noise.ndim - 1) + [(0, pad)])
-  return noise.reshape(blocked_shape)
+def _spread(per_block: jax.Array, n: int, block: int | None) -> jax.Array:
+  """Per-block values ``[..., num_blocks]`` repeated over each block's
+  elements: ``[..., n]``."""
+  block = block or block_size(n)
+  full = jnp.broadcast_to(per_block[..., None], per_block.shape + (block,))
+  return full.reshape(per_block.shape[:-1] + (per_block.shape[-1] * block,))[..., :n]
 
 
 def dequantize(q: QuantizedMoment, code: str = "dynamic", *, block: int | None = None) -> jax.Array:
@@ -307,9 +331,8 @@ def dequantize(q: QuantizedMoment, code: str = "dynamic", *, block: int | None =
   its rounding); ``block`` as given to :func:`quantize`."""
   if code not in CODES:
     raise ValueError(f"code={code!r}: expected one of {CODES}.")
-  blocked, pad = _blocked(q.codes, block)
   if code == "linear":
-    values = blocked.astype(jnp.float32) * (1 / 127)
+    values = q.codes.astype(jnp.float32) * (1 / 127)
   else:
-    values = _dynamic_value(blocked.astype(jnp.int32) + 128)
-  return _unblocked(values * q.scales[..., None], pad)
+    values = _dynamic_value(q.codes.astype(jnp.int32) + 128)
+  return values * _spread(q.scales, q.codes.shape[-1], block)

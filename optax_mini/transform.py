@@ -675,15 +675,18 @@ def _leaf_step(g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, roundi
   # full-size float32 copy of m outlives its fusion (at 7B shapes that
   # is 14 GB of temporaries), and the next step starts from this m anyway.
   if isinstance(mu, quantize_lib.QuantizedMoment):
-    # int8: the update uses the float32 m of this step; the stored codes are
-    # its quantization. XLA recomputes m inside the block-max reduction and
-    # the final elementwise pass rather than keeping a full-size copy.
     block, global_shape = quantization
     seed, offsets = rounding
+    # The update uses this step's float32 m; the codes store its
+    # quantization. m is never written out: the block maxima, the codes and
+    # the update each recompute it from g and the old codes inside their own
+    # fusion. XLA:CPU does copy the old codes first (the update reads them
+    # after the new codes overwrite them in place): 1 byte per parameter.
     m = (1 - b1) * g_c + b1 * quantize_lib.dequantize(mu, mu_code, block=block).astype(cdt)
     m_stored = quantize_lib.quantize(
         m, mu_code, seed if mu_code == "linear" else None,
         block=block, global_shape=global_shape, offsets=offsets,
+        scales=quantize_lib.block_absmax(m, block),
     )
   else:
     m_stored = ((1 - b1) * g_c + b1 * mu.astype(cdt)).astype(
