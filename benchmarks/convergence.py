@@ -114,13 +114,14 @@ def section(quick: bool) -> str:
       "adamw": ["--optimizer", "adamw"],
       "adam_mini": ["--optimizer", "adam_mini"],
       "adam_mini (value as one block)": ["--optimizer", "adam_mini", "--value-as-one-block"],
+      "adam_mini (int8 m)": ["--optimizer", "adam_mini", "--mu-dtype", "int8"],
   }
   finals, curves = _train_runs(variants, steps, seeds)
   budgets = [(steps, seeds, curves)]
   long_finals = None
   if not quick and LONG_STEPS > steps:
     long_finals, long_curves = _train_runs(
-        {k: variants[k] for k in ("adamw", "adam_mini")}, LONG_STEPS, LONG_SEEDS)
+        {k: variants[k] for k in ("adamw", "adam_mini", "adam_mini (int8 m)")}, LONG_STEPS, LONG_SEEDS)
     budgets.append((LONG_STEPS, LONG_SEEDS, long_curves))
   fig, axes = plt.subplots(1, len(budgets), figsize=(6.4 * len(budgets), 4.4), squeeze=False)
   for ax, (n_steps, used_seeds, budget_curves) in zip(axes[0], budgets):
