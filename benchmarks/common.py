@@ -57,6 +57,17 @@ def machine_line() -> str:
   )
 
 
+def commit() -> str:
+  """The checkout's short commit hash (``"unknown"`` outside git)."""
+  import subprocess
+
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                          text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
 def optimizers(head_dim: int) -> dict[str, optax.GradientTransformation]:
   """The state-memory contenders, each with its library defaults."""
   return {

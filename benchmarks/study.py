@@ -30,7 +30,6 @@ import json
 import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -145,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--report-only", action="store_true",
                       help="run nothing: report what is cached (ablation rows not yet run are marked)")
   args = parser.parse_args(argv)
-  from benchmarks.common import machine_line
+  from benchmarks.common import commit, machine_line
 
   lrs, warmups, seeds = GRIDS[args.preset]
   out_dir = os.path.join(args.out, f"{args.preset}_{args.corpus}")
@@ -186,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> str:
   lines = [
       f"## Learning-rate study: preset `{args.preset}`, corpus `{args.corpus}`, {STEPS} steps",
       "",
-      f"Machine: {machine_line()}; commit {_commit()}. {len(results)} runs, "
+      f"Machine: {machine_line()}; commit {commit()}. {len(results)} runs, "
       f"{seconds / 60:.0f} min of training (wall {(time.perf_counter() - wall) / 60:.0f} min this "
       f"invocation, --jobs {args.jobs}).",
       "",
@@ -236,14 +235,6 @@ def main(argv: Sequence[str] | None = None) -> str:
   _plots(args, lrs, warmups, loss, results, best, flags, seeds)
   print(text)
   return text
-
-
-def _commit() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
 
 
 def _plots(args, lrs, warmups, loss, results, best, flags, seeds) -> None:
