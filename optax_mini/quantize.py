@@ -181,39 +181,39 @@ def _decade_constants() -> dict[str, tuple[float, ...]]:
   }
 
 
-def _per_decade(decade: jax.Array, values: tuple[float, ...]) -> jax.Array:
-  out = jnp.full_like(decade, values[0], dtype=jnp.float32)
-  for d in range(1, _DECADES):
-    out = jnp.where(decade == d, jnp.float32(values[d]), out)
+def _select(masks: list[jax.Array], values: tuple[float, ...]) -> jax.Array:
+  """``values[d]`` where ``d`` masks hold (the masks are nested: each implies
+  the one before), as a chain of float selects."""
+  out = jnp.full(masks[0].shape, values[0], jnp.float32)
+  for mask, value in zip(masks, values[1:]):
+    out = jnp.where(mask, jnp.float32(value), out)
   return out
 
 
 def _dynamic_index(q: jax.Array) -> jax.Array:
-  """Index (0..255) of the nearest value of the dynamic map for each ``q`` in
-  ``[-1, 1]`` (a tie within one float32 rounding may go either way)."""
+  """Index (0..255, as float32) of the nearest value of the dynamic map for
+  each ``q`` in ``[-1, 1]`` (a tie within one float32 rounding may go either
+  way). Float compares and selects only: they vectorise, integer decade
+  arithmetic did not (4x slower on CPU)."""
   c = _decade_constants()
   a = jnp.abs(q)
-  decade = jnp.zeros_like(a, dtype=jnp.int32)
-  for boundary in c["boundaries"]:
-    decade = decade + (a >= jnp.float32(boundary)).astype(jnp.int32)
-  count = jnp.left_shift(1, decade)
-  k = jnp.floor(a * _per_decade(decade, c["slope"]) - _per_decade(decade, c["intercept"]))
-  k = jnp.clip(k.astype(jnp.int32), 0, count - 1)
-  rank = count - 1 + k
-  positive = jnp.where(a >= jnp.float32(c["one_above"]), 255, 128 + rank)
+  masks = [a >= jnp.float32(boundary) for boundary in c["boundaries"]]  # decade >= 1 .. 6
+  count = _select(masks, tuple(float(2**d) for d in range(_DECADES)))
+  k = jnp.floor(a * _select(masks, c["slope"]) - _select(masks, c["intercept"]))
+  rank = count - 1 + jnp.clip(k, 0, count - 1)
+  positive = jnp.where(a >= jnp.float32(c["one_above"]), 255.0, 128 + rank)
   index = jnp.where(q >= 0, positive, 126 - rank)
-  return jnp.where(a < jnp.float32(c["zero_below"]), 127, index)
+  return jnp.where(a < jnp.float32(c["zero_below"]), 127.0, index)
 
 
 def _dynamic_value(index: jax.Array) -> jax.Array:
-  """The dynamic map's value at ``index`` (0..255), float32."""
+  """The dynamic map's value at ``index`` (0..255, any real dtype), float32."""
   c = _decade_constants()
+  index = index.astype(jnp.float32)
   rank = jnp.where(index >= 128, index - 128, 126 - index)
-  decade = jnp.zeros_like(rank)
-  for d in range(1, _DECADES):
-    decade = decade + (rank + 1 >= 2**d).astype(jnp.int32)
-  k = rank - (jnp.left_shift(1, decade) - 1)
-  magnitude = _per_decade(decade, c["base"]) + k.astype(jnp.float32) * _per_decade(decade, c["step"])
+  masks = [rank + 1 >= 2**d for d in range(1, _DECADES)]
+  k = rank - _select(masks, tuple(float(2**d - 1) for d in range(_DECADES)))
+  magnitude = _select(masks, c["base"]) + k * _select(masks, c["step"])
   value = jnp.where(index >= 128, magnitude, -magnitude)
   value = jnp.where(index == 255, 1.0, value)
   return jnp.where(index == 127, 0.0, value)
@@ -334,5 +334,5 @@ def dequantize(q: QuantizedMoment, code: str = "dynamic", *, block: int | None =
   if code == "linear":
     values = q.codes.astype(jnp.float32) * (1 / 127)
   else:
-    values = _dynamic_value(q.codes.astype(jnp.int32) + 128)
+    values = _dynamic_value(q.codes.astype(jnp.float32) + 128)
   return values * _spread(q.scales, q.codes.shape[-1], block)
