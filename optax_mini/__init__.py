@@ -8,6 +8,7 @@ output neuron, per norm tensor), which halves the optimizer state.
 >>> tx = optax_mini.adam_mini(learning_rate=1e-3, head_dim=64)
 """
 
+from optax_mini import quantize
 from optax_mini.alias import adam_mini, default_weight_decay_mask
 from optax_mini.blocks import (
     DEFAULT_RULES,
@@ -47,6 +48,7 @@ __all__ = [
     "default_weight_decay_mask",
     "explain",
     "normalize_path",
+    "quantize",
     "scale_by_adam_mini",
     "state_bytes",
     "state_shardings",

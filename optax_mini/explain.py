@@ -168,7 +168,9 @@ def explain(
     head_dim: as in :func:`optax_mini.adam_mini`.
     blocks: as in :func:`optax_mini.adam_mini`.
     mask: the weight-decay mask, as in :func:`optax_mini.adam_mini`.
-    mu_dtype: also report the state with this first-moment dtype.
+    mu_dtype: also report the state with this first-moment dtype
+      (``jnp.bfloat16``, or ``jnp.int8`` for the block-quantized moment of
+      :mod:`optax_mini.quantize`: codes plus float32 block scales).
 
   Returns:
     A :class:`PartitionReport`; print it for the table.

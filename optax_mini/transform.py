@@ -452,8 +452,9 @@ def scale_by_adam_mini(
       parameter's shape plus one float32 scale per 256 elements of the last
       axis, about an eighth of ``optax.adamw``'s state); each step
       dequantizes it, updates it in float32, uses that for the update and
-      requantizes it, inside one leaf's fusion. Leaves under 4096 elements
-      keep a float32 first moment. Other integer dtypes raise.
+      requantizes it, without writing a float32 ``m`` out in full. Leaves
+      under 4096 elements keep a float32 first moment. Other integer
+      dtypes raise.
     head_dim: size of one attention head, needed by flat
       ``[in, heads*head_dim]`` query/key kernels. A shape, so static: under
       ``optax.inject_hyperparams`` pass ``static_args=('head_dim',)``.
