@@ -295,7 +295,8 @@ def quantize(
     >>> q = quantize.quantize(x)
     >>> q.codes.dtype, q.codes.shape, q.scales.shape
     (dtype('int8'), (2, 256), (2, 1))
-    >>> bool(jnp.max(jnp.abs(quantize.dequantize(q) - x)) < 0.02)
+    >>> error = jnp.abs(quantize.dequantize(q) - x) / q.scales  # within 0.7 % of the block's max
+    >>> bool(jnp.max(error) <= 0.9 / 64 / 2)
     True
   """
   if code not in CODES:
