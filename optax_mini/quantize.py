@@ -46,10 +46,14 @@ __all__ = [
     "CODES",
     "MIN_QUANTIZED_SIZE",
     "QuantizedMoment",
+    "block_absmax",
+    "block_size",
     "dequantize",
     "dynamic_code_map",
+    "is_quantized",
     "linear_code_map",
     "quantize",
+    "rounding_seed",
 ]
 
 BLOCK_SIZE = 256

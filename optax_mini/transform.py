@@ -672,9 +672,6 @@ def _leaf_step(g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, roundi
   b1, b2, eps, eps_root = (hyper[k] for k in ("b1", "b2", "eps", "eps_root"))
   cdt = _compute_dtype(g.dtype)
   g_c = g.astype(cdt)
-  # The update reads m as stored: with a narrow mu_dtype (bf16) no
-  # full-size float32 copy of m outlives its fusion (at 7B shapes that
-  # is 14 GB of temporaries), and the next step starts from this m anyway.
   if isinstance(mu, quantize_lib.QuantizedMoment):
     block, global_shape = quantization
     seed, offsets = rounding
@@ -690,6 +687,9 @@ def _leaf_step(g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, roundi
         scales=quantize_lib.block_absmax(m, block),
     )
   else:
+    # The update reads m as stored: with a narrow mu_dtype (bf16) no
+    # full-size float32 copy of m outlives its fusion (at 7B shapes that
+    # is 14 GB of temporaries), and the next step starts from this m anyway.
     m_stored = ((1 - b1) * g_c + b1 * mu.astype(cdt)).astype(
         mu_dtype if mu_dtype is not None else mu.dtype
     )
