@@ -156,7 +156,10 @@ def main(argv: Sequence[str] | None = None) -> str:
                      per_element, per_head)
 
   grid = [flags(o, lr, w, seeds[0]) for o in ("adamw", "adam_mini") for lr in lrs for w in warmups]
-  results = run_all(grid, out_dir, args.jobs)
+  results = run_all(grid, out_dir, args.jobs, cached_only=args.report_only)
+  if args.report_only and len(results) < len(grid):
+    parser.error(f"--report-only: {len(grid) - len(results)} of the {len(grid)} grid runs are not "
+                 f"cached in {out_dir}; run the study without --report-only first.")
 
   def loss(optimizer, lr, warmup, seed=seeds[0], vob=False):
     return results[_key(flags(optimizer, lr, warmup, seed, vob))]["final_eval_loss"]
@@ -166,7 +169,9 @@ def main(argv: Sequence[str] | None = None) -> str:
   settings = [("adamw", best["adamw"], False), ("adam_mini", best["adamw"], False),
               ("adam_mini", best["adam_mini"], False), ("adam_mini", best["adam_mini"], True)]
   seeded = [flags(o, lr, w, s, vob) for o, (lr, w), vob in settings for s in seeds]
-  results.update(run_all(seeded, out_dir, args.jobs))
+  results.update(run_all(seeded, out_dir, args.jobs, cached_only=args.report_only))
+  if args.report_only and not all(_key(f) in results for f in seeded):
+    parser.error(f"--report-only: runs at the best settings are not all cached in {out_dir}.")
 
   def over_seeds(optimizer, setting, vob=False):
     return [loss(optimizer, *setting, s, vob) for s in seeds]
