@@ -57,11 +57,13 @@ ABLATIONS = (
     ("per_element", "value"), ("per_element", "attn_out"), ("per_element", "mlp"),
     ("per_head", "value"), ("per_head", "attn_out"),
     ("per_element", "embed"), ("per_element", "lm_head"),
+    ("per_neuron", "heads"),
 )
 
 
 def run_flags(preset: str, corpus: str, optimizer: str, lr: float, warmup: int, seed: int,
-              value_as_one_block: bool = False, per_element: str = "", per_head: str = "") -> list[str]:
+              value_as_one_block: bool = False, per_element: str = "", per_head: str = "",
+              per_neuron: str = "") -> list[str]:
   flags = ["--preset", preset, "--corpus", corpus, "--optimizer", optimizer, "--lr", repr(lr),
            "--warmup", str(warmup), "--seed", str(seed), "--steps", str(STEPS)]
   if value_as_one_block:
@@ -70,6 +72,8 @@ def run_flags(preset: str, corpus: str, optimizer: str, lr: float, warmup: int, 
     flags += ["--per-element", per_element]
   if per_head:
     flags += ["--per-head", per_head]
+  if per_neuron:
+    flags += ["--per-neuron", per_neuron]
   return flags
 
 
@@ -151,9 +155,10 @@ def main(argv: Sequence[str] | None = None) -> str:
   os.makedirs(out_dir, exist_ok=True)
   wall = time.perf_counter()
 
-  def flags(optimizer, lr, warmup, seed, value_as_one_block=False, per_element="", per_head=""):
+  def flags(optimizer, lr, warmup, seed, value_as_one_block=False, per_element="", per_head="",
+            per_neuron=""):
     return run_flags(args.preset, args.corpus, optimizer, lr, warmup, seed, value_as_one_block,
-                     per_element, per_head)
+                     per_element, per_head, per_neuron)
 
   grid = [flags(o, lr, w, seeds[0]) for o in ("adamw", "adam_mini") for lr in lrs for w in warmups]
   results = run_all(grid, out_dir, args.jobs, cached_only=args.report_only)
@@ -227,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         f"| (none: Adam-mini as a drop-in) | {mean_std(drop_in)} | {gap(drop_in, adamw_best)} |",
     ]
     for group in ABLATIONS:
-      label = f"{group[1]} {'per element' if group[0] == 'per_element' else 'per head'}"
+      label = f"{group[1]} {group[0].replace('_', ' ')}"
       found = [results.get(_key(ablated(group, seed))) for seed in seeds]
       xs = [r["final_eval_loss"] for r in found if r is not None]
       if len(xs) < len(seeds):

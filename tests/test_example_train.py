@@ -345,3 +345,34 @@ def test_per_element_ablation_flag():
   assert attn["q_proj"]["kernel"].role == "heads [q_proj]"  # the rest untouched
   with pytest.raises(ValueError, match="--per-element"):
     train.adam_mini_blocks(train.build_parser().parse_args(["--per-element", "values"]))
+
+
+def test_per_head_and_per_neuron_variant_flags():
+  from flax import nnx
+
+  import optax_mini
+
+  config = model_lib.PRESETS["tiny"]
+  params = nnx.to_pure_dict(nnx.state(model_lib.Llama(config), nnx.Param))
+
+  def v_shapes(flags):
+    blocks = train.adam_mini_blocks(train.build_parser().parse_args(flags))
+    specs = optax_mini.block_specs(params, head_dim=config.head_dim, blocks=blocks)
+    attn, shapes = specs["layers"][0]["self_attn"], params["layers"][0]["self_attn"]
+    return {k: attn[k]["kernel"].v_shape(shapes[k]["kernel"].shape) for k in attn}
+
+  default = v_shapes([])
+  per_head = v_shapes(["--per-head", "value,attn_out"])
+  per_neuron = v_shapes(["--per-neuron", "heads"])
+  # From the config: one v per (kv) head instead of per output neuron, and
+  # one per output neuron instead of per head; the other kernels untouched.
+  assert default["v_proj"] == (config.n_kv_heads * config.head_dim,) and default["o_proj"] == (config.dim,)
+  assert per_head["v_proj"] == (config.n_kv_heads,) and per_head["o_proj"] == (config.n_heads,)
+  assert per_head["q_proj"] == default["q_proj"] == (config.n_heads,)
+  assert per_neuron["q_proj"] == (config.n_heads * config.head_dim,)
+  assert per_neuron["k_proj"] == (config.n_kv_heads * config.head_dim,)
+  assert per_neuron["v_proj"] == default["v_proj"]
+  with pytest.raises(ValueError, match="--per-head"):
+    train.adam_mini_blocks(train.build_parser().parse_args(["--per-head", "heads"]))
+  with pytest.raises(ValueError, match="pick one"):
+    train.adam_mini_blocks(train.build_parser().parse_args(["--per-element", "heads", "--per-neuron", "heads"]))

@@ -58,8 +58,13 @@ PER_ELEMENT_GROUPS = {
 # --per-head: the groups a variant can give one v per attention head instead
 # of one per output neuron; the rule each gets, as (path, role, layout).
 PER_HEAD_GROUPS = {
-  "value": ("v_proj", "heads", None),  # [in, (kv_heads head_dim)] -> [kv_heads]
-  "attn_out": ("o_proj", "heads", "(n h) i"),  # [(heads head_dim), out] -> [heads]
+  "value": (("v_proj", "heads", None),),  # [in, (kv_heads head_dim)] -> [kv_heads]
+  "attn_out": (("o_proj", "heads", "(n h) i"),),  # [(heads head_dim), out] -> [heads]
+}
+# --per-neuron: query/key kernels with one v per output neuron instead of one
+# per head (more blocks, still a negligible share of the state).
+PER_NEURON_GROUPS = {
+  "heads": (("q_proj", "neuron", None), ("k_proj", "neuron", None)),  # [in, H*D] -> [H*D]
 }
 _MU_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16, "int8": jnp.int8}
 # Flags that may change between a run and its --resume without changing
@@ -140,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     help="Adam-mini variant: comma-separated groups that get one v per attention head instead "
     f"of one per output neuron ({','.join(PER_HEAD_GROUPS)})",
   )
+  p.add_argument(
+    "--per-neuron",
+    default="",
+    help="Adam-mini variant: comma-separated groups that get one v per output neuron instead "
+    f"of one per head ({','.join(PER_NEURON_GROUPS)})",
+  )
   p.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the batch order")
   p.add_argument(
     "--corpus",
@@ -218,17 +229,20 @@ def _groups(flag: str, value: str, known: Mapping[str, Any]) -> list[str]:
 
 def adam_mini_blocks(args: argparse.Namespace) -> Any:
   """Adam-mini's ``blocks=`` for the flags: default rules, value as one block,
-  groups switched to per-element ``v`` (``--per-element``) or to one ``v``
-  per attention head (``--per-head``)."""
+  groups switched to per-element ``v`` (``--per-element``), to one ``v``
+  per attention head (``--per-head``) or per output neuron (``--per-neuron``)."""
   import optax_mini
 
   per_element = _groups("--per-element", getattr(args, "per_element", ""), PER_ELEMENT_GROUPS)
   per_head = _groups("--per-head", getattr(args, "per_head", ""), PER_HEAD_GROUPS)
-  both = sorted(set(per_element) & set(per_head))
-  if both:
-    raise ValueError(f"{both} given to both --per-element and --per-head: pick one.")
+  per_neuron = _groups("--per-neuron", getattr(args, "per_neuron", ""), PER_NEURON_GROUPS)
+  for flag, groups in (("--per-head", per_head), ("--per-neuron", per_neuron)):
+    both = sorted(set(per_element) & set(groups))
+    if both:
+      raise ValueError(f"{both} given to both --per-element and {flag}: pick one.")
   rules = [optax_mini.Rule(name, "element") for g in per_element for name in PER_ELEMENT_GROUPS[g]]
-  rules += [optax_mini.Rule(*PER_HEAD_GROUPS[g]) for g in per_head]
+  rules += [optax_mini.Rule(*rule) for g in per_head for rule in PER_HEAD_GROUPS[g]]
+  rules += [optax_mini.Rule(*rule) for g in per_neuron for rule in PER_NEURON_GROUPS[g]]
   # The authors advise one block per value matrix for runs shorter than
   # ~10k steps (Adam-mini README; paper Appendix C.3).
   if args.value_as_one_block or rules:
