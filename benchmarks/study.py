@@ -49,15 +49,15 @@ STEPS = 1000
 
 # Phase 3: at AdamW's best setting (where Adam-mini as a drop-in trails), which
 # parameter groups, handed back to per-element v one at a time, recover AdamW
-# (--per-element); and whether one v per head for value / attention out (less
-# memory than the default, not more) does (--per-head). Most telling first: a
-# study cut short still reports those.
+# (--per-element); and whether variants that keep the memory do: one v per
+# head for value / attention out (--per-head), one per output neuron for
+# query / key (--per-neuron). Most telling first: a study cut short still
+# reports those.
 ABLATIONS = (
     ("per_element", "heads"), ("per_element", "value,attn_out"), ("per_head", "value,attn_out"),
-    ("per_element", "value"), ("per_element", "attn_out"), ("per_element", "mlp"),
+    ("per_neuron", "heads"), ("per_element", "value"), ("per_element", "attn_out"), ("per_element", "mlp"),
     ("per_head", "value"), ("per_head", "attn_out"),
     ("per_element", "embed"), ("per_element", "lm_head"),
-    ("per_neuron", "heads"),
 )
 
 
