@@ -224,8 +224,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     lines += [
         "",
         f"Ablation at AdamW's best setting (lr {best['adamw'][0]:g}, warmup {best['adamw'][1]}): "
-        "one group at a time back to per-element v (plain Adam), or to one v per attention head "
-        "(less state than the default), over the same seeds:",
+        "one group at a time back to per-element v (plain Adam), or to a variant that keeps the "
+        "memory (value / attention out per head, query / key per output neuron), over the same "
+        "seeds:",
         "",
         "| blocks changed | held-out loss | vs AdamW at its best |",
         "|---|---:|---:|",
