@@ -13,6 +13,7 @@ import optax
 import pytest
 
 import optax_mini
+from tests.quadratic import quadratic_run
 
 ocp = pytest.importorskip("orbax.checkpoint")
 nnx = pytest.importorskip("flax.nnx")
@@ -161,29 +162,11 @@ def test_state_of_another_partition_never_proceeds(tmp_path):
 
 
 def test_10000_steps_with_bf16_mu_converge_without_nan():
-  rng = np.random.default_rng(3)
   shapes = {"embed": {"embedding": (12, 6)}, "mlp": {"kernel": (6, 10)}, "norm": {"scale": (6,)}, "bias": (10,)}
-  target = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), shapes, is_leaf=lambda x: isinstance(x, tuple))
-  # Curvatures spread over two decades inside every block.
-  curvature = jax.tree.map(lambda t: jnp.asarray(10 ** rng.uniform(-1, 1, size=t.shape), jnp.float32), target)
   steps = 10_000
   tx = optax_mini.adam_mini(optax.cosine_decay_schedule(3e-2, steps, alpha=1e-3), weight_decay=0.0, mu_dtype=jnp.bfloat16)
-
-  def loss(p):
-    terms = jax.tree.map(lambda x, t, h: 0.5 * jnp.sum(h * (x - t) ** 2), p, target, curvature)
-    return sum(jax.tree.leaves(terms))
-
-  def step(carry, _):
-    params, state = carry
-    value, grads = jax.value_and_grad(loss)(params)
-    updates, state = tx.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), value
-
-  params = jax.tree.map(jnp.zeros_like, target)
-  state = tx.init(params)
+  params, state, losses, target, loss = quadratic_run(tx, steps, shapes)
   assert state[0].mu["mlp"]["kernel"].dtype == jnp.bfloat16
-  (params, state), losses = jax.jit(lambda c: jax.lax.scan(step, c, length=steps))((params, state))
-  losses = np.asarray(losses)
   assert np.all(np.isfinite(losses))
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((params, state)))
   # The optimum is known: every parameter ends near its target.

@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 import optax_mini
 from optax_mini import quantize
+from tests.quadratic import quadratic_run
 
 B1, B2, EPS = 0.9, 0.95, 1e-8
 
@@ -220,29 +221,6 @@ def test_state_bytes_and_explain_at_llama2_7b():
   assert "int8" in str(report) and f"{mini8 / adamw:.3f}x" in str(report)
 
 
-def _quadratic_run(tx, steps, shapes, seed=3):
-  rng = np.random.default_rng(seed)
-  target = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), shapes,
-                        is_leaf=lambda x: isinstance(x, tuple))
-  # Curvatures spread over two decades inside every block.
-  curvature = jax.tree.map(lambda t: jnp.asarray(10 ** rng.uniform(-1, 1, size=t.shape), jnp.float32), target)
-
-  def loss(p):
-    terms = jax.tree.map(lambda x, t, h: 0.5 * jnp.sum(h * (x - t) ** 2), p, target, curvature)
-    return sum(jax.tree.leaves(terms))
-
-  def step(carry, _):
-    params, state = carry
-    value, grads = jax.value_and_grad(loss)(params)
-    updates, state = tx.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), value
-
-  params = jax.tree.map(jnp.zeros_like, target)
-  state = tx.init(params)
-  (params, state), losses = jax.jit(lambda c: jax.lax.scan(step, c, length=steps))((params, state))
-  return params, state, np.asarray(losses), target, loss
-
-
 @pytest.mark.parametrize("code", quantize.CODES)
 def test_10000_steps_with_int8_mu_converge_without_nan(code):
   shapes = {"embed": {"embedding": (128, 64)}, "mlp": {"kernel": (64, 300)}, "norm": {"scale": (64,)},
@@ -250,7 +228,7 @@ def test_10000_steps_with_int8_mu_converge_without_nan(code):
   steps = 10_000
   tx = optax_mini.adam_mini(optax.cosine_decay_schedule(3e-2, steps, alpha=1e-3), weight_decay=0.0,
                             mu_dtype=jnp.int8, mu_code=code)
-  params, state, losses, target, loss = _quadratic_run(tx, steps, shapes)
+  params, state, losses, target, loss = quadratic_run(tx, steps, shapes)
   assert isinstance(state[0].mu["mlp"]["kernel"], quantize.QuantizedMoment)
   assert np.all(np.isfinite(losses))
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((params, state)))
