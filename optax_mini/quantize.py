@@ -119,14 +119,14 @@ def is_quantized(shape: tuple[int, ...], dtype: Any) -> bool:
   )
 
 
-def _blocked(x: jax.Array, block: int | None) -> tuple[jax.Array, int]:
+def _blocked(x: jax.Array, block: int | None) -> jax.Array:
   """``x`` viewed as ``[..., num_blocks, block]``, the last block zero-padded."""
   n = x.shape[-1]
   block = block or block_size(n)
   pad = -n % block
   if pad:
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-  return x.reshape(x.shape[:-1] + ((n + pad) // block, block)), pad
+  return x.reshape(x.shape[:-1] + ((n + pad) // block, block))
 
 
 _INNER = 16
@@ -145,7 +145,7 @@ def block_absmax(x: jax.Array, block: int | None = None) -> jax.Array:
   pattern is above inf's, so a NaN still propagates), in two stages of at
   most 16 that a barrier keeps apart.
   """
-  blocked, _ = _blocked(jnp.abs(x.astype(jnp.float32)), block)
+  blocked = _blocked(jnp.abs(x.astype(jnp.float32)), block)
   bits = jax.lax.bitcast_convert_type(blocked, jnp.int32)
   extra = -bits.shape[-1] % _INNER  # zeros leave a max of |x| unchanged
   if extra:
