@@ -3,8 +3,9 @@
 With ``v`` cut to one value per block, Adam-mini's state is almost all first
 moment ``m``. ``mu_dtype=jnp.int8`` stores it as one int8 code per element
 (the parameter's shape, so it shards like the parameter) plus one float32
-scale per :data:`BLOCK_SIZE` consecutive elements of the last axis: about
-1.02 bytes per parameter, an eighth of ``optax.adamw``'s 8.
+scale per block of consecutive elements of the last axis (256, or a
+divisor of the axis near it: :func:`block_size`): about 1.02 bytes per
+parameter, an eighth of ``optax.adamw``'s 8.
 
 A block's elements are divided by the block's absolute maximum (its scale)
 and each quotient in ``[-1, 1]`` is stored as the index of a value of a
@@ -44,6 +45,7 @@ import numpy as np
 __all__ = [
     "BLOCK_SIZE",
     "CODES",
+    "MIN_BLOCK_SIZE",
     "MIN_QUANTIZED_SIZE",
     "QuantizedMoment",
     "block_absmax",
@@ -57,6 +59,7 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 256
+MIN_BLOCK_SIZE = 64
 MIN_QUANTIZED_SIZE = 4096
 CODES = ("dynamic", "linear")
 
@@ -68,8 +71,9 @@ class QuantizedMoment(NamedTuple):
     codes: int8, the parameter's shape: each element's index into the code
       map, offset by -128.
     scales: float32, shaped like the parameter with the last axis ``n``
-      replaced by ``ceil(n / min(n, BLOCK_SIZE))``: each block's absolute
-      maximum. The last block of a row may be short (zero-padded).
+      replaced by ``ceil(n / block_size(n))``: each block's absolute
+      maximum. Only where :func:`block_size` finds no divisor of ``n`` is
+      the last block of a row short (zero-padded).
   """
 
   codes: jax.Array
@@ -104,10 +108,28 @@ def linear_code_map() -> np.ndarray:
   return np.arange(-128, 128, dtype=np.float64) / 127
 
 
+@functools.cache
 def block_size(n: int) -> int:
-  """The block length along a last axis of ``n`` elements: 256, or the whole
-  axis if it is shorter."""
-  return min(n, BLOCK_SIZE)
+  """The block length along a last axis of ``n`` elements.
+
+  The whole axis if ``n <= 256``; else the largest divisor of ``n`` between
+  :data:`MIN_BLOCK_SIZE` and :data:`BLOCK_SIZE` (256 for the usual widths,
+  192 for 384, 160 for 640), so that no block is padded: a padded last block
+  made the update 2.4x slower on CPU (``benchmarks/RESULTS.md``). Only an
+  ``n`` with no such divisor (a prime, say) gets blocks of 256 with the last
+  one zero-padded.
+
+  Example:
+    >>> from optax_mini import quantize
+    >>> [quantize.block_size(n) for n in (100, 384, 640, 4096, 11008, 1031)]
+    [100, 192, 160, 256, 256, 256]
+  """
+  if n <= BLOCK_SIZE:
+    return n
+  for block in range(BLOCK_SIZE, MIN_BLOCK_SIZE - 1, -1):
+    if n % block == 0:
+      return block
+  return BLOCK_SIZE
 
 
 def is_quantized(shape: tuple[int, ...], dtype: Any) -> bool:

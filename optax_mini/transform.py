@@ -449,8 +449,8 @@ def scale_by_adam_mini(
       ``mu`` costs no float32 temporaries); the second moment is float32
       whatever the parameters' dtype. ``jnp.int8``: the first moment is
       stored block-quantized (:mod:`optax_mini.quantize`: int8 codes with the
-      parameter's shape plus one float32 scale per 256 elements of the last
-      axis, about an eighth of ``optax.adamw``'s state); each step
+      parameter's shape plus one float32 scale per block of the last axis,
+      256 elements or a divisor of the axis near it, about an eighth of ``optax.adamw``'s state); each step
       dequantizes it, updates it in float32, uses that for the update and
       requantizes it, without writing a float32 ``m`` out in full. Leaves
       under 4096 elements keep a float32 first moment. Other integer

@@ -40,10 +40,18 @@ def reference_code_map() -> np.ndarray:
   return np.array(sorted(values))
 
 
+def reference_block(n: int) -> int:
+  """The documented block rule, by brute force: the whole axis up to 256,
+  else the largest divisor of n in [64, 256], else 256 (last block padded)."""
+  if n <= 256:
+    return n
+  return max([b for b in range(64, 257) if n % b == 0], default=256)
+
+
 def reference_quantize(x: np.ndarray, code: np.ndarray, block: int | None = None):
   """float64: per block of the last axis, scale = absmax, index = nearest value."""
   n = x.shape[-1]
-  block = block or min(n, 256)
+  block = block or reference_block(n)
   pad = -n % block
   xp = np.pad(x.astype(np.float64), [(0, 0)] * (x.ndim - 1) + [(0, pad)])
   xb = xp.reshape(x.shape[:-1] + ((n + pad) // block, block))
@@ -60,7 +68,7 @@ def reference_quantize(x: np.ndarray, code: np.ndarray, block: int | None = None
 
 def reference_dequantize(codes, scales, code, block=None):
   n = codes.shape[-1]
-  block = block or min(n, 256)
+  block = block or reference_block(n)
   pad = -n % block
   cp = np.pad(codes.astype(np.int64), [(0, 0)] * (codes.ndim - 1) + [(0, pad)])
   values = code[cp + 128].reshape(codes.shape[:-1] + ((n + pad) // block, block))
@@ -80,7 +88,15 @@ def test_dynamic_code_map_is_dettmers_map():
   assert np.isclose(code[code > 0].min(), 5.5e-7) and np.isclose(code[code < 1].max(), 0.99296875)
 
 
-@pytest.mark.parametrize("shape", [(7, 600), (3, 256), (40, 100), (4096,)], ids=str)
+def test_block_size_divides_the_axis_when_it_can():
+  # Llama widths (256 | n), the example's 384 / 640 / 2688 (no padding), a
+  # prime (padded), and shorter axes (whole).
+  for n in (4096, 11008, 32000, 384, 640, 2688, 600, 1031, 100, 256, 257, 12289):
+    assert quantize.block_size(n) == reference_block(n), n
+  assert [quantize.block_size(n) for n in (384, 640, 2688, 1031)] == [192, 160, 224, 256]
+
+
+@pytest.mark.parametrize("shape", [(7, 600), (6, 384), (5, 1031), (3, 256), (40, 100), (4096,)], ids=str)
 def test_round_trip_matches_float64_reference(shape):
   x = heavy_tailed(shape, seed=sum(shape))
   x.reshape(-1)[::97] = 0.0  # exact zeros stay zeros
@@ -98,7 +114,7 @@ def test_round_trip_matches_float64_reference(shape):
   assert np.all(back.reshape(-1)[::97] == 0.0)
   # The dynamic map's worst relative error near a block's maximum is half a
   # step of its top decade: 0.9 / 64 / 2 = 0.7 %.
-  scale_of = np.repeat(scales, min(shape[-1], 256), axis=-1)[..., : shape[-1]]
+  scale_of = np.repeat(scales, reference_block(shape[-1]), axis=-1)[..., : shape[-1]]
   assert np.max(np.abs(back - x) / scale_of) <= 0.9 / 64 / 2 + 1e-6
 
 
@@ -122,7 +138,7 @@ def test_linear_stochastic_rounding_is_unbiased_and_deterministic():
 SHAPES = {
     "embed_tokens": {"embedding": (64, 96)},  # 6144 >= 4096: quantized, block 96
     "self_attn": {"q_proj": {"kernel": (96, 64)}},  # 6144, block 64
-    "mlp": {"kernel": (24, 600)},  # 14400: blocks 256, 256, 88 (padded)
+    "mlp": {"kernel": (24, 600)},  # 14400: three blocks of 200
     "small": {"kernel": (16, 8)},  # 128 < 4096: float32 m
     "norm": {"scale": (96,)},
 }
@@ -144,7 +160,7 @@ def test_state_layout():
     assert isinstance(leaf, quantize.QuantizedMoment), path
     assert leaf.codes.shape == shape and leaf.codes.dtype == jnp.int8
     n = shape[-1]
-    assert leaf.scales.shape == (*shape[:-1], -(-n // min(n, 256))) and leaf.scales.dtype == jnp.float32
+    assert leaf.scales.shape == (*shape[:-1], -(-n // reference_block(n))) and leaf.scales.dtype == jnp.float32
   assert mu["mlp"]["kernel"].scales.shape == (24, 3)
   assert mu["small"]["kernel"].dtype == jnp.float32 and mu["norm"]["scale"].dtype == jnp.float32
 
