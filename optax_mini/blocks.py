@@ -532,6 +532,14 @@ class BlockRules:
     value_as_one_block: treat each value projection as one block (per layer),
       as the official README advises for runs shorter than ~10k steps
       (paper, Appendix C.3).
+    query_key_per_neuron: give query and key kernels (every rule whose
+      target is ``"heads"``, and the ``q``/``k`` parts of fused kernels) one
+      ``v`` per output neuron, as values get, instead of one per head. Not
+      the official partition: on the example's models it recovered most of
+      the loss Adam-mini trails AdamW by at AdamW's learning rate, for a
+      negligible share of extra state (``heads * head_dim`` values per
+      kernel instead of ``heads``; see the README's "Choosing the learning
+      rate"). Off by default.
     use_defaults: also try :data:`DEFAULT_RULES` after ``rules``.
     num_heads: the model's number of query heads, and
     num_kv_heads: of key/value heads (``None``: as ``num_heads``). Needed
@@ -549,12 +557,21 @@ class BlockRules:
     >>> spec = optax_mini.block_specs(params, blocks=rules)["layers"]["attn"]["wv"]["kernel"]
     >>> spec.v_shape((4, 16, 16))  # one v per layer
     (4,)
+
+    One ``v`` per output neuron of the query kernel (4 heads of 8), not per head:
+
+    >>> params = {"attn": {"q_proj": {"kernel": jnp.zeros((16, 32))}}}
+    >>> rules = optax_mini.BlockRules(query_key_per_neuron=True)
+    >>> spec = optax_mini.block_specs(params, head_dim=8, blocks=rules)["attn"]["q_proj"]["kernel"]
+    >>> spec.v_shape((16, 32)), spec.role
+    ((32,), 'heads per neuron [q_proj]')
   """
 
   rules: tuple[Rule, ...] = ()
   stacked: tuple[tuple[str, tuple[int, ...]], ...] = ()
   value_as_one_block: bool = False
   use_defaults: bool = True
+  query_key_per_neuron: bool = False
   num_heads: int | None = None
   num_kv_heads: int | None = None
 
@@ -839,9 +856,18 @@ def _fit(
   return _fit_parts(groups, sizes, shape, names, roles, rules, where)
 
 
+def _role(target: str, rules: BlockRules) -> str:
+  """The role a rule's ``target`` (or a fused kernel's part role) takes under
+  the switches of ``rules``."""
+  if target == "value" and rules.value_as_one_block:
+    return "tensor"
+  if target == "heads" and rules.query_key_per_neuron:
+    return "value"  # one v per output neuron: only the input axis averaged
+  return target
+
+
 def _part_role(name: str, rules: BlockRules) -> str:
-  role = PART_ROLES[name]
-  return "tensor" if role == "value" and rules.value_as_one_block else role
+  return _role(PART_ROLES[name], rules)
 
 
 def _sizes_text(sizes: Mapping[str, int]) -> str:
@@ -933,7 +959,7 @@ def _resolve(
   """The blocks ``rule`` gives one layer's leaf, or a ``ValueError`` saying
   why its layout cannot be confirmed and how to settle it."""
   target, nd = rule.target, len(logical_shape)
-  role = "tensor" if target == "value" and rules.value_as_one_block else target
+  role = _role(target, rules)
   candidates = _layout_candidates(rule.layout) or _default_layouts(role, nd)
   if role == "tensor" and target == "value":
     candidates = _default_layouts("tensor", nd)
@@ -1123,6 +1149,8 @@ def _claim(
         label = f"{PART_ROLES[target.split(',')[0]]} per {target.replace(',', '|')} [{rule.pattern}]"
     elif target == "value" and rules.value_as_one_block:
       label = f"value as one block [{rule.pattern}]"
+    elif target == "heads" and rules.query_key_per_neuron:
+      label = f"heads per neuron [{rule.pattern}]"
     else:
       label = f"{target} [{rule.pattern}]"
     return finish(resolved, label), index

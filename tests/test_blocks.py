@@ -349,6 +349,15 @@ def test_value_as_one_block_in_a_fused_kernel():
   assert spec.layout((48, 16)).num_blocks == 4 + 4 + 1
 
 
+def test_query_key_per_neuron_in_a_fused_kernel():
+  params = {"attn": {"c_attn": {"kernel": leaf(48, 16)}}}  # GPT-2 [out, in], 4 heads of 4
+  spec = optax_mini.block_specs(params, head_dim=4, blocks=BlockRules(query_key_per_neuron=True))["attn"]["c_attn"]["kernel"]
+  assert spec.layout((48, 16)).num_blocks == 16 + 16 + 16  # q, k and v: one v per output neuron
+  assert spec.reduce_axes == (1,)
+  default = optax_mini.block_specs(params, head_dim=4)["attn"]["c_attn"]["kernel"]
+  assert default.layout((48, 16)).num_blocks == 4 + 4 + 16
+
+
 def test_keras_flat_variable_paths_read_as_their_components():
   # {variable.path: value}: a flat dict whose keys hold '/'-separated paths.
   nested = {"decoder_block_0": {"attention": {"query": {"kernel": leaf(4, 32, 8)}}},

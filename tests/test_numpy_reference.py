@@ -157,6 +157,35 @@ def test_dense_general_and_heads_first_kernels():
         blocks=BlockRules(num_heads=n, num_kv_heads=k))
 
 
+def test_query_key_per_neuron_on_every_layout():
+  # BlockRules(query_key_per_neuron=True): query/key kernels average only
+  # their input axis, whatever the layout; values, outputs and MLP as usual.
+  d, n, k, h, layers = 12, 4, 2, 6, 3
+  shapes = {
+      "attn/q_proj/kernel": (d, n * h),  # flat [in, heads*head_dim]
+      "attn/k_proj/kernel": (d, k * h),
+      "attn/v_proj/kernel": (d, k * h),
+      "attention/query/kernel": (d, n, h),  # [in, heads, head_dim]
+      "gemma/q_einsum/w": (n, d, h),  # heads-first [heads, in, head_dim]
+      "gemma/kv_einsum/w": (2, k, d, h),  # fused k|v along a parts axis
+      "layers/attn/q_proj/kernel": (layers, d, n * h),  # stacked
+  }
+  block_mean = {
+      "attn/q_proj/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+      "attn/k_proj/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+      "attn/v_proj/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+      "attention/query/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+      "gemma/q_einsum/w": lambda g2: g2.mean(axis=1, keepdims=True),
+      "gemma/kv_einsum/w": lambda g2: g2.mean(axis=2, keepdims=True),
+      "layers/attn/q_proj/kernel": lambda g2: g2.mean(axis=1, keepdims=True),
+  }
+  expected = {"attn/q_proj/kernel": (n * h,), "attn/k_proj/kernel": (k * h,), "attn/v_proj/kernel": (k * h,),
+              "attention/query/kernel": (n, h), "gemma/q_einsum/w": (n, h), "gemma/kv_einsum/w": (2, k, h),
+              "layers/attn/q_proj/kernel": (layers, n * h)}
+  rules = BlockRules(query_key_per_neuron=True, stacked={"layers": 0}, num_heads=n, num_kv_heads=k)
+  check(shapes, block_mean, dict.fromkeys(shapes, True), expected, head_dim=h, blocks=rules)
+
+
 def test_stacked_layers_are_never_averaged():
   layers, dim, heads, hd, ffn = 3, 8, 2, 4, 12
   shapes = {
