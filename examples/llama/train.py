@@ -62,10 +62,9 @@ PER_HEAD_GROUPS = {
   "attn_out": (("o_proj", "heads", "(n h) i"),),  # [(heads head_dim), out] -> [heads]
 }
 # --per-neuron: query/key kernels with one v per output neuron instead of one
-# per head (more blocks, still a negligible share of the state).
-PER_NEURON_GROUPS = {
-  "heads": (("q_proj", "neuron", None), ("k_proj", "neuron", None)),  # [in, H*D] -> [H*D]
-}
+# per head (more blocks, still a negligible share of the state), the
+# library's BlockRules(query_key_per_neuron=True).
+PER_NEURON_GROUPS = {"heads": "query_key_per_neuron"}  # [in, H*D] -> [H*D]
 _MU_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16, "int8": jnp.int8}
 # Flags that may change between a run and its --resume without changing
 # what is computed.
@@ -242,11 +241,13 @@ def adam_mini_blocks(args: argparse.Namespace) -> Any:
       raise ValueError(f"{both} given to both --per-element and {flag}: pick one.")
   rules = [optax_mini.Rule(name, "element") for g in per_element for name in PER_ELEMENT_GROUPS[g]]
   rules += [optax_mini.Rule(*rule) for g in per_head for rule in PER_HEAD_GROUPS[g]]
-  rules += [optax_mini.Rule(*rule) for g in per_neuron for rule in PER_NEURON_GROUPS[g]]
+  switches = {PER_NEURON_GROUPS[g]: True for g in per_neuron}
   # The authors advise one block per value matrix for runs shorter than
   # ~10k steps (Adam-mini README; paper Appendix C.3).
-  if args.value_as_one_block or rules:
-    return optax_mini.BlockRules(rules=rules, value_as_one_block=args.value_as_one_block)
+  if args.value_as_one_block or rules or switches:
+    return optax_mini.BlockRules(
+      rules=rules, value_as_one_block=args.value_as_one_block, **switches
+    )
   return None
 
 
@@ -384,6 +385,10 @@ def make_steps(
 
   ``shardings``: ``(params, opt_state, batch)`` shardings on a mesh; jit's
   SPMD partitioner does the rest (no hand-written communication).
+
+  ``train_step`` donates ``params`` and ``opt_state``: the new ones are
+  written over the old (one copy of each alive, not two), so the caller
+  must not use the arrays it passed in again.
   """
 
   def loss_fn(params, inputs, targets):
@@ -398,7 +403,7 @@ def make_steps(
     return _cross_entropy(graphdef, params, inputs, targets).sum()
 
   if shardings is None:
-    return jax.jit(train_step), jax.jit(eval_step)
+    return jax.jit(train_step, donate_argnums=(0, 1)), jax.jit(eval_step)
   param_sh, state_sh, batch_sh = shardings
   replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
   return (
@@ -406,6 +411,7 @@ def make_steps(
       train_step,
       in_shardings=(param_sh, state_sh, batch_sh, batch_sh),
       out_shardings=(param_sh, state_sh, replicated),
+      donate_argnums=(0, 1),
     ),
     jax.jit(eval_step, in_shardings=(param_sh, batch_sh, batch_sh), out_shardings=replicated),
   )
