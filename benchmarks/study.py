@@ -145,12 +145,29 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "study"))
   parser.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
                       help="phase 3: per-element / per-head groups at AdamW's best setting")
+  parser.add_argument("--ablations", default=None,
+                      help="comma-separated ablation rows, each kind:groups (e.g. "
+                      "per_neuron:heads,per_element:heads); default: all of ABLATIONS")
+  parser.add_argument("--value-as-one-block", action=argparse.BooleanOptionalAction, default=True,
+                      help="run value_as_one_block at Adam-mini's best setting")
+  parser.add_argument("--lrs", default=None, help="comma-separated peak learning rates (default: GRIDS)")
+  parser.add_argument("--warmups", default=None, help="comma-separated warmups (default: GRIDS)")
+  parser.add_argument("--seeds", default=None, help="comma-separated seeds at the best settings")
   parser.add_argument("--report-only", action="store_true",
                       help="run nothing: report what is cached (ablation rows not yet run are marked)")
   args = parser.parse_args(argv)
   from benchmarks.common import commit, machine_line
 
   lrs, warmups, seeds = GRIDS[args.preset]
+  lrs = tuple(float(x) for x in args.lrs.split(",")) if args.lrs else lrs
+  warmups = tuple(int(x) for x in args.warmups.split(",")) if args.warmups else warmups
+  seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else seeds
+  ablations = ABLATIONS
+  if args.ablations:
+    ablations = tuple(tuple(row.split(":", 1)) for row in args.ablations.split(","))
+    bad = [row for row in ablations if len(row) != 2 or row[0] not in ("per_element", "per_head", "per_neuron")]
+    if bad:
+      parser.error(f"--ablations {bad}: each row is kind:groups, kind one of per_element, per_head, per_neuron.")
   out_dir = os.path.join(args.out, f"{args.preset}_{args.corpus}")
   os.makedirs(out_dir, exist_ok=True)
   wall = time.perf_counter()
@@ -172,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   best = {o: min(((lr, w) for lr in lrs for w in warmups), key=lambda s, o=o: loss(o, *s))
           for o in ("adamw", "adam_mini")}
   settings = [("adamw", best["adamw"], False), ("adam_mini", best["adamw"], False),
-              ("adam_mini", best["adam_mini"], False), ("adam_mini", best["adam_mini"], True)]
+              ("adam_mini", best["adam_mini"], False)]
+  settings += [("adam_mini", best["adam_mini"], True)] if args.value_as_one_block else []
   seeded = [flags(o, lr, w, s, vob) for o, (lr, w), vob in settings for s in seeds]
   results.update(run_all(seeded, out_dir, args.jobs, cached_only=args.report_only))
   if args.report_only and not all(_key(f) in results for f in seeded):
@@ -185,12 +203,12 @@ def main(argv: Sequence[str] | None = None) -> str:
     kind, groups = group
     return flags("adam_mini", *best["adamw"], seed, **{kind: groups})
 
-  ablation = [ablated(group, seed) for group in ABLATIONS for seed in seeds] if args.ablation else []
+  ablation = [ablated(group, seed) for group in ablations for seed in seeds] if args.ablation else []
   results.update(run_all(ablation, out_dir, args.jobs, cached_only=args.report_only))
   adamw_best = over_seeds("adamw", best["adamw"])
   mini_best = over_seeds("adam_mini", best["adam_mini"])
   drop_in = over_seeds("adam_mini", best["adamw"])
-  vob = over_seeds("adam_mini", best["adam_mini"], True)
+  vob = over_seeds("adam_mini", best["adam_mini"], True) if args.value_as_one_block else None
   seconds = sum(r["seconds"] for r in results.values())
   lines = [
       f"## Learning-rate study: preset `{args.preset}`, corpus `{args.corpus}`, {STEPS} steps",
@@ -218,8 +236,9 @@ def main(argv: Sequence[str] | None = None) -> str:
       f"| AdamW at its best | {mean_std(adamw_best)} | |",
       f"| Adam-mini at its best | {mean_std(mini_best)} | {gap(mini_best, adamw_best)} |",
       f"| Adam-mini as a drop-in (AdamW's best setting) | {mean_std(drop_in)} | {gap(drop_in, adamw_best)} |",
-      f"| Adam-mini, value as one block, at its best | {mean_std(vob)} | {gap(vob, adamw_best)} |",
   ]
+  if vob is not None:
+    lines.append(f"| Adam-mini, value as one block, at its best | {mean_std(vob)} | {gap(vob, adamw_best)} |")
   if args.ablation:
     lines += [
         "",
@@ -232,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         "|---|---:|---:|",
         f"| (none: Adam-mini as a drop-in) | {mean_std(drop_in)} | {gap(drop_in, adamw_best)} |",
     ]
-    for group in ABLATIONS:
+    for group in ablations:
       label = f"{group[1]} {group[0].replace('_', ' ')}"
       found = [results.get(_key(ablated(group, seed))) for seed in seeds]
       xs = [r["final_eval_loss"] for r in found if r is not None]
