@@ -88,7 +88,6 @@ def _train(flags: list[str], out_dir: str) -> dict[str, Any]:
     return cached
   from examples.llama import train
 
-  path = os.path.join(out_dir, f"{_key(flags)}.json")
   run_dir = os.path.join(out_dir, "runs", _key(flags))
   start = time.perf_counter()
   summary = train.main([*flags, "--out", run_dir, "--quiet", "--log-every", "10",
@@ -102,11 +101,16 @@ def _train(flags: list[str], out_dir: str) -> dict[str, Any]:
       "eval_curve": [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r],
       "seconds": time.perf_counter() - start,
   }
+  _write(flags, out_dir, result)
+  print(f"  {' '.join(flags)}: held-out {result['final_eval_loss']:.4f} ({result['seconds']:.0f} s)", flush=True)
+  return result
+
+
+def _write(flags: list[str], out_dir: str, result: dict[str, Any]) -> None:
+  path = os.path.join(out_dir, f"{_key(flags)}.json")
   with open(path + ".tmp", "w") as f:
     json.dump(result, f)
   os.replace(path + ".tmp", path)
-  print(f"  {' '.join(flags)}: held-out {result['final_eval_loss']:.4f} ({result['seconds']:.0f} s)", flush=True)
-  return result
 
 
 def _cached(flags: list[str], out_dir: str) -> dict[str, Any] | None:
