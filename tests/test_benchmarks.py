@@ -71,3 +71,21 @@ def test_sections_run_alone_replace_theirs_in_the_report():
   # Re-running a section again replaces it (and its mark) once more.
   again = run.replace_sections(new, ["## 3. Speed\n\nnewer 3"], "machine Y; commit def")
   assert "new 3" not in again and "newer 3" in again and again.count("*Re-run alone") == 2
+
+
+def test_compiled_micro_batch_is_the_largest_that_fits():
+  """Section 2b's XLA part on a tiny LLaMA: the batch it reports fits, the
+  next does not (each compiled here), and Adam-mini's peak is AdamW's less
+  one float32 moment (4 bytes per parameter, counted from the config)."""
+  from benchmarks import fits, shapes
+
+  config = shapes.LlamaShape("tiny", dim=128, n_layers=2, n_heads=4, vocab_size=512)
+  n = config.num_params
+  one, two = (fits.compiled_step_bytes(config, "adamw", (), b) for b in (1, 2))
+  budget = one + 2.5 * (two - one)
+  batch, _ = fits.largest_compiled_batch(config, "adamw", (), budget)
+  assert batch >= 2
+  assert fits.compiled_step_bytes(config, "adamw", (), batch) <= budget
+  assert fits.compiled_step_bytes(config, "adamw", (), batch + 1) > budget
+  mini = fits.compiled_step_bytes(config, "adam_mini", (), 1)
+  assert one - mini == pytest.approx(4 * n, rel=0.02)
