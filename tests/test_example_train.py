@@ -270,6 +270,19 @@ def test_metrics_jsonl_fields(comparison):
   assert max(r["lr"] for r in records) <= 1e-2
 
 
+@pytest.mark.parametrize("steps", [1000, 150, 3])
+def test_default_warmup_is_a_tenth_of_the_steps(steps):
+  args = train.build_parser().parse_args(["--steps", str(steps), "--lr", "2e-3"])
+  schedule = train.make_schedule(args)
+  warmup = max(steps // 10, 1)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(warmup)) == pytest.approx(2e-3)
+  if warmup > 1:
+    assert float(schedule(warmup - 1)) < 2e-3
+  explicit = train.make_schedule(train.build_parser().parse_args(["--steps", str(steps), "--warmup", "2"]))
+  assert float(explicit(2)) == pytest.approx(2e-3)
+
+
 def test_compare_writes_plot_and_table(comparison):
   out, result = comparison
   with open(out / "loss_curves.png", "rb") as f:
