@@ -217,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> str:
   lines = [
       f"## Learning-rate study: preset `{args.preset}`, corpus `{args.corpus}`, {STEPS} steps",
       "",
+      _budget_line(args.corpus),
+      "",
+      "Command: `python benchmarks/study.py "
+      + " ".join(a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only") + "`",
+      "",
       f"Machine: {machine_line()}; commit {commit()}. {len(results)} runs, "
       f"{seconds / 60:.0f} min of training (wall {(time.perf_counter() - wall) / 60:.0f} min this "
       f"invocation, --jobs {args.jobs}).",
@@ -269,6 +274,18 @@ def main(argv: Sequence[str] | None = None) -> str:
   _plots(args, lrs, warmups, loss, results, best, flags, seeds)
   print(text)
   return text
+
+
+def _budget_line(corpus: str) -> str:
+  """The budget in tokens and in epochs of the corpus's training part."""
+  from examples.llama import data, train
+
+  defaults = train.build_parser().parse_args([])
+  tokens = STEPS * defaults.batch_size * defaults.seq_len
+  size = len(data.load_corpus(None, seq_len=defaults.seq_len, corpus=corpus).train)
+  return (f"Budget: {STEPS} steps x {defaults.batch_size} x {defaults.seq_len} bytes = "
+          f"{tokens / 1e6:.2f} M tokens, **{tokens / size:.2f} epochs** of the corpus's "
+          f"{size / 1e6:.2f} MB training part.")
 
 
 def _plots(args, lrs, warmups, loss, results, best, flags, seeds) -> None:
