@@ -115,7 +115,7 @@ def block_size(n: int) -> int:
   The whole axis if ``n <= 256``; else the largest divisor of ``n`` between
   :data:`MIN_BLOCK_SIZE` and :data:`BLOCK_SIZE` (256 for the usual widths,
   192 for 384, 160 for 640), so that no block is padded: a padded last block
-  made the update 2.4x slower on CPU (``benchmarks/RESULTS.md``). Only an
+  made the update about 2x slower on CPU (``benchmarks/RESULTS.md``, section 3). Only an
   ``n`` with no such divisor (a prime, say) gets blocks of 256 with the last
   one zero-padded.
 
