@@ -100,8 +100,8 @@ def adam_mini(
     partition_specs: only inside ``shard_map`` with sharded parameters: their
       ``PartitionSpec`` pytree, so that blocks spanning shards take the global
       mean (see :func:`optax_mini.scale_by_adam_mini`).
-    mu_code: with ``mu_dtype=jnp.int8``, the code map (``"dynamic"`` or
-      ``"linear"``; see :func:`optax_mini.scale_by_adam_mini`).
+    mu_code: with ``mu_dtype=jnp.int8``, the code map (``"dynamic"``,
+      ``"power"`` or ``"linear"``; see :func:`optax_mini.scale_by_adam_mini`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.

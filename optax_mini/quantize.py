@@ -9,20 +9,30 @@ parameter, an eighth of ``optax.adamw``'s 8.
 
 A block's elements are divided by the block's absolute maximum (its scale)
 and each quotient in ``[-1, 1]`` is stored as the index of a value of a
-256-entry *code map*. Two maps are implemented:
+*code map* of at most 256 values. Three maps are implemented:
 
-* ``"dynamic"`` (the default): the signed dynamic tree map of Dettmers et al.
+* ``"dynamic"``: the signed dynamic tree map of Dettmers et al.
   (2022), :func:`dynamic_code_map`: seven decades below the block's maximum,
   resolved linearly within each (1 value in the lowest, 64 in the highest).
   A quotient is stored as the nearest value, so quantization is
   deterministic. Momentum values span orders of magnitude within a block
   (an output neuron's few large entries next to many small ones), which a
   relative-precision map keeps and a linear one rounds to zero.
+* ``"power"``: :func:`power_code_map`, ``sign(k) (|k| / 127) ** 4``: a
+  step is about ``4 / |k|`` of the value (3 % at the block's maximum, 11 %
+  at a hundredth of it), so it too keeps relative precision over decades;
+  its RMS error on Gaussian, Laplace and Student-t blocks is the dynamic
+  map's (1.0-1.2 %). The index is the fourth root rounded (two square
+  roots) and the value three multiplies: about a fifth of the dynamic map's
+  vector operations. Deterministic.
 * ``"linear"``: 255 evenly spaced values ``k / 127``, with stochastic
   rounding (unbiased: the expected stored value is exact). The random bits
   are a counter-based hash of the step count, the leaf's index and the
   element's position, so they live in the state: a resumed run repeats them
   bit for bit, and a sharded run draws the same bits as one device.
+
+The update uses ``m`` as stored (the new codes, dequantized), as it does
+with a bfloat16 ``m``.
 
 Which is the default was decided by measurement on the example (see
 ``benchmarks/RESULTS.md``, "8-bit first moment").
@@ -54,6 +64,7 @@ __all__ = [
     "dynamic_code_map",
     "is_quantized",
     "linear_code_map",
+    "power_code_map",
     "quantize",
     "rounding_seed",
 ]
@@ -61,7 +72,8 @@ __all__ = [
 BLOCK_SIZE = 256
 MIN_BLOCK_SIZE = 64
 MIN_QUANTIZED_SIZE = 4096
-CODES = ("dynamic", "linear")
+CODES = ("dynamic", "linear", "power")
+POWER = 4
 
 
 class QuantizedMoment(NamedTuple):
@@ -100,6 +112,27 @@ def dynamic_code_map() -> np.ndarray:
     mids = (edges[:-1] + edges[1:]) / 2 * 10.0 ** (decade - 6)
     values += list(mids) + list(-mids)
   return np.sort(np.asarray(values, np.float64))
+
+
+def power_code_map() -> np.ndarray:
+  """The power code map ``sign(k) * (|k| / 127) ** 4`` for ``k = -127..127``,
+  float64, sorted (255 values).
+
+  A step is about ``4 / |k|`` of the value: 3 % near the block's maximum,
+  6 % at a tenth of it, 11 % at a hundredth; the smallest positive value is
+  ``3.8e-9``. On Gaussian, Laplace and Student-t blocks of
+  256 its error is that of :func:`dynamic_code_map` (RMS relative error 1.0-1.2 % for
+  both), and it is computed with two square roots instead of a search over
+  seven decades.
+
+  Example:
+    >>> from optax_mini import quantize
+    >>> code = quantize.power_code_map()
+    >>> code.shape, float(code.min()), float(code.max())
+    ((255,), -1.0, 1.0)
+  """
+  k = np.arange(-127, 128, dtype=np.float64)
+  return np.sign(k) * (np.abs(k) / 127) ** POWER
 
 
 def linear_code_map() -> np.ndarray:
@@ -245,6 +278,17 @@ def _dynamic_value(index: jax.Array) -> jax.Array:
   return jnp.where(index == 127, 0.0, value)
 
 
+def _power_index(q: jax.Array) -> jax.Array:
+  """Signed index (-127..127, as float32) of each ``q`` in ``[-1, 1]`` on the
+  power map: ``127 * |q| ** (1 / 4)`` rounded to the nearest integer (two
+  square roots). Rounding the fourth root instead of the value moves each
+  boundary from the midpoint of two values to the value of the midpoint of
+  their roots; the error it adds is below 0.1 % of the RMS error on
+  Gaussian, Laplace and Student-t blocks (same within three digits)."""
+  k = jnp.round(jnp.sqrt(jnp.sqrt(jnp.abs(q))) * 127)
+  return jnp.where(q < 0, -k, k)
+
+
 def _hash_uniform(
     like: jax.Array,
     seed: jax.Array,
@@ -340,6 +384,8 @@ def quantize(
     else:
       index = jnp.round(q)
     codes = jnp.clip(index, -127, 127).astype(jnp.int8)
+  elif code == "power":
+    codes = _power_index(q).astype(jnp.int8)
   else:
     codes = (_dynamic_index(q) - 128).astype(jnp.int8)
   return QuantizedMoment(codes, scales)
@@ -358,8 +404,12 @@ def dequantize(q: QuantizedMoment, code: str = "dynamic", *, block: int | None =
   its rounding); ``block`` as given to :func:`quantize`."""
   if code not in CODES:
     raise ValueError(f"code={code!r}: expected one of {CODES}.")
+  k = q.codes.astype(jnp.float32)
+  # The maps' constant factors go on the per-block scales, not on each element.
   if code == "linear":
-    values = q.codes.astype(jnp.float32) * (1 / 127)
+    values, scales = k, q.scales * (1 / 127)
+  elif code == "power":
+    values, scales = k * k * k * jnp.abs(k), q.scales * (1 / 127**4)  # sign(k) k**4
   else:
-    values = _dynamic_value(q.codes.astype(jnp.float32) + 128)
-  return values * _spread(q.scales, q.codes.shape[-1], block)
+    values, scales = _dynamic_value(k + 128), q.scales
+  return values * _spread(scales, q.codes.shape[-1], block)

@@ -474,9 +474,11 @@ def scale_by_adam_mini(
       or ``pmap`` with replicated parameters, where the transform sees global
       arrays.
     mu_code: with ``mu_dtype=jnp.int8``, the code map: ``"dynamic"``
-      (Dettmers et al.'s dynamic tree map, nearest rounding) or ``"linear"``
-      (``k / 127`` with stochastic rounding from a hash of the step count
-      and the element's position). Ignored otherwise.
+      (Dettmers et al.'s dynamic tree map, nearest rounding), ``"power"``
+      (``sign(k) (|k| / 127) ** 4``, the fourth root rounded: the same
+      error, a cheaper update) or ``"linear"`` (``k / 127`` with stochastic
+      rounding from a hash of the step count and the element's position);
+      see :mod:`optax_mini.quantize`. Ignored otherwise.
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a
@@ -675,17 +677,19 @@ def _leaf_step(g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, roundi
   if isinstance(mu, quantize_lib.QuantizedMoment):
     block, global_shape = quantization
     seed, offsets = rounding
-    # The update uses this step's float32 m; the codes store its
-    # quantization. m is never written out: the block maxima, the codes and
-    # the update each recompute it from g and the old codes inside their own
-    # fusion. XLA:CPU does copy the old codes first (the update reads them
-    # after the new codes overwrite them in place): 1 byte per parameter.
+    # m is never written out in full: the block maxima and the codes each
+    # recompute it from g and the old codes inside their own fusion. The
+    # update then reads m as stored, dequantized from the new codes (as with
+    # a bf16 m): 1 byte per parameter instead of g and the old codes, and
+    # no copy of the old codes (which the new ones overwrite in place).
     m = (1 - b1) * g_c + b1 * quantize_lib.dequantize(mu, mu_code, block=block).astype(cdt)
     m_stored = quantize_lib.quantize(
         m, mu_code, seed if mu_code == "linear" else None,
         block=block, global_shape=global_shape, offsets=offsets,
         scales=quantize_lib.block_absmax(m, block),
     )
+    m_stored = m_stored._replace(codes=_materialized(m_stored.codes))
+    m = quantize_lib.dequantize(m_stored, mu_code, block=block).astype(cdt)
   else:
     # The update reads m as stored: with a narrow mu_dtype (bf16) no
     # full-size float32 copy of m outlives its fusion (at 7B shapes that
@@ -705,6 +709,24 @@ def _leaf_step(g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, roundi
   scale = scale.reshape(layout.keepdims_shape)
   u = (m.reshape(layout.view_shape) * scale).reshape(g.shape)
   return u.astype(g.dtype), m_stored, v
+
+
+def _materialized(x: jax.Array) -> jax.Array:
+  """``x``, written out before its readers run.
+
+  An identity to the values: its first element written back over itself. XLA
+  fuses an elementwise producer into each consumer, so without it the update
+  would recompute the quantization of m (from g and the old codes) instead of
+  reading the 1-byte codes; a dynamic-update-slice, done in place, is not
+  fused into its consumers. An array sharded in its type (``Explicit`` mesh
+  axes) is returned as is: a one-element slice of it is not defined there,
+  and the update recomputing the codes gives the same values.
+  """
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  if sharding is not None and any(axis is not None for axis in sharding.spec):
+    return x
+  corner = (0,) * x.ndim
+  return jax.lax.dynamic_update_slice(x, jax.lax.slice(x, corner, (1,) * x.ndim), corner)
 
 
 def _flatten_like(treedef, tree, name: str, updates) -> list[Any]:

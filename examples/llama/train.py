@@ -43,6 +43,7 @@ from flax import nnx  # noqa: E402
 
 from examples.llama import data  # noqa: E402
 from examples.llama import model as model_lib  # noqa: E402
+from optax_mini import quantize  # noqa: E402
 
 OPTIMIZERS = ("adam_mini", "adamw")
 # --per-element: the parameter groups an ablation can hand back to plain Adam
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument(
     "--mu-code",
-    choices=("dynamic", "linear"),
+    choices=quantize.CODES,
     default="dynamic",
     help="Adam-mini with --mu-dtype int8: the code map (see optax_mini.quantize)",
   )
