@@ -281,6 +281,21 @@ def test_state_bytes_and_explain_at_llama2_7b():
   assert "int8" in str(report) and f"{mini8 / adamw:.3f}x" in str(report)
 
 
+def test_update_step_peak_at_llama2_7b():
+  """XLA's memory analysis of the jitted update + apply_updates (params and
+  state donated), compiled for Llama-2-7B shapes, nothing allocated."""
+  from benchmarks.peak import compiled_update_memory
+  from tests.test_memory import LLAMA2_7B, llama_shapes
+
+  params, head_dim = llama_shapes(**LLAMA2_7B)
+  adamw = compiled_update_memory(optax.adamw(1e-3), params)
+  mini8 = compiled_update_memory(optax_mini.adam_mini(1e-3, head_dim=head_dim, mu_dtype=jnp.int8), params)
+  assert mini8["peak"] <= 0.60 * adamw["peak"], mini8["peak"] / adamw["peak"]
+  # No full-size temporary: neither a float32 m (4 bytes per parameter) nor
+  # a copy of the old codes (1 byte per parameter) is made.
+  assert mini8["temp"] < 0.2 * 6_738_415_616
+
+
 @pytest.mark.parametrize("code", quantize.CODES)
 def test_10000_steps_with_int8_mu_converge_without_nan(code):
   shapes = {"embed": {"embedding": (128, 64)}, "mlp": {"kernel": (64, 300)}, "norm": {"scale": (64,)},
