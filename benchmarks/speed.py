@@ -29,6 +29,7 @@ matplotlib.use("Agg")
 
 TENSOR_ABLATION = "adam_mini (one v per tensor)"
 INT8 = "adam_mini (int8 m)"
+INT8_DYNAMIC = "adam_mini (int8 m, dynamic map)"
 
 SPEED_NOTES = """\
 What limits it (investigated with `jax.profiler`, ablations and the optimized HLO; not re-run by \
@@ -67,7 +68,9 @@ def section(quick: bool) -> str:
                1e-3, weight_decay=1e-4, head_dim=config.head_dim,
                blocks=[("kernel", "tensor"), ("embedding", "tensor")]),
            INT8: optax_mini.adam_mini(1e-3, weight_decay=1e-4, head_dim=config.head_dim,
-                                      mu_dtype=jnp.int8)}
+                                      mu_dtype=jnp.int8),
+           INT8_DYNAMIC: optax_mini.adam_mini(1e-3, weight_decay=1e-4, head_dim=config.head_dim,
+                                              mu_dtype=jnp.int8, mu_code="dynamic")}
     leaf_sizes = {math.prod(x.shape) for x in jax.tree.leaves(shapes) if len(x.shape) >= 2}
     runs, passes = {}, {}
     for name, tx in txs.items():
@@ -89,11 +92,13 @@ def section(quick: bool) -> str:
     bound = passes["adamw"].bytes_moved / passes["adam_mini"].bytes_moved
     ablation = Ratio.of(times["adamw"], times[TENSOR_ABLATION])
     int8 = Ratio.of(times["adamw"], times[INT8])
+    dynamic = Ratio.of(times["adamw"], times[INT8_DYNAMIC])
     log(f"  speed {config.name}: adamw {ms(times['adamw'])}, adam_mini {ms(times['adam_mini'])}, "
-        f"ratio {ratio}; one v per tensor {ablation}; int8 m {ms(times[INT8])}, {int8}")
+        f"ratio {ratio}; one v per tensor {ablation}; int8 m {ms(times[INT8])}, {int8}; "
+        f"dynamic map {dynamic}")
     rows.append([config.name, f"{config.num_params / 1e6:.1f}M", ms(times["adamw"]),
                  ms(times["adam_mini"]), str(ratio), f"{bound:.2f}x", "1.40x",
-                 f"{ablation.median:.2f}x", ms(times[INT8]), str(int8)])
+                 f"{ablation.median:.2f}x", ms(times[INT8]), str(int8), f"{dynamic.median:.2f}x"])
     for name in ("adamw", "adam_mini", INT8):
       p = passes[name]
       pass_rows.append([config.name, name, p.instructions, p.arrays_moved,
@@ -107,13 +112,15 @@ def section(quick: bool) -> str:
       "Adam-mini's, both counted in the optimized HLO below; naive bound = 7N/5N words.",
       table(["tree", "params", "adamw", "adam_mini", "ratio (median, IQR)",
              "bound (HLO bytes)", "naive bound", "ratio, one v per tensor", "int8 m",
-             "ratio, int8 m"], rows),
+             "ratio, int8 m", "ratio, int8 m (dynamic map)"], rows),
       "One v per tensor: Adam-mini with every kernel and the embedding as one block (the "
       "same passes, the simplest sums), timed in the same interleaved run: what the block "
       "structure itself costs. int8 m: `mu_dtype=jnp.int8` (block-quantized first moment, "
-      "dequantized, updated and requantized inside the update), same run. Its blocks divide "
-      "the last axis (dim 384 -> 192, 640 -> 160) since commit 969123c; with a zero-padded "
-      "last block of 256 the 35M / 102M columns read 0.15x / 0.15x (commit cce07d8).",
+      "dequantized, updated and requantized inside the update; the default power code map), "
+      "same run; the last column with the dynamic tree map (`mu_code=\"dynamic\"`). History "
+      "of the int8 column: 0.15x / 0.15x at 35M / 102M with a zero-padded last block of 256 "
+      "(commit cce07d8); 0.24x / 0.34x / 0.32x with blocks that divide the last axis (dynamic "
+      "map, the update recomputing `m` from the old codes: commit 969123c).",
       "Full-size traffic in the optimized HLO (`compile().as_text()`, ENTRY instructions "
       "reading or writing a parameter-sized array; `benchmarks/hlo.py`):",
       table(["tree", "optimizer", "full-size instructions", "arrays read+written",

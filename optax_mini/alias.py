@@ -10,7 +10,7 @@ import jax
 import optax
 
 from optax_mini import blocks as blocks_lib
-from optax_mini import transform
+from optax_mini import quantize, transform
 
 __all__ = ["adam_mini", "default_weight_decay_mask"]
 
@@ -56,7 +56,7 @@ def adam_mini(
     mu_dtype: Any | None = None,
     blocks: blocks_lib.Blocks = None,
     partition_specs: Any = None,
-    mu_code: str = "dynamic",
+    mu_code: str = quantize.DEFAULT_CODE,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam-mini: AdamW with one second moment per block of parameters.
 
@@ -100,8 +100,9 @@ def adam_mini(
     partition_specs: only inside ``shard_map`` with sharded parameters: their
       ``PartitionSpec`` pytree, so that blocks spanning shards take the global
       mean (see :func:`optax_mini.scale_by_adam_mini`).
-    mu_code: with ``mu_dtype=jnp.int8``, the code map (``"dynamic"``,
-      ``"power"`` or ``"linear"``; see :func:`optax_mini.scale_by_adam_mini`).
+    mu_code: with ``mu_dtype=jnp.int8``, the code map (``"power"``, the
+      default, ``"dynamic"`` or ``"linear"``; see
+      :func:`optax_mini.scale_by_adam_mini`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.

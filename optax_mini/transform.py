@@ -385,7 +385,7 @@ def scale_by_adam_mini(
     head_dim: int | None = None,
     blocks: blocks_lib.Blocks = None,
     partition_specs: Any = None,
-    mu_code: str = "dynamic",
+    mu_code: str = quantize_lib.DEFAULT_CODE,
 ) -> optax.GradientTransformation:
   r"""Rescale updates by the Adam-mini algorithm.
 
@@ -473,12 +473,13 @@ def scale_by_adam_mini(
       (a ``pmean`` over those axes). Not needed under ``jit`` (sharded or not)
       or ``pmap`` with replicated parameters, where the transform sees global
       arrays.
-    mu_code: with ``mu_dtype=jnp.int8``, the code map: ``"dynamic"``
-      (Dettmers et al.'s dynamic tree map, nearest rounding), ``"power"``
-      (``sign(k) (|k| / 127) ** 4``, the fourth root rounded: the same
-      error, a cheaper update) or ``"linear"`` (``k / 127`` with stochastic
-      rounding from a hash of the step count and the element's position);
-      see :mod:`optax_mini.quantize`. Ignored otherwise.
+    mu_code: with ``mu_dtype=jnp.int8``, the code map: ``"power"`` (the
+      default: ``sign(k) (|k| / 127) ** 4``, the fourth root rounded),
+      ``"dynamic"`` (Dettmers et al.'s dynamic tree map, nearest rounding:
+      the same error, an update about twice as slow on CPU) or ``"linear"``
+      (``k / 127`` with stochastic rounding from a hash of the step count
+      and the element's position); see :mod:`optax_mini.quantize`. Ignored
+      otherwise.
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a

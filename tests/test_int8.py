@@ -488,7 +488,7 @@ def test_pmap_matches_one_device():
     noise = jax.tree.map(lambda x, rng=rng: rng.normal(size=(n, *x.shape)).astype(np.float32), mean)
     per_device = jax.tree.map(lambda m, e: m[None] + e - e.mean(0, keepdims=True), mean, noise)
     p, s = step(p, s, per_device)
-  ref_params, ref_state = one_device_run("dynamic")
+  ref_params, ref_state = one_device_run(quantize.DEFAULT_CODE)
   assert_states_match(jax.tree.map(lambda x: x[5], p), ref_params)
   assert_states_match(jax.tree.map(lambda x: x[2], s), ref_state)
 

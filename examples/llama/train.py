@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--mu-code",
     choices=quantize.CODES,
-    default="dynamic",
+    default=quantize.DEFAULT_CODE,
     help="Adam-mini with --mu-dtype int8: the code map (see optax_mini.quantize)",
   )
   p.add_argument(
@@ -296,7 +296,7 @@ def make_optimizer(
       head_dim=config.head_dim,
       blocks=adam_mini_blocks(args),
       mu_dtype=_MU_DTYPES[getattr(args, "mu_dtype", "float32")],
-      mu_code=getattr(args, "mu_code", "dynamic"),
+      mu_code=getattr(args, "mu_code", quantize.DEFAULT_CODE),
     )
   else:
     raise ValueError(f"--optimizer {name!r}: expected one of {OPTIMIZERS}.")
