@@ -50,7 +50,24 @@ without a fusion barrier (kept: no loss), row-chunked scans fusing m and the sum
 sums, `[1, R] @ g*g` dots (whole or in row chunks: 23-28 ms for the lm_head, the `g*g` \
 temporary costs more than the sum saves), column-sliced sums, reshaping the wide axis to \
 <= 16384, `einsum('io,io->o')` (68 ms), unrolled tails after halving (16-20 ms), pairwise \
-halving for every column sum, disabling YNNPACK.\
+halving for every column sum, disabling YNNPACK.
+
+int8 m (investigated the same way, 2-core AMD EPYC). Per leaf four passes: the block maxima of the \
+new `m` (reads the old codes and g), the new codes (the same reads; writes codes in place), the \
+block sums of `g*g`, and the parameter update from `m` as stored (reads p and the new codes; \
+writes p): 26 bytes per parameter against AdamW's 40, yet slower, because on CPU it is the \
+arithmetic that costs: the new `m` is computed twice (dequantize, fma) and quantized once. The \
+dynamic tree map takes ~90 vector operations per element to find a code (seven decades of \
+compares and selects) where the power map takes two square roots and a round; that is the \
+dynamic column's gap. What got it from 0.34x to 0.82x at 35M (commit 969123c -> this one): the \
+power map (0.34x -> 0.58x, measured with the update still recomputing `m` from the old codes), \
+then updating from the stored `m` with the new codes written out first (a one-element \
+dynamic-update-slice that XLA does not fuse into its readers: 0.58x -> 0.85x, and no copy of \
+the old codes). Tried and dropped: nearest-value rounding for the power map (a midpoint \
+compare: 1.8x the quantize cost for an error equal to three digits), the power map's \
+constants folded into the per-block scales (no change), e4m3-style codes from the exponent \
+bits (cheaper than the power map by a third, twice its error), a float8 convert (slower than \
+the power map), `optimization_barrier` to keep the codes (XLA:CPU expands it before fusion).\
 """
 
 
