@@ -94,7 +94,21 @@ def test_report_only_never_trains(tmp_path, trained):
   count = len(trained)
   text = study.main(args(tmp_path, "--report-only"))  # the ablation row is marked, not run
   assert len(trained) == count
-  assert "| heads per neuron | not run (0 of 2 seeds cached) | |" in text
+  assert "| heads per neuron | not run | |" in text
+
+
+def test_ablation_seeds_and_partly_cached_rows(tmp_path, trained):
+  # The ablation on seed 0 only: one run, compared with AdamW's seed 0.
+  text = study.main(args(tmp_path, "--ablation-seeds", "0"))
+  neuron = [run for run in trained if "--per-neuron" in run]
+  assert [dict(zip(f[::2], f[1::2]))["--seed"] for f in neuron] == ["0"]
+  adamw0, neuron0 = 1.40, 1.44 - 0.03
+  assert f"| heads per neuron | {neuron0:.4f} | {100 * (neuron0 / adamw0 - 1):+.2f} % |" in text
+  # Reported over both seeds before seed 1 is run: the row says which it has.
+  text = study.main(args(tmp_path, "--report-only"))
+  assert f"| heads per neuron (seeds [0] only) | {neuron0:.4f} | {100 * (neuron0 / adamw0 - 1):+.2f} % |" in text
+  with pytest.raises(SystemExit):
+    study.main(args(tmp_path, "--ablation-seeds", "0,7"))  # not one of --seeds
 
 
 def test_bad_ablation_row_is_refused(tmp_path, capsys):
