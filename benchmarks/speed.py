@@ -65,8 +65,9 @@ then updating from the stored `m` with the new codes written out first (a one-el
 dynamic-update-slice that XLA does not fuse into its readers: 0.58x -> 0.85x, and no copy of \
 the old codes). Tried and dropped: nearest-value rounding for the power map (a midpoint \
 compare: 1.8x the quantize cost for an error equal to three digits), the power map's \
-constants folded into the per-block scales (no change), e4m3-style codes from the exponent \
-bits (cheaper than the power map by a third, twice its error), a float8 convert (slower than \
+constant 127**4 folded into the inverse scales when quantizing (no change; dequantizing keeps \
+its fold), e4m3-style codes from the exponent bits (half the power map's quantize cost, \
+twice its error), a float8 convert (slower than \
 the power map), `optimization_barrier` to keep the codes (XLA:CPU expands it before fusion).\
 """
 

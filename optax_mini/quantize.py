@@ -36,7 +36,7 @@ with a bfloat16 ``m``.
 
 The default, ``"power"`` (:data:`DEFAULT_CODE`), was chosen by measurement
 on the example: its held-out loss is float32 ``m``'s, as the dynamic map's
-was, and its update runs about twice as fast on CPU (``benchmarks/RESULTS.md``
+was, and its update runs 2-3x as fast on CPU (``benchmarks/RESULTS.md``
 sections 3 and 5; the README's "An 8-bit first moment").
 
 Leaves with fewer than :data:`MIN_QUANTIZED_SIZE` elements (norm scales,
@@ -77,7 +77,6 @@ MIN_BLOCK_SIZE = 64
 MIN_QUANTIZED_SIZE = 4096
 CODES = ("dynamic", "linear", "power")
 DEFAULT_CODE = "power"
-POWER = 4
 
 
 class QuantizedMoment(NamedTuple):
@@ -136,7 +135,7 @@ def power_code_map() -> np.ndarray:
     ((255,), -1.0, 1.0)
   """
   k = np.arange(-127, 128, dtype=np.float64)
-  return np.sign(k) * (np.abs(k) / 127) ** POWER
+  return np.sign(k) * (np.abs(k) / 127) ** 4
 
 
 def linear_code_map() -> np.ndarray:
