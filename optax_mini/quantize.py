@@ -281,15 +281,33 @@ def _dynamic_value(index: jax.Array) -> jax.Array:
   return jnp.where(index == 127, 0.0, value)
 
 
-def _power_index(q: jax.Array) -> jax.Array:
-  """Signed index (-127..127, as float32) of each ``q`` in ``[-1, 1]`` on the
-  power map: ``127 * |q| ** (1 / 4)`` rounded to the nearest integer (two
-  square roots). Rounding the fourth root instead of the value moves each
-  boundary from the midpoint of two values to the value of the midpoint of
-  their roots; the error it adds is below 0.1 % of the RMS error on
-  Gaussian, Laplace and Student-t blocks (same within three digits)."""
-  k = jnp.round(jnp.sqrt(jnp.sqrt(jnp.abs(q))) * 127)
-  return jnp.where(q < 0, -k, k)
+def _power_codes(q: jax.Array) -> jax.Array:
+  """The power map's codes (int8, -127..127) of each ``q`` in ``[-1, 1]``:
+  ``127 * |q| ** (1 / 4)`` rounded to the nearest integer (half to even),
+  with ``q``'s sign. Rounding the fourth root instead of the value moves
+  each boundary from the midpoint of two values to the value of the midpoint
+  of their roots; the error it adds is below 0.1 % of the RMS error on
+  Gaussian, Laplace and Student-t blocks (same within three digits).
+
+  The rounding is float32's own: adding ``1.5 * 2**23`` leaves the nearest
+  integer in the low mantissa bits, read back with a bitcast. It is exact
+  (``|k| <= 127``) and equals ``round`` then a convert, which XLA:CPU
+  compiles to a saturating float-to-int8 convert that cost as much as the
+  two square roots (``benchmarks/RESULTS.md``, section 3).
+  """
+  k = jnp.sqrt(jnp.sqrt(jnp.abs(q))) * 127
+  # The select keeps the multiply and the add apart: fused into one
+  # multiply-add they would round once, and ties could go the other way.
+  shifted = jnp.where(q < 0, -k, k) + jnp.float32(_MAGIC)
+  bits = jax.lax.bitcast_convert_type(shifted, jnp.int32) - jnp.int32(_MAGIC_BITS)
+  return bits.astype(jnp.int8)
+
+
+# 1.5 * 2**23: float32s in [2**23, 2**24) are the integers, so adding it to
+# |k| <= 2**22 rounds k to the nearest integer (ties to even) and stores it in
+# the low mantissa bits; _MAGIC_BITS is the magic number's own bit pattern.
+_MAGIC = 12582912.0
+_MAGIC_BITS = 0x4B400000
 
 
 def _hash_uniform(
@@ -389,7 +407,7 @@ def quantize(
       index = jnp.round(q)
     codes = jnp.clip(index, -127, 127).astype(jnp.int8)
   elif code == "power":
-    codes = _power_index(q).astype(jnp.int8)
+    codes = _power_codes(q)
   else:
     codes = (_dynamic_index(q) - 128).astype(jnp.int8)
   return QuantizedMoment(codes, scales)
