@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -79,20 +79,68 @@ CODES = ("dynamic", "linear", "power")
 DEFAULT_CODE = "power"
 
 
-class QuantizedMoment(NamedTuple):
+@jax.tree_util.register_pytree_with_keys_class
+class QuantizedMoment:
   """One leaf's first moment, quantized (``mu_dtype=jnp.int8``).
 
+  A pytree of two arrays whose key names carry the code map: ``codes`` is
+  keyed ``power_codes``, ``dynamic_codes`` or ``linear_codes``. A state
+  written with one map therefore cannot be read as another: an orbax
+  restore into a state made with another ``mu_code`` fails on the key
+  (``Target path ... 'dynamic_codes' not found``), and the update refuses a
+  moment whose ``code`` is not its own, instead of decoding the codes with
+  the wrong map.
+
   Attributes:
-    codes: int8, the parameter's shape: each element's index into the code
-      map, offset by -128.
+    codes: int8, the parameter's shape: each element's signed index into the
+      code map (for the dynamic map, its index offset by -128).
     scales: float32, shaped like the parameter with the last axis ``n``
       replaced by ``ceil(n / block_size(n))``: each block's absolute
       maximum. Only where :func:`block_size` finds no divisor of ``n`` is
       the last block of a row short (zero-padded).
+    code: the code map, one of :data:`CODES` (static: pytree metadata).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from optax_mini import quantize
+    >>> q = quantize.quantize(jnp.ones((2, 256)))
+    >>> q.code, [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(q)]
+    ('power', ['.power_codes', '.scales'])
   """
 
-  codes: jax.Array
-  scales: jax.Array
+  __slots__ = ("codes", "scales", "code")
+
+  def __init__(self, codes: Any, scales: Any, code: str = DEFAULT_CODE):
+    if code not in CODES:
+      raise ValueError(f"code={code!r}: expected one of {CODES}.")
+    self.codes, self.scales, self.code = codes, scales, code
+
+  @property
+  def key(self) -> str:
+    """The pytree key of :attr:`codes`: ``f"{code}_codes"``."""
+    return f"{self.code}_codes"
+
+  def _replace(self, **changes: Any) -> QuantizedMoment:
+    fields = {"codes": self.codes, "scales": self.scales, "code": self.code}
+    return QuantizedMoment(**{**fields, **changes})
+
+  def tree_flatten_with_keys(self):
+    keys = (jax.tree_util.GetAttrKey(self.key), jax.tree_util.GetAttrKey("scales"))
+    return tuple(zip(keys, (self.codes, self.scales))), self.code
+
+  def tree_flatten(self):
+    return (self.codes, self.scales), self.code
+
+  @classmethod
+  def tree_unflatten(cls, code: str, children: Any) -> QuantizedMoment:
+    # No checks: jax rebuilds pytrees with any leaves (None, shardings, ...).
+    moment = object.__new__(cls)
+    moment.codes, moment.scales = children
+    moment.code = code
+    return moment
+
+  def __repr__(self) -> str:
+    return f"QuantizedMoment({self.key}={self.codes!r}, scales={self.scales!r})"
 
 
 def dynamic_code_map() -> np.ndarray:
@@ -410,7 +458,7 @@ def quantize(
     codes = _power_codes(q)
   else:
     codes = (_dynamic_index(q) - 128).astype(jnp.int8)
-  return QuantizedMoment(codes, scales)
+  return QuantizedMoment(codes, scales, code)
 
 
 def _spread(per_block: jax.Array, n: int, block: int | None) -> jax.Array:
@@ -421,11 +469,11 @@ def _spread(per_block: jax.Array, n: int, block: int | None) -> jax.Array:
   return full.reshape(per_block.shape[:-1] + (per_block.shape[-1] * block,))[..., :n]
 
 
-def dequantize(q: QuantizedMoment, code: str = DEFAULT_CODE, *, block: int | None = None) -> jax.Array:
-  """The float32 array ``q`` stands for (the inverse of :func:`quantize` up to
-  its rounding); ``block`` as given to :func:`quantize`."""
-  if code not in CODES:
-    raise ValueError(f"code={code!r}: expected one of {CODES}.")
+def dequantize(q: QuantizedMoment, *, block: int | None = None) -> jax.Array:
+  """The float32 array ``q`` stands for, decoded with its own map
+  (``q.code``): the inverse of :func:`quantize` up to its rounding;
+  ``block`` as given to :func:`quantize`."""
+  code = q.code
   k = q.codes.astype(jnp.float32)
   # The maps' constant factors go on the per-block scales, not on each element.
   if code == "linear":

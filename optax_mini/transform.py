@@ -150,16 +150,19 @@ def _mu_zeros(leaf: Any, mu_dtype: Any, mu_code: str, shard: _Shard) -> Any:
   # itself, as v's from its reduction (sharding in types).
   target = jax.eval_shape(lambda x: quantize_lib.quantize(x, mu_code, block=shard.block), leaf)
   return quantize_lib.QuantizedMoment(
-      codes=jnp.zeros_like(leaf, dtype=jnp.int8), scales=jnp.zeros_like(target.scales)
+      jnp.zeros_like(leaf, dtype=jnp.int8), jnp.zeros_like(target.scales), mu_code
   )
 
 
 def _as_moment(mu: Any) -> Any:
   """``mu`` as stored; a quantized one that came back as a mapping (Flax NNX
   rebuilds NamedTuples inside an ``nnx.Optimizer``'s state as ``nnx.State``
-  after its first update) as a :class:`~optax_mini.quantize.QuantizedMoment`."""
-  if isinstance(mu, Mapping) and set(mu.keys()) == set(quantize_lib.QuantizedMoment._fields):
-    return quantize_lib.QuantizedMoment(**{k: mu[k] for k in quantize_lib.QuantizedMoment._fields})
+  after its first update) as a :class:`~optax_mini.quantize.QuantizedMoment`,
+  its code map read from its key (``power_codes``, ...)."""
+  if isinstance(mu, Mapping):
+    for code in quantize_lib.CODES:
+      if set(mu.keys()) == {f"{code}_codes", "scales"}:
+        return quantize_lib.QuantizedMoment(mu[f"{code}_codes"], mu["scales"], code)
   return mu
 
 
@@ -605,6 +608,14 @@ def scale_by_adam_mini(
       quantized = isinstance(mu, quantize_lib.QuantizedMoment)
       if int8 and not quantized:
         _check_small_mu(path, g, mu, shard)
+      if quantized and mu.code != mu_code:
+        raise ValueError(
+            f"{blocks_lib.path_str(path)}: shape {tuple(jnp.shape(g))}: the state's m is "
+            f"stored with the {mu.code!r} code map, but this transform has "
+            f"mu_code={mu_code!r}: decoding it with another map would give other "
+            f"values. Use mu_code={mu.code!r} with this state, or re-create the state "
+            "with this transform's init."
+        )
       rounding = None
       if quantized:
         rounding = (quantize_lib.rounding_seed(count_inc, index), shard.offsets)
@@ -683,14 +694,14 @@ def _leaf_step(g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, roundi
     # update then reads m as stored, dequantized from the new codes (as with
     # a bf16 m): 1 byte per parameter instead of g and the old codes, and
     # no copy of the old codes (which the new ones overwrite in place).
-    m = (1 - b1) * g_c + b1 * quantize_lib.dequantize(mu, mu_code, block=block).astype(cdt)
+    m = (1 - b1) * g_c + b1 * quantize_lib.dequantize(mu, block=block).astype(cdt)
     m_stored = quantize_lib.quantize(
         m, mu_code, seed if mu_code == "linear" else None,
         block=block, global_shape=global_shape, offsets=offsets,
         scales=quantize_lib.block_absmax(m, block),
     )
     m_stored = m_stored._replace(codes=_materialized(m_stored.codes))
-    m = quantize_lib.dequantize(m_stored, mu_code, block=block).astype(cdt)
+    m = quantize_lib.dequantize(m_stored, block=block).astype(cdt)
   else:
     # The update reads m as stored: with a narrow mu_dtype (bf16) no
     # full-size float32 copy of m outlives its fusion (at 7B shapes that

@@ -148,7 +148,7 @@ def test_round_trip_matches_float64_reference(shape, code_name):
   mismatch = np.asarray(q.codes) != codes
   assert not np.any(mismatch & ~tie), f"{int(np.sum(mismatch & ~tie))} codes differ off ties"
   assert np.max(np.abs(np.asarray(q.codes, np.int64) - codes)) <= 1
-  back = np.asarray(quantize.dequantize(q, code_name))
+  back = np.asarray(quantize.dequantize(q))
   ref = reference_dequantize(np.asarray(q.codes), scales, code)
   np.testing.assert_allclose(back, ref, rtol=1e-6, atol=0)
   assert np.all(back.reshape(-1)[::97] == 0.0)
@@ -159,7 +159,7 @@ def test_round_trip_matches_float64_reference(shape, code_name):
 def test_linear_stochastic_rounding_is_unbiased_and_deterministic():
   x = heavy_tailed((8, 512), seed=1)
   q = [quantize.quantize(jnp.asarray(x), "linear", seed=jnp.uint32(s)) for s in range(256)]
-  back = np.stack([np.asarray(quantize.dequantize(a, "linear")) for a in q])
+  back = np.stack([np.asarray(quantize.dequantize(a)) for a in q])
   scales = np.abs(x.reshape(8, 2, 256)).max(-1)
   step = np.repeat(scales, 256, axis=-1) / 127
   # Each value lands on one of the two grid points around it ...
@@ -329,6 +329,48 @@ def test_float_state_under_int8_transform_is_refused():
   tx = optax_mini.scale_by_adam_mini(mu_dtype=jnp.int8, head_dim=16)
   with pytest.raises(ValueError, match=r"\['embed_tokens'\]\['embedding'\].*mu_dtype"):
     tx.update(tree(1), float_state, params)
+
+
+def test_state_keys_name_the_code_map():
+  params = tree(0)
+  for code in quantize.CODES:
+    state = optax_mini.scale_by_adam_mini(mu_dtype=jnp.int8, mu_code=code, head_dim=16).init(params)
+    keys = {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(state.mu)}
+    assert f"['mlp']['kernel'].{code}_codes" in keys and "['mlp']['kernel'].scales" in keys
+    assert not any(k.endswith(f".{other}_codes") for k in keys for other in set(quantize.CODES) - {code})
+    # Rebuilding the tree (jax.tree.map) keeps the map.
+    again = jax.tree.map(lambda x: x, state.mu)
+    assert again["mlp"]["kernel"].code == code
+
+
+@pytest.mark.parametrize("saved, used", [("dynamic", "power"), ("power", "linear")])
+def test_state_of_another_code_map_is_refused(saved, used):
+  params = tree(0)
+  state = optax_mini.scale_by_adam_mini(mu_dtype=jnp.int8, mu_code=saved, head_dim=16).init(params)
+  tx = optax_mini.scale_by_adam_mini(mu_dtype=jnp.int8, mu_code=used, head_dim=16)
+  with pytest.raises(ValueError, match=rf"\['embed_tokens'\]\['embedding'\].*{saved!r} code map.*"
+                                       rf"mu_code={used!r}"):
+    jax.jit(tx.update)(tree(1), state, params)
+
+
+def test_orbax_restore_into_another_code_map_fails_loudly(tmp_path):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  params = tree(0)
+  tx = optax_mini.adam_mini(1e-2, mu_dtype=jnp.int8, mu_code="dynamic", head_dim=16)
+  state = tx.init(params)
+  _, state = jax.jit(tx.update)(tree(1), state, params)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "ckpt", state)
+  checkpointer.wait_until_finished()
+  abstract = lambda s: jax.tree.map(ocp.utils.to_shape_dtype_struct, s)  # noqa: E731
+  # The same map restores bit for bit ...
+  restored = ocp.StandardCheckpointer().restore(tmp_path / "ckpt", abstract(tx.init(params)))
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # ... another map's state does not take the codes silently.
+  other = optax_mini.adam_mini(1e-2, mu_dtype=jnp.int8, mu_code="power", head_dim=16).init(params)
+  with pytest.raises(ValueError, match="dynamic_codes|power_codes"):
+    ocp.StandardCheckpointer().restore(tmp_path / "ckpt", abstract(other))
 
 
 # ------------------------------------------------------- where the float path works
