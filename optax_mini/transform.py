@@ -694,11 +694,8 @@ def _leaf_step(g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, roundi
     # update then reads m as stored, dequantized from the new codes (as with
     # a bf16 m): 1 byte per parameter instead of g and the old codes, and
     # no copy of the old codes (which the new ones overwrite in place).
-    m = (1 - b1) * g_c + b1 * quantize_lib.dequantize(mu, block=block).astype(cdt)
-    m_stored = quantize_lib.quantize(
-        m, mu_code, seed if mu_code == "linear" else None,
-        block=block, global_shape=global_shape, offsets=offsets,
-        scales=quantize_lib.block_absmax(m, block),
+    m_stored = quantize_lib._quantized_ema(  # noqa: SLF001
+        mu, g_c, b1, seed, block=block, global_shape=global_shape, offsets=offsets
     )
     m_stored = m_stored._replace(codes=_materialized(m_stored.codes))
     m = quantize_lib.dequantize(m_stored, block=block).astype(cdt)
