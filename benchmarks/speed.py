@@ -55,20 +55,32 @@ halving for every column sum, disabling YNNPACK.
 int8 m (investigated the same way, 2-core AMD EPYC). Per leaf four passes: the block maxima of the \
 new `m` (reads the old codes and g), the new codes (the same reads; writes codes in place), the \
 block sums of `g*g`, and the parameter update from `m` as stored (reads p and the new codes; \
-writes p): 26 bytes per parameter against AdamW's 40, yet slower, because on CPU it is the \
+writes p): 26 bytes per parameter against AdamW's 40, yet not faster, because on CPU it is the \
 arithmetic that costs: the new `m` is computed twice (dequantize, fma) and quantized once. The \
 dynamic tree map takes ~90 vector operations per element to find a code (seven decades of \
 compares and selects) where the power map takes two square roots and a round; that is the \
-dynamic column's gap. What got it from 0.34x to 0.82x at 35M (commit 969123c -> this one): the \
-power map (0.34x -> 0.58x, measured with the update still recomputing `m` from the old codes), \
-then updating from the stored `m` with the new codes written out first (a one-element \
-dynamic-update-slice that XLA does not fuse into its readers: 0.58x -> 0.85x, and no copy of \
-the old codes). Tried and dropped: nearest-value rounding for the power map (a midpoint \
-compare: 1.8x the quantize cost for an error equal to three digits), the power map's \
-constant 127**4 folded into the inverse scales when quantizing (no change; dequantizing keeps \
-its fold), e4m3-style codes from the exponent bits (half the power map's quantize cost, \
-twice its error), a float8 convert (slower than \
-the power map), `optimization_barrier` to keep the codes (XLA:CPU expands it before fusion).\
+dynamic column's gap. What got the power map from 0.34x to ~1.0x at 35M (commit 969123c -> \
+this one; steps ad hoc, 15-20 pairs): the power map itself (0.34x -> 0.58x, the update still \
+recomputing `m` from the old codes); updating from the stored `m`, the new codes written out \
+first (a one-element dynamic-update-slice that XLA does not fuse into its readers: 0.58x -> \
+0.82x, and no copy of the old codes); rounding through float32's mantissa (add 1.5 * 2**23, \
+bitcast, subtract: the same codes) instead of a round and a saturating float-to-int8 convert \
+(that convert cost as much as the two square roots: the codes of a [32000, 384] leaf 4.7 -> \
+2.9 ms; 0.82x -> 0.96x); the codes as `a * g + b * k**4` with per-block factors instead of \
+forming `m`, dividing by its maximum and multiplying by 127 (three multiplies per element \
+fewer; the codes' pass -12-16 %; 0.96x -> 1.00x, 102M 0.91x -> 0.97x). What is left is \
+compute: without the two square roots (wrong codes, timed only, before the last step) 11M / \
+35M / 102M went 0.77x / 0.93x / 0.91x -> 0.84x / 1.00x / 1.05x, and a polynomial fourth root \
+costs more operations than the two square roots it would replace. At 11M the leaves (65 k to \
+2 M elements) stay in cache, where AdamW's passes are cheap and the int8 passes' arithmetic is \
+not hidden. Tried and dropped: nearest-value rounding for the power map (a midpoint compare: \
+1.8x the quantize cost for an error equal to three digits), e4m3-style codes from the \
+exponent bits (half the power map's quantize cost, twice its error), a float8 convert (slower \
+than the power map), `optimization_barrier` to keep the codes (XLA:CPU expands it before \
+fusion), every pass written on the blocked view `[..., blocks, block]` (0.96x -> 0.67x at \
+35M), the block maxima reduced across rows first or by pairwise halving (1.4-10x \
+slower than the two-stage row maximum), the per-block factors folded into the maxima's pass \
+too (slower), writing the new `m` out for leaves under 3 M elements (11M: 0.75x -> 0.42x).\
 """
 
 
@@ -138,7 +150,8 @@ def section(quick: bool) -> str:
       "same run; the last column with the dynamic tree map (`mu_code=\"dynamic\"`). History "
       "of the int8 column: 0.15x / 0.15x at 35M / 102M with a zero-padded last block of 256 "
       "(commit cce07d8); 0.24x / 0.34x / 0.32x with blocks that divide the last axis (dynamic "
-      "map, the update recomputing `m` from the old codes: commit 969123c).",
+      "map, the update recomputing `m` from the old codes: commit 969123c); 0.68x / 0.82x / "
+      "0.86x with the power map, updating from `m` as stored (commit 6d32186).",
       "Full-size traffic in the optimized HLO (`compile().as_text()`, ENTRY instructions "
       "reading or writing a parameter-sized array; `benchmarks/hlo.py`):",
       table(["tree", "optimizer", "full-size instructions", "arrays read+written",
