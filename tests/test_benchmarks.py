@@ -89,3 +89,21 @@ def test_compiled_micro_batch_is_the_largest_that_fits():
   assert fits.compiled_step_bytes(config, "adamw", (), batch + 1) > budget
   mini = fits.compiled_step_bytes(config, "adam_mini", (), 1)
   assert one - mini == pytest.approx(4 * n, rel=0.02)
+
+
+def test_device_check_runs_and_reports_every_contender(tmp_path):
+  """``benchmarks/device.py`` (the script a GPU session runs) works end to end
+  on tiny shapes: every optimizer gets a row with a time, a ratio and a peak.
+  The figures themselves are not asserted (timings are machine-dependent)."""
+  from benchmarks import device
+
+  out = tmp_path / "device.md"
+  text = device.main(["--quick", "--out", str(out), "--commit", "test"])
+  assert out.read_text() == text and "commit test" in text
+  update, training = text.split("## Training step")
+  for name in ("adamw", "adam_mini", device.INT8, device.INT8_DYNAMIC):
+    row = re.search(rf"^\| 1M \| \d+M \| {re.escape(name)} \| ([\d.]+) ms \| ([\d.]+)x .*\| ([\d,]+) MB \|$",
+                    update, re.M)
+    assert row and float(row.group(1)) > 0 and float(row.group(2)) > 0, name
+  for name in ("adamw", "adam_mini", device.INT8):
+    assert re.search(rf"^\| {re.escape(name)} \| [\d.]+ ms \| [\d,]+ \| [\d.]+x", training, re.M), name
