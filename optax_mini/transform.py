@@ -156,9 +156,9 @@ def _mu_zeros(leaf: Any, mu_dtype: Any, mu_code: str, shard: _Shard) -> Any:
 
 def _as_moment(mu: Any) -> Any:
   """``mu`` as stored; a quantized one that came back as a mapping (Flax NNX
-  rebuilds NamedTuples inside an ``nnx.Optimizer``'s state as ``nnx.State``
-  after its first update) as a :class:`~optax_mini.quantize.QuantizedMoment`,
-  its code map read from its key (``power_codes``, ...)."""
+  can rebuild pytree nodes inside an ``nnx.Optimizer``'s state as
+  ``nnx.State``) as a :class:`~optax_mini.quantize.QuantizedMoment`, its code
+  map read from its key (``power_codes``, ...)."""
   if isinstance(mu, Mapping):
     for code in quantize_lib.CODES:
       if set(mu.keys()) == {f"{code}_codes", "scales"}:
