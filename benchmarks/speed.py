@@ -71,7 +71,7 @@ forming `m`, dividing by its maximum and multiplying by 127 (three multiplies pe
 fewer; the codes' pass -12-16 %; 0.96x -> 1.00x, 102M 0.91x -> 0.97x). What is left is \
 compute: without the two square roots (wrong codes, timed only, before the last step) 11M / \
 35M / 102M went 0.77x / 0.93x / 0.91x -> 0.84x / 1.00x / 1.05x, and a polynomial fourth root \
-costs more operations than the two square roots it would replace. At 11M the leaves (65 k to \
+would take more vector operations than the two square roots it replaces (counted, not built). At 11M the leaves (65 k to \
 2 M elements) stay in cache, where AdamW's passes are cheap and the int8 passes' arithmetic is \
 not hidden. Tried and dropped: nearest-value rounding for the power map (a midpoint compare: \
 1.8x the quantize cost for an error equal to three digits), e4m3-style codes from the \
