@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 
 # --------------------------------------------------------------------------- 4. throughput
 
+INT8 = "adam_mini (int8 m)"
 
 
 def section(quick: bool) -> str:
@@ -35,12 +36,14 @@ def section(quick: bool) -> str:
   corpus = data.load_corpus(None, seq_len=seq)
   inputs, targets = data.train_batch(corpus.train, seed=0, step=0, batch_size=batch, seq_len=seq)
   runs = {}
-  for name in ("adamw", "adam_mini"):
-    args = example_args(name, ["--preset", preset])
+  variants = {"adamw": ("adamw", []), "adam_mini": ("adam_mini", []),
+              INT8: ("adam_mini", ["--mu-dtype", "int8"])}
+  for name, (optimizer, extra) in variants.items():
+    args = example_args(optimizer, ["--preset", preset, *extra])
     model = model_lib.Llama(config, seed=0)
     graphdef, params = nnx.split(model)
     params = nnx.to_pure_dict(params)
-    tx = train.make_optimizer(name, train.make_schedule(args), args, config)
+    tx = train.make_optimizer(optimizer, train.make_schedule(args), args, config)
     train_step, _ = train.make_steps(graphdef, tx)
     box = {"params": params, "state": tx.init(params)}
 
@@ -53,7 +56,8 @@ def section(quick: bool) -> str:
   tokens = batch * seq
   tps = {k: tokens / statistics.median(v) for k, v in times.items()}
   ratio = Ratio.of(times["adamw"], times["adam_mini"])
-  log(f"  throughput: {tps} ratio {ratio}")
+  int8 = Ratio.of(times["adamw"], times[INT8])
+  log(f"  throughput: {tps} ratio {ratio}, int8 m {int8}")
   return "\n\n".join([
       "## 4. Training throughput (the example's full training step)",
       f"`examples.llama.train.make_steps` (forward, backward, global-norm clip, optimizer, "
@@ -61,5 +65,6 @@ def section(quick: bool) -> str:
       f"params), batch {batch} x seq {seq}, {pairs} interleaved pairs.",
       table(["optimizer", "step (median)", "tokens/s"],
             [[k, ms(v), f"{tps[k]:,.0f}"] for k, v in times.items()]),
-      f"tokens/s Adam-mini / AdamW = **{ratio}** (per-pair ratio of step times).",
+      f"tokens/s Adam-mini / AdamW = **{ratio}** (per-pair ratio of step times); with an "
+      f"int8 `m` (`--mu-dtype int8`, the power map) **{int8}**.",
   ])
