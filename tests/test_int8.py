@@ -331,6 +331,28 @@ def test_float_state_under_int8_transform_is_refused():
     tx.update(tree(1), float_state, params)
 
 
+def test_bfloat16_parameters_keep_their_dtype_and_float32_arithmetic():
+  """bf16 parameters and gradients: the codes and scales are those of the same
+  (exactly representable) values in float32, and the update is that update
+  rounded to bf16 -- m is quantized from float32 arithmetic, not bf16's."""
+  params32 = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32), tree(0))
+  grads32 = [jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32), tree(t)) for t in (1, 2, 3)]
+  to_bf16 = lambda t: jax.tree.map(lambda x: x.astype(jnp.bfloat16), t)  # noqa: E731
+  tx = optax_mini.scale_by_adam_mini(b1=B1, b2=B2, eps=EPS, mu_dtype=jnp.int8, head_dim=16)
+  s32, s16 = tx.init(params32), tx.init(to_bf16(params32))
+  update = jax.jit(tx.update)
+  for g in grads32:
+    u32, s32 = update(g, s32, params32)
+    u16, s16 = update(to_bf16(g), s16, to_bf16(params32))
+  q16, q32 = s16.mu["mlp"]["kernel"], s32.mu["mlp"]["kernel"]
+  assert q16.codes.dtype == jnp.int8 and q16.scales.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(q16.codes), np.asarray(q32.codes))
+  np.testing.assert_array_equal(np.asarray(q16.scales), np.asarray(q32.scales))
+  for a, b in zip(jax.tree.leaves(u16), jax.tree.leaves(u32)):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b.astype(jnp.bfloat16), np.float32))
+
+
 def test_state_keys_name_the_code_map():
   params = tree(0)
   for code in quantize.CODES:
