@@ -36,7 +36,7 @@ with a bfloat16 ``m``.
 
 The default, ``"power"`` (:data:`DEFAULT_CODE`), was chosen by measurement
 on the example: its held-out loss is float32 ``m``'s, as the dynamic map's
-was, and its update runs 2-3x as fast on CPU (``benchmarks/RESULTS.md``
+was, and its update runs about 3x as fast on CPU (``benchmarks/RESULTS.md``
 sections 3 and 5; the README's "An 8-bit first moment").
 
 Leaves with fewer than :data:`MIN_QUANTIZED_SIZE` elements (norm scales,
