@@ -9,6 +9,7 @@ float64), not from the code under test.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -393,6 +394,19 @@ def test_orbax_restore_into_another_code_map_fails_loudly(tmp_path):
   other = optax_mini.adam_mini(1e-2, mu_dtype=jnp.int8, mu_code="power", head_dim=16).init(params)
   with pytest.raises(ValueError, match="dynamic_codes|power_codes"):
     ocp.StandardCheckpointer().restore(tmp_path / "ckpt", abstract(other))
+  # A checkpoint from before the key named the map (a NamedTuple(codes,
+  # scales), as the state was) is refused the same way.
+
+  class OldMoment(NamedTuple):
+    codes: jax.Array
+    scales: jax.Array
+
+  is_moment = lambda x: isinstance(x, quantize.QuantizedMoment)  # noqa: E731
+  old = jax.tree.map(lambda x: OldMoment(x.codes, x.scales) if is_moment(x) else x, state, is_leaf=is_moment)
+  checkpointer.save(tmp_path / "old", old)
+  checkpointer.wait_until_finished()
+  with pytest.raises(ValueError, match="power_codes"):
+    ocp.StandardCheckpointer().restore(tmp_path / "old", abstract(other))
 
 
 # ------------------------------------------------------- where the float path works
