@@ -151,3 +151,97 @@ def example_args(optimizer: str, extra: Sequence[str] = ()) -> argparse.Namespac
 
   return train.build_parser().parse_args(["--optimizer", optimizer, *extra])
 
+
+
+# --------------------------------------------------------------------------- shared runs
+
+INT8 = "adam_mini (int8 m)"
+INT8_DYNAMIC = "adam_mini (int8 m, dynamic map)"
+
+
+def update_contenders(head_dim: int) -> dict[str, optax.GradientTransformation]:
+  """The update step's contenders (weight decay 1e-4): ``adamw`` first (the
+  reference), Adam-mini with a float32 ``m``, an int8 ``m`` (the default power
+  map) and an int8 ``m`` with the dynamic map."""
+  mini = lambda **kw: optax_mini.adam_mini(1e-3, weight_decay=1e-4, head_dim=head_dim, **kw)  # noqa: E731
+  return {
+      "adamw": optax.adamw(1e-3, weight_decay=1e-4),
+      "adam_mini": mini(),
+      INT8: mini(mu_dtype=jnp.int8),
+      INT8_DYNAMIC: mini(mu_dtype=jnp.int8, mu_code="dynamic"),
+  }
+
+
+def compiled_peak_bytes(compiled: Any) -> int | None:
+  """XLA's peak estimate for a compiled step: arguments + outputs - aliased
+  (donated) + temporaries; ``None`` where the backend gives no analysis."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return None
+  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+          + m.temp_size_in_bytes)
+
+
+def update_runs(
+    shapes: Any, txs: dict[str, optax.GradientTransformation]
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+  """Per optimizer, a zero-argument run of its update step (update +
+  ``apply_updates``, compiled with parameters and state donated; each call
+  carries them to the next) on fresh parameters of ``shapes``, and the
+  compiled step itself."""
+  from benchmarks import shapes as shapes_lib
+
+  runs, compiled_steps = {}, {}
+  for name, tx in txs.items():
+    params = shapes_lib.materialize(shapes, seed=0)
+    grads = shapes_lib.materialize(shapes, seed=1, scale=1e-3)
+    state = tx.init(params)
+    compiled = jax.jit(make_update_step(tx), donate_argnums=(0, 1)).lower(
+        params, state, grads).compile()
+    box = {"params": params, "state": state}
+
+    def run(compiled=compiled, box=box, grads=grads):
+      box["params"], box["state"] = compiled(box["params"], box["state"], grads)
+      return box["params"]
+
+    runs[name], compiled_steps[name] = run, compiled
+  return runs, compiled_steps
+
+
+# The example's optimizers as run.py's throughput and device.py's training
+# sections time them: name -> (--optimizer, extra flags).
+EXAMPLE_VARIANTS = {
+    "adamw": ("adamw", ()),
+    "adam_mini": ("adam_mini", ()),
+    INT8: ("adam_mini", ("--mu-dtype", "int8")),
+}
+
+
+def example_step_runs(preset: str, batch: int, seq: int) -> dict[str, Callable[[], Any]]:
+  """Per :data:`EXAMPLE_VARIANTS` entry, a zero-argument run of the example's
+  whole training step (``examples.llama.train.make_steps``) on one fixed batch
+  of the default corpus, from the same initial model; each call carries the
+  parameters and state to the next and returns the loss."""
+  from flax import nnx
+
+  from examples.llama import data, train
+  from examples.llama import model as model_lib
+
+  config = model_lib.PRESETS[preset]
+  corpus = data.load_corpus(None, seq_len=seq)
+  inputs, targets = data.train_batch(corpus.train, seed=0, step=0, batch_size=batch, seq_len=seq)
+  runs = {}
+  for name, (optimizer, extra) in EXAMPLE_VARIANTS.items():
+    args = example_args(optimizer, ["--preset", preset, *extra])
+    graphdef, params = nnx.split(model_lib.Llama(config, seed=0))
+    params = nnx.to_pure_dict(params)
+    tx = train.make_optimizer(optimizer, train.make_schedule(args), args, config)
+    train_step, _ = train.make_steps(graphdef, tx)
+    box = {"params": params, "state": tx.init(params)}
+
+    def run(train_step=train_step, box=box):
+      box["params"], box["state"], loss = train_step(box["params"], box["state"], inputs, targets)
+      return loss
+
+    runs[name] = run
+  return runs

@@ -35,22 +35,19 @@ from collections.abc import Sequence
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-
-import optax_mini  # noqa: E402
 from benchmarks import shapes as shapes_lib  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     Ratio,
     commit,
-    example_args,
+    compiled_peak_bytes,
+    example_step_runs,
     interleaved,
     log,
     machine_line,
-    make_update_step,
     ms,
     table,
+    update_contenders,
+    update_runs,
 )
 
 TREES = (
@@ -58,18 +55,6 @@ TREES = (
     shapes_lib.LlamaShape("1.1B", dim=2048, n_layers=22, n_heads=32),
 )
 QUICK_TREES = (shapes_lib.LlamaShape("1M", dim=128, n_layers=2, n_heads=4, vocab_size=1000),)
-INT8, INT8_DYNAMIC = "adam_mini (int8 m)", "adam_mini (int8 m, dynamic map)"
-
-
-def update_optimizers(head_dim: int) -> dict[str, optax.GradientTransformation]:
-  """The update step's contenders; ``adamw`` first (the reference)."""
-  mini = lambda **kw: optax_mini.adam_mini(1e-3, weight_decay=1e-4, head_dim=head_dim, **kw)  # noqa: E731
-  return {
-      "adamw": optax.adamw(1e-3, weight_decay=1e-4),
-      "adam_mini": mini(),
-      INT8: mini(mu_dtype=jnp.int8),
-      INT8_DYNAMIC: mini(mu_dtype=jnp.int8, mu_code="dynamic"),
-  }
 
 
 def update_section(quick: bool) -> str:
@@ -78,24 +63,8 @@ def update_section(quick: bool) -> str:
   rows = []
   for config in trees:
     shapes = shapes_lib.param_shapes(config)
-    runs, peaks = {}, {}
-    for name, tx in update_optimizers(config.head_dim).items():
-      params = shapes_lib.materialize(shapes, seed=0)
-      grads = shapes_lib.materialize(shapes, seed=1, scale=1e-3)
-      state = tx.init(params)
-      compiled = jax.jit(make_update_step(tx), donate_argnums=(0, 1)).lower(
-          params, state, grads).compile()
-      memory = compiled.memory_analysis()
-      peaks[name] = None if memory is None else (
-          memory.argument_size_in_bytes + memory.output_size_in_bytes
-          - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
-      box = {"params": params, "state": state}
-
-      def run(compiled=compiled, box=box, grads=grads):
-        box["params"], box["state"] = compiled(box["params"], box["state"], grads)
-        return box["params"]
-
-      runs[name] = run
+    runs, compiled_steps = update_runs(shapes, update_contenders(config.head_dim))
+    peaks = {name: compiled_peak_bytes(compiled) for name, compiled in compiled_steps.items()}
     times = interleaved(runs, pairs)
     for name in runs:
       ratio = Ratio.of(times["adamw"], times[name])
@@ -103,7 +72,7 @@ def update_section(quick: bool) -> str:
       rows.append([config.name, f"{config.num_params / 1e6:.0f}M", name, ms(times[name]),
                    str(ratio), peak])
       log(f"  update {config.name} {name}: {ms(times[name])}, {ratio}, peak {peak}")
-    del runs
+    del runs, compiled_steps
   return "\n\n".join([
       "## Update step (update + apply_updates, params and state donated)",
       f"LLaMA-shaped float32 trees (HF names), weight decay 1e-4, interleaved, {pairs} pairs "
@@ -115,32 +84,9 @@ def update_section(quick: bool) -> str:
 
 
 def training_section(quick: bool) -> str:
-  from flax import nnx
-
-  from examples.llama import data, train
-  from examples.llama import model as model_lib
-
   preset, batch, seq = ("tiny", 4, 64) if quick else ("paper_102m", 32, 512)
   pairs = 3 if quick else 20
-  config = model_lib.PRESETS[preset]
-  corpus = data.load_corpus(None, seq_len=seq)
-  inputs, targets = data.train_batch(corpus.train, seed=0, step=0, batch_size=batch, seq_len=seq)
-  variants = {"adamw": ("adamw", []), "adam_mini": ("adam_mini", []),
-              INT8: ("adam_mini", ["--mu-dtype", "int8"])}
-  runs = {}
-  for name, (optimizer, extra) in variants.items():
-    args = example_args(optimizer, ["--preset", preset, *extra])
-    graphdef, params = nnx.split(model_lib.Llama(config, seed=0))
-    params = nnx.to_pure_dict(params)
-    tx = train.make_optimizer(optimizer, train.make_schedule(args), args, config)
-    train_step, _ = train.make_steps(graphdef, tx)
-    box = {"params": params, "state": tx.init(params)}
-
-    def run(train_step=train_step, box=box):
-      box["params"], box["state"], loss = train_step(box["params"], box["state"], inputs, targets)
-      return loss
-
-    runs[name] = run
+  runs = example_step_runs(preset, batch, seq)
   times = interleaved(runs, pairs, warmup=2)
   rows = []
   for name in runs:

@@ -95,7 +95,7 @@ def compiled_step_bytes(config: shapes_lib.LlamaShape, optimizer: str, flags: tu
   import jax.numpy as jnp
   from flax import nnx
 
-  from benchmarks.common import example_args
+  from benchmarks.common import compiled_peak_bytes, example_args
   from examples.llama import model as model_lib
   from examples.llama import train
 
@@ -107,9 +107,7 @@ def compiled_step_bytes(config: shapes_lib.LlamaShape, optimizer: str, flags: tu
   train_step, _ = train.make_steps(graphdef, tx)
   tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
   compiled = train_step.lower(params, jax.eval_shape(tx.init, params), tokens, tokens).compile()
-  m = compiled.memory_analysis()
-  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-          + m.temp_size_in_bytes)
+  return compiled_peak_bytes(compiled)
 
 
 def largest_compiled_batch(config: shapes_lib.LlamaShape, optimizer: str, flags: tuple[str, ...],

@@ -12,6 +12,7 @@ import optax
 from benchmarks import shapes as shapes_lib
 from benchmarks.common import (
     GB,
+    compiled_peak_bytes,
     log,
     make_update_step,
     optimizers,
@@ -29,10 +30,9 @@ def compiled_update_memory(tx: optax.GradientTransformation, params: Any) -> dic
   step = jax.jit(make_update_step(tx), donate_argnums=(0, 1))
   compiled = step.lower(params, state, params).compile()
   m = compiled.memory_analysis()
-  peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-          + m.temp_size_in_bytes)
   return {"args": m.argument_size_in_bytes, "out": m.output_size_in_bytes,
-          "alias": m.alias_size_in_bytes, "temp": m.temp_size_in_bytes, "peak": peak}
+          "alias": m.alias_size_in_bytes, "temp": m.temp_size_in_bytes,
+          "peak": compiled_peak_bytes(compiled)}
 
 
 def section(quick: bool) -> str:

@@ -5,20 +5,21 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 import matplotlib
-import optax
 
 import optax_mini
 from benchmarks import hlo
 from benchmarks import shapes as shapes_lib
 from benchmarks.common import (
+    INT8,
+    INT8_DYNAMIC,
     Ratio,
     interleaved,
     log,
-    make_update_step,
     ms,
     table,
+    update_contenders,
+    update_runs,
 )
 
 matplotlib.use("Agg")
@@ -28,8 +29,6 @@ matplotlib.use("Agg")
 
 
 TENSOR_ABLATION = "adam_mini (one v per tensor)"
-INT8 = "adam_mini (int8 m)"
-INT8_DYNAMIC = "adam_mini (int8 m, dynamic map)"
 
 SPEED_NOTES = """\
 What limits it (investigated with `jax.profiler`, ablations and the optimized HLO; not re-run by \
@@ -90,33 +89,16 @@ def section(quick: bool) -> str:
   rows, pass_rows = [], []
   for config in configs:
     shapes = shapes_lib.param_shapes(config)
-    txs = {"adamw": optax.adamw(1e-3, weight_decay=1e-4),
-           "adam_mini": optax_mini.adam_mini(1e-3, weight_decay=1e-4, head_dim=config.head_dim),
-           # Ablation: the same passes with the simplest sums (one v per tensor),
-           # to tell the cost of the block structure from that of reading g.
-           TENSOR_ABLATION: optax_mini.adam_mini(
-               1e-3, weight_decay=1e-4, head_dim=config.head_dim,
-               blocks=[("kernel", "tensor"), ("embedding", "tensor")]),
-           INT8: optax_mini.adam_mini(1e-3, weight_decay=1e-4, head_dim=config.head_dim,
-                                      mu_dtype=jnp.int8),
-           INT8_DYNAMIC: optax_mini.adam_mini(1e-3, weight_decay=1e-4, head_dim=config.head_dim,
-                                              mu_dtype=jnp.int8, mu_code="dynamic")}
+    txs = update_contenders(config.head_dim)
+    # Ablation: the same passes with the simplest sums (one v per tensor),
+    # to tell the cost of the block structure from that of reading g.
+    txs[TENSOR_ABLATION] = optax_mini.adam_mini(
+        1e-3, weight_decay=1e-4, head_dim=config.head_dim,
+        blocks=[("kernel", "tensor"), ("embedding", "tensor")])
     leaf_sizes = {math.prod(x.shape) for x in jax.tree.leaves(shapes) if len(x.shape) >= 2}
-    runs, passes = {}, {}
-    for name, tx in txs.items():
-      params = shapes_lib.materialize(shapes, seed=0)
-      grads = shapes_lib.materialize(shapes, seed=1, scale=1e-3)
-      state = tx.init(params)
-      step = jax.jit(make_update_step(tx), donate_argnums=(0, 1))
-      compiled = step.lower(params, state, grads).compile()
-      passes[name] = hlo.count_passes(compiled.as_text(), leaf_sizes, config.num_params)
-      box = {"params": params, "state": state}
-
-      def run(compiled=compiled, box=box, grads=grads):
-        box["params"], box["state"] = compiled(box["params"], box["state"], grads)
-        return box["params"]
-
-      runs[name] = run
+    runs, compiled_steps = update_runs(shapes, txs)
+    passes = {name: hlo.count_passes(compiled.as_text(), leaf_sizes, config.num_params)
+              for name, compiled in compiled_steps.items()}
     times = interleaved(runs, pairs)
     ratio = Ratio.of(times["adamw"], times["adam_mini"])
     bound = passes["adamw"].bytes_moved / passes["adam_mini"].bytes_moved

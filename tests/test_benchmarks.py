@@ -95,15 +95,15 @@ def test_device_check_runs_and_reports_every_contender(tmp_path):
   """``benchmarks/device.py`` (the script a GPU session runs) works end to end
   on tiny shapes: every optimizer gets a row with a time, a ratio and a peak.
   The figures themselves are not asserted (timings are machine-dependent)."""
-  from benchmarks import device
+  from benchmarks import common, device
 
   out = tmp_path / "device.md"
   text = device.main(["--quick", "--out", str(out), "--commit", "test"])
   assert out.read_text() == text and "commit test" in text
   update, training = text.split("## Training step")
-  for name in ("adamw", "adam_mini", device.INT8, device.INT8_DYNAMIC):
+  for name in ("adamw", "adam_mini", common.INT8, common.INT8_DYNAMIC):
     row = re.search(rf"^\| 1M \| \d+M \| {re.escape(name)} \| ([\d.]+) ms \| ([\d.]+)x .*\| ([\d,]+) MB \|$",
                     update, re.M)
     assert row and float(row.group(1)) > 0 and float(row.group(2)) > 0, name
-  for name in ("adamw", "adam_mini", device.INT8):
+  for name in ("adamw", "adam_mini", common.INT8):
     assert re.search(rf"^\| {re.escape(name)} \| [\d.]+ ms \| [\d,]+ \| [\d.]+x", training, re.M), name
