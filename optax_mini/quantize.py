@@ -196,24 +196,33 @@ def linear_code_map() -> np.ndarray:
 def block_size(n: int) -> int:
   """The block length along a last axis of ``n`` elements.
 
-  The whole axis if ``n <= 256``; else the largest divisor of ``n`` between
-  :data:`MIN_BLOCK_SIZE` and :data:`BLOCK_SIZE` (256 for the usual widths,
-  192 for 384, 160 for 640), so that no block is padded: a padded last block
-  made the update about 2x slower on CPU (``benchmarks/RESULTS.md``, section 3). Only an
-  ``n`` with no such divisor (a prime, say) gets blocks of 256 with the last
-  one zero-padded.
+  The whole axis if ``n <= 256``; else a divisor of ``n`` between
+  :data:`MIN_BLOCK_SIZE` and :data:`BLOCK_SIZE`, so that no block is padded
+  (a padded last block made the update about 2x slower on CPU): of those,
+  the largest that is a multiple of 16 (256 for the usual widths, 192 for
+  384, 160 for 640 and for 8000), else the one with the most factors of two,
+  else the largest. A block that is not a multiple of 8 makes XLA:CPU's
+  elementwise passes over the blocks 2-3x slower (``benchmarks/RESULTS.md``,
+  section 3): with 8000 split as 250, the update of a ``[256, 8000]`` leaf
+  took 2.8x as long as with 160. Only an ``n`` with no divisor in range (a
+  prime, say) gets blocks of 256 with the last one zero-padded.
 
   Example:
     >>> from optax_mini import quantize
-    >>> [quantize.block_size(n) for n in (100, 384, 640, 4096, 11008, 1031)]
-    [100, 192, 160, 256, 256, 256]
+    >>> [quantize.block_size(n) for n in (100, 384, 640, 4096, 8000, 11008, 1000, 1031)]
+    [100, 192, 160, 256, 160, 256, 200, 256]
   """
   if n <= BLOCK_SIZE:
     return n
-  for block in range(BLOCK_SIZE, MIN_BLOCK_SIZE - 1, -1):
-    if n % block == 0:
-      return block
-  return BLOCK_SIZE
+  divisors = [b for b in range(MIN_BLOCK_SIZE, BLOCK_SIZE + 1) if n % b == 0]
+  if not divisors:
+    return BLOCK_SIZE
+  return max(divisors, key=lambda b: (min(_twos(b), 4), b))
+
+
+def _twos(b: int) -> int:
+  """How many times 2 divides ``b > 0``."""
+  return (b & -b).bit_length() - 1
 
 
 def is_quantized(shape: tuple[int, ...], dtype: Any) -> bool:
@@ -235,7 +244,16 @@ def _blocked(x: jax.Array, block: int | None) -> jax.Array:
   return x.reshape(x.shape[:-1] + ((n + pad) // block, block))
 
 
-_INNER = 16
+@functools.cache
+def _inner(block: int) -> int:
+  """The first stage's length in :func:`block_absmax`: 16 if it divides the
+  block, else the largest divisor of the block in [8, 32] (25 for 250 or 200),
+  else 16 with the block zero-padded. A first stage that does not divide the
+  block (padded) made the maxima 3-6x slower on XLA:CPU."""
+  if block % 16 == 0:
+    return 16
+  divisors = [d for d in range(8, 33) if block % d == 0]
+  return max(divisors) if divisors else 16
 
 
 def block_absmax(x: jax.Array, block: int | None = None) -> jax.Array:
@@ -248,15 +266,16 @@ def block_absmax(x: jax.Array, block: int | None = None) -> jax.Array:
   memory, and a long one is split into a windowed pre-reduction that does
   not fuse its producer. So the max is taken over the int32 bit patterns of
   ``|x|`` (ordered as the floats are, for non-negative values; a NaN's
-  pattern is above inf's, so a NaN still propagates), in two stages of at
-  most 16 that a barrier keeps apart.
+  pattern is above inf's, so a NaN still propagates), in two stages that a
+  barrier keeps apart, the first over at most 32 consecutive elements.
   """
   blocked = _blocked(jnp.abs(x.astype(jnp.float32)), block)
   bits = jax.lax.bitcast_convert_type(blocked, jnp.int32)
-  extra = -bits.shape[-1] % _INNER  # zeros leave a max of |x| unchanged
+  inner = _inner(bits.shape[-1])
+  extra = -bits.shape[-1] % inner  # zeros leave a max of |x| unchanged
   if extra:
     bits = jnp.pad(bits, [(0, 0)] * (bits.ndim - 1) + [(0, extra)])
-  bits = bits.reshape(bits.shape[:-1] + (bits.shape[-1] // _INNER, _INNER))
+  bits = bits.reshape(bits.shape[:-1] + (bits.shape[-1] // inner, inner))
   bits = jnp.max(jax.lax.optimization_barrier(jnp.max(bits, axis=-1)), axis=-1)
   return jax.lax.bitcast_convert_type(bits, jnp.float32)
 

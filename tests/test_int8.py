@@ -49,11 +49,21 @@ def reference_power_values(codes: np.ndarray) -> np.ndarray:
 
 
 def reference_block(n: int) -> int:
-  """The documented block rule, by brute force: the whole axis up to 256,
-  else the largest divisor of n in [64, 256], else 256 (last block padded)."""
+  """The documented block rule, by brute force: the whole axis up to 256;
+  else of the divisors of n in [64, 256], the largest multiple of 16, else
+  those with the most factors of two (the largest of them); else 256 (last
+  block padded)."""
   if n <= 256:
     return n
-  return max([b for b in range(64, 257) if n % b == 0], default=256)
+  divisors = [b for b in range(64, 257) if n % b == 0]
+  if not divisors:
+    return 256
+  by16 = [b for b in divisors if b % 16 == 0]
+  if by16:
+    return max(by16)
+  twos = {b: next(k for k in range(9) if b % 2 ** (k + 1)) for b in divisors}
+  most = max(twos.values())
+  return max(b for b in divisors if twos[b] == most)
 
 
 def _blocks(x: np.ndarray, block: int | None):
@@ -129,10 +139,25 @@ def test_power_code_map():
 
 def test_block_size_divides_the_axis_when_it_can():
   # Llama widths (256 | n), the example's 384 / 640 / 2688 (no padding), a
-  # prime (padded), and shorter axes (whole).
-  for n in (4096, 11008, 32000, 384, 640, 2688, 600, 1031, 100, 256, 257, 12289):
+  # vocabulary of 8000 (160, not 250: a multiple of 16), widths with no
+  # divisor that is a multiple of 16 (1000, 600, 1800, 3375), a prime
+  # (padded), and shorter axes (whole).
+  widths = (4096, 11008, 32000, 384, 640, 2688, 8000, 2752, 600, 1000, 1800, 3375, 1031, 100,
+            256, 257, 12289)
+  for n in widths:
     assert quantize.block_size(n) == reference_block(n), n
-  assert [quantize.block_size(n) for n in (384, 640, 2688, 1031)] == [192, 160, 224, 256]
+  assert [quantize.block_size(n) for n in (384, 640, 2688, 8000, 1000, 3375, 1031)] == [
+      192, 160, 224, 160, 200, 225, 256]
+
+
+@pytest.mark.parametrize("n", [256, 192, 160, 250, 200, 225, 125, 100, 251, 17, 7])
+def test_block_absmax_matches_numpy_for_every_first_stage(n):
+  # The maxima's first stage is 16, a divisor of the block up to 32 (250 ->
+  # 25), or 16 over a zero-padded block (251); each must give the plain max.
+  x = np.random.default_rng(n).standard_normal((3, 2 * n)).astype(np.float32)
+  x[1, n // 3] = -40.0  # a negative extreme
+  got = np.asarray(quantize.block_absmax(jnp.asarray(x), n))
+  np.testing.assert_array_equal(got, np.abs(x).reshape(3, 2, n).max(-1))
 
 
 @pytest.mark.parametrize("code_name", ["dynamic", "power"])
