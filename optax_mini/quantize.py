@@ -196,24 +196,33 @@ def linear_code_map() -> np.ndarray:
 def block_size(n: int) -> int:
   """The block length along a last axis of ``n`` elements.
 
-  The whole axis if ``n <= 256``; else a divisor of ``n`` between
-  :data:`MIN_BLOCK_SIZE` and :data:`BLOCK_SIZE`, so that no block is padded
-  (a padded last block made the update about 2x slower on CPU): of those,
-  the largest that is a multiple of 16 (256 for the usual widths, 192 for
-  384, 160 for 640 and for 8000), else the one with the most factors of two,
-  else the largest. A block that is not a multiple of 8 makes XLA:CPU's
-  elementwise passes over the blocks 2-3x slower (``benchmarks/RESULTS.md``,
-  section 3): with 8000 split as 250, the update of a ``[256, 8000]`` leaf
-  took 2.8x as long as with 160. Only an ``n`` with no divisor in range (a
-  prime, say) gets blocks of 256 with the last one zero-padded.
+  The whole axis if ``n <= 256``; else the largest of 256, 128 and 64 that
+  divides ``n`` (384 -> 128, 640 -> 128, 8000 -> 64); else a divisor of
+  ``n`` between :data:`MIN_BLOCK_SIZE` and :data:`BLOCK_SIZE` with the most
+  factors of two (up to 16), the largest of those (1000 -> 200); else 256
+  with the last block zero-padded (a prime width, say).
+
+  Why (``benchmarks/RESULTS.md``, section 3): every pass over the codes
+  multiplies each element by its block's factor. With a power-of-two block
+  XLA:CPU's vectorised loops read one factor per vector (the block index is
+  a shift of the element's); with another block LLVM loads each lane's
+  factor on its own, which made those passes 2-3x slower on a 2-core AVX-512
+  Xeon: blocks of 192 for an axis of 384 took the update of a 35M-parameter
+  LLaMA to 0.49x AdamW's speed, 250 for 8000 a ``[256, 8000]`` leaf's update
+  to 2.8x the time of 160's. A padded last block was slower still (2x the
+  whole update). Smaller blocks cost scales: 4 bytes per block, 1.6 % of
+  the codes' bytes at 256, 6.3 % at 64.
 
   Example:
     >>> from optax_mini import quantize
     >>> [quantize.block_size(n) for n in (100, 384, 640, 4096, 8000, 11008, 1000, 1031)]
-    [100, 192, 160, 256, 160, 256, 200, 256]
+    [100, 128, 128, 256, 64, 256, 200, 256]
   """
   if n <= BLOCK_SIZE:
     return n
+  for block in (256, 128, 64):
+    if n % block == 0:
+      return block
   divisors = [b for b in range(MIN_BLOCK_SIZE, BLOCK_SIZE + 1) if n % b == 0]
   if not divisors:
     return BLOCK_SIZE

@@ -50,18 +50,18 @@ def reference_power_values(codes: np.ndarray) -> np.ndarray:
 
 def reference_block(n: int) -> int:
   """The documented block rule, by brute force: the whole axis up to 256;
-  else of the divisors of n in [64, 256], the largest multiple of 16, else
-  those with the most factors of two (the largest of them); else 256 (last
-  block padded)."""
+  else the largest power of two in [64, 256] that divides n; else of the
+  divisors of n in [64, 256] those with the most factors of two (counted up
+  to 16), the largest of them; else 256 (last block padded)."""
   if n <= 256:
     return n
   divisors = [b for b in range(64, 257) if n % b == 0]
+  powers = [b for b in divisors if b & (b - 1) == 0]
+  if powers:
+    return max(powers)
   if not divisors:
     return 256
-  by16 = [b for b in divisors if b % 16 == 0]
-  if by16:
-    return max(by16)
-  twos = {b: next(k for k in range(9) if b % 2 ** (k + 1)) for b in divisors}
+  twos = {b: min(next(k for k in range(9) if b % 2 ** (k + 1)), 4) for b in divisors}
   most = max(twos.values())
   return max(b for b in divisors if twos[b] == most)
 
@@ -138,16 +138,16 @@ def test_power_code_map():
 
 
 def test_block_size_divides_the_axis_when_it_can():
-  # Llama widths (256 | n), the example's 384 / 640 / 2688 (no padding), a
-  # vocabulary of 8000 (160, not 250: a multiple of 16), widths with no
-  # divisor that is a multiple of 16 (1000, 600, 1800, 3375), a prime
-  # (padded), and shorter axes (whole).
+  # Llama widths (256 | n), the example's 384 / 640 / 2688 (no padding; a
+  # power of two), a vocabulary of 8000 (64, not 250), widths with no
+  # power-of-two divisor in range (1000, 600, 1800, 3375), a prime (padded),
+  # and shorter axes (whole).
   widths = (4096, 11008, 32000, 384, 640, 2688, 8000, 2752, 600, 1000, 1800, 3375, 1031, 100,
             256, 257, 12289)
   for n in widths:
     assert quantize.block_size(n) == reference_block(n), n
   assert [quantize.block_size(n) for n in (384, 640, 2688, 8000, 1000, 3375, 1031)] == [
-      192, 160, 224, 160, 200, 225, 256]
+      128, 128, 128, 64, 200, 225, 256]
 
 
 @pytest.mark.parametrize("n", [256, 192, 160, 250, 200, 225, 125, 100, 251, 17, 7])
