@@ -67,7 +67,16 @@ bitcast, subtract: the same codes) instead of a round and a saturating float-to-
 (that convert cost as much as the two square roots: the codes of a [32000, 384] leaf 4.7 -> \
 2.9 ms; 0.82x -> 0.96x); the codes as `a * g + b * k**4` with per-block factors instead of \
 forming `m`, dividing by its maximum and multiplying by 127 (three multiplies per element \
-fewer; the codes' pass -12-16 %; 0.96x -> 1.00x, 102M 0.91x -> 0.97x). What is left is \
+fewer; the codes' pass -12-16 %; 0.96x -> 1.00x, 102M 0.91x -> 0.97x); power-of-two \
+blocks (commit 5a5111a; found on a 2-core AVX-512 Xeon, where the update at 35M was 0.49x): \
+every pass over the codes multiplies each element by its block's factor, and for a block of 192 \
+in a 384-wide row LLVM rewrote the block index as a compare and loaded each vector lane's factor \
+on its own (a scalarised gather; the optimized LLVM IR of the fusion shows eight scalar loads per \
+vector), where for 64, 128 or 256 the index is a shift and one factor is splatted over the vector. \
+Blocks of 128 for 384- and 640-wide leaves, and 64 for the 11M tree's 8000-wide `lm_head` (was \
+250, not even a multiple of the vector width: that leaf's update 9.8 -> 3.3 ms), took that Xeon \
+from 0.66x / 0.49x / 0.86x to 0.87x / 0.90x / 0.89x at 11M / 35M / 102M (40-60 pairs each, \
+ad hoc, one after another). What is left is \
 compute: without the two square roots (wrong codes, timed only, before the last step) 11M / \
 35M / 102M went 0.77x / 0.93x / 0.91x -> 0.84x / 1.00x / 1.05x, and a polynomial fourth root \
 would take more vector operations than the two square roots it replaces (counted, not built). At 11M the leaves (65 k to \

@@ -3,8 +3,8 @@
 With ``v`` cut to one value per block, Adam-mini's state is almost all first
 moment ``m``. ``mu_dtype=jnp.int8`` stores it as one int8 code per element
 (the parameter's shape, so it shards like the parameter) plus one float32
-scale per block of consecutive elements of the last axis (256, or a
-divisor of the axis near it: :func:`block_size`): about 1.02 bytes per
+scale per block of consecutive elements of the last axis (256, 128 or 64
+where one divides the axis: :func:`block_size`): 1.02-1.06 bytes per
 parameter, an eighth of ``optax.adamw``'s 8.
 
 A block's elements are divided by the block's absolute maximum (its scale)
