@@ -86,11 +86,10 @@ us, int8 m 51 us), dropping the maxima pass (constant scales: wrong, timed only)
 and dropping the square roots 50 us: about half of the gap there is the maxima pass, the rest \
 the codes pass and the small per-leaf instructions (23 in the compiled update against float \
 m's 17 and AdamW's 12). Tried and dropped: nearest-value rounding for the power map (a \
-midpoint compare: \
-1.8x the quantize cost for an error equal to three digits), e4m3-style codes from the \
-exponent bits (half the power map's quantize cost, twice its error), a float8 convert (slower \
-than the power map), `optimization_barrier` to keep the codes (XLA:CPU expands it before \
-fusion), every pass written on the blocked view `[..., blocks, block]` (0.96x -> 0.67x at \
+midpoint compare: 1.8x the quantize cost for an error equal to three digits), e4m3-style codes \
+from the exponent bits (half the power map's quantize cost, twice its error), a float8 convert \
+(slower than the power map), `optimization_barrier` to keep the codes (XLA:CPU expands it \
+before fusion), every pass written on the blocked view `[..., blocks, block]` (0.96x -> 0.67x at \
 35M), the block maxima reduced across rows first or by pairwise halving (1.4-10x \
 slower than the two-stage row maximum), the per-block factors folded into the maxima's pass \
 too (slower), writing the new `m` out for leaves under 3 M elements (11M: 0.75x -> 0.42x).\
