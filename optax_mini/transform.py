@@ -608,6 +608,14 @@ def scale_by_adam_mini(
       quantized = isinstance(mu, quantize_lib.QuantizedMoment)
       if int8 and not quantized:
         _check_small_mu(path, g, mu, shard)
+      if quantized and not int8:
+        raise ValueError(
+            f"{blocks_lib.path_str(path)}: shape {tuple(jnp.shape(g))}: the state's m is "
+            f"block-quantized (mu_dtype=int8, the {mu.code!r} code map), but this transform "
+            f"has mu_dtype={None if mu_dtype is None else jnp.dtype(mu_dtype)}: the state was "
+            "made by a transform with another mu_dtype. Use mu_dtype=jnp.int8 with this "
+            "state, or re-create it with this transform's init."
+        )
       if quantized and mu.code != mu_code:
         raise ValueError(
             f"{blocks_lib.path_str(path)}: shape {tuple(jnp.shape(g))}: the state's m is "

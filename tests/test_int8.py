@@ -357,6 +357,15 @@ def test_float_state_under_int8_transform_is_refused():
     tx.update(tree(1), float_state, params)
 
 
+@pytest.mark.parametrize("mu_dtype", [None, jnp.bfloat16])
+def test_int8_state_under_float_transform_is_refused(mu_dtype):
+  params = tree(0)
+  int8_state = optax_mini.scale_by_adam_mini(mu_dtype=jnp.int8, head_dim=16).init(params)
+  tx = optax_mini.scale_by_adam_mini(mu_dtype=mu_dtype, head_dim=16)
+  with pytest.raises(ValueError, match=r"\['embed_tokens'\]\['embedding'\].*block-quantized.*mu_dtype"):
+    tx.update(tree(1), int8_state, params)
+
+
 def test_bfloat16_parameters_keep_their_dtype_and_float32_arithmetic():
   """bf16 parameters and gradients: the codes and scales are those of the same
   (exactly representable) values in float32, and the update is that update
