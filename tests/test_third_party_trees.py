@@ -188,6 +188,13 @@ LIVE = {
     "gemma": ("gemma", "record_gemma"),
     "maxtext": ("maxtext", "record_maxtext"),
 }
+# Why a user's environment may lack each library (the skip reason says it).
+NEEDS = {
+    "transformers": "transformers 4.x (5 dropped Flax) pinned with jax and flax",
+    "keras_hub": "keras-hub installed without its TensorFlow dependency",
+    "gemma": "Python >= 3.12 and a pinned environment",
+    "maxtext": "Python >= 3.12 and a pinned environment",
+}
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
@@ -199,8 +206,8 @@ def test_live_library_builds_the_recorded_tree(fixture, monkeypatch):
     monkeypatch.setenv("KERAS_BACKEND", "jax")
   pytest.importorskip(
       package,
-      reason=f"{package} is not installed (gemma 4.x and maxtext need Python >= 3.12 and a pinned "
-      f"environment: see third_party/{recorder}.py); the recorded fixture stands in for it",
+      reason=f"{package} is not installed (it needs {NEEDS[package]}: see "
+      f"tests/third_party/{recorder}.py); the recorded fixture stands in for it",
   )
   monkeypatch.syspath_prepend(str(HERE))
   module = importlib.import_module(recorder)
