@@ -40,8 +40,9 @@ was, and its update runs about 3x as fast on CPU (``benchmarks/RESULTS.md``
 sections 3 and 5; the README's "An 8-bit first moment").
 
 Leaves with fewer than :data:`MIN_QUANTIZED_SIZE` elements (norm scales,
-biases) and complex leaves keep a float32 (complex64) ``m``: they are a
-negligible share of the state.
+biases; for a layer-stacked leaf, per layer: :func:`is_quantized`) and
+complex leaves keep a float32 (complex64) ``m``: they are a negligible share
+of the state.
 """
 
 from __future__ import annotations
@@ -234,11 +235,33 @@ def _twos(b: int) -> int:
   return (b & -b).bit_length() - 1
 
 
-def is_quantized(shape: tuple[int, ...], dtype: Any) -> bool:
-  """Whether ``mu_dtype=int8`` quantizes a leaf of this shape and dtype."""
+def is_quantized(shape: tuple[int, ...], dtype: Any, stack_axes: tuple[int, ...] = ()) -> bool:
+  """Whether ``mu_dtype=int8`` quantizes a leaf of this shape and dtype.
+
+  A real leaf of at least :data:`MIN_QUANTIZED_SIZE` elements is quantized.
+  A layer-stacked leaf (``stack_axes``, from ``BlockRules(stacked=)``) is
+  judged as its unstacked model would be, one layer at a time: a stack of
+  norm scales (MaxText's ``[embed, layers]``) keeps a float32 ``m`` as each
+  layer's ``[embed]`` would. A leaf whose last axis is a stack axis also
+  keeps a float32 ``m``: a block along it would mix layers.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_mini import quantize
+    >>> quantize.is_quantized((2304, 13), jnp.float32)
+    True
+    >>> quantize.is_quantized((2304, 13), jnp.float32, stack_axes=(1,))
+    False
+    >>> quantize.is_quantized((2304, 13, 8, 256), jnp.float32, stack_axes=(1,))
+    True
+  """
+  ndim = len(shape)
+  stack = {axis % ndim for axis in stack_axes} if ndim else set()
+  per_layer = math.prod(size for axis, size in enumerate(shape) if axis not in stack)
   return (
-      len(shape) >= 1
-      and math.prod(shape) >= MIN_QUANTIZED_SIZE
+      ndim >= 1
+      and ndim - 1 not in stack
+      and per_layer >= MIN_QUANTIZED_SIZE
       and jnp.issubdtype(dtype, jnp.floating)
   )
 

@@ -112,14 +112,20 @@ class _Shard(NamedTuple):
   global_shape: tuple[int, ...]
   offsets: tuple[Any, ...] | None  # traced start along each axis, or None
   block: int  # quantization block along the last axis (the global leaf's)
+  quantized: bool  # mu_dtype=int8 quantizes this leaf (quantize.is_quantized)
 
 
-def _shard_of(shape: tuple[int, ...], pspec: Any, where: str) -> _Shard:
+def _shard_of(
+    shape: tuple[int, ...], dtype: Any, stack_axes: tuple[int, ...], pspec: Any, where: str
+) -> _Shard:
   entries = tuple(pspec) if pspec is not None else ()
   entries = entries + (None,) * (len(shape) - len(entries))
   names = [() if e is None else ((e,) if isinstance(e, str) else tuple(e)) for e in entries]
   if not any(names) or not _axes_bound(tuple(n for group in names for n in group)):
-    return _Shard(tuple(shape), None, quantize_lib.block_size(shape[-1]) if shape else 1)
+    return _Shard(
+        tuple(shape), None, quantize_lib.block_size(shape[-1]) if shape else 1,
+        quantize_lib.is_quantized(tuple(shape), dtype, stack_axes),
+    )
   global_shape, offsets = [], []
   for size, group in zip(shape, names):
     count, index = 1, jnp.zeros([], jnp.int32)
@@ -129,14 +135,15 @@ def _shard_of(shape: tuple[int, ...], pspec: Any, where: str) -> _Shard:
     global_shape.append(size * count)
     offsets.append(index * size)
   block = quantize_lib.block_size(global_shape[-1])
-  if shape[-1] % block and quantize_lib.is_quantized(tuple(global_shape), jnp.float32):
+  quantized = quantize_lib.is_quantized(tuple(global_shape), dtype, stack_axes)
+  if shape[-1] % block and quantized:
     raise ValueError(
         f"{where}: partition spec {pspec} splits the last axis of this "
         f"{tuple(global_shape)} leaf into shards of {shape[-1]}, which is not a multiple of "
         f"mu_dtype=int8's quantization block ({block}): the shards' blocks would differ from "
         f"the global leaf's. Shard the last axis into multiples of {block} (or shard another axis)."
     )
-  return _Shard(tuple(global_shape), tuple(offsets), block)
+  return _Shard(tuple(global_shape), tuple(offsets), block, quantized)
 
 
 def _mu_zeros(leaf: Any, mu_dtype: Any, mu_code: str, shard: _Shard) -> Any:
@@ -144,7 +151,7 @@ def _mu_zeros(leaf: Any, mu_dtype: Any, mu_code: str, shard: _Shard) -> Any:
   for int8, quantized codes and block scales, or float32 for a small leaf."""
   if not _is_int8(mu_dtype):
     return jnp.zeros_like(leaf, dtype=mu_dtype)
-  if not quantize_lib.is_quantized(shard.global_shape, leaf.dtype):
+  if not shard.quantized:
     return jnp.zeros_like(leaf, dtype=_compute_dtype(leaf.dtype))
   # The scales' shape and sharding from eval_shape of the quantization
   # itself, as v's from its reduction (sharding in types).
@@ -533,8 +540,10 @@ def scale_by_adam_mini(
           for spec, shape, pspec, path in zip(specs, shapes, pspecs, paths)
       ]
     shards = [
-        _shard_of(shape, pspec, blocks_lib.path_str(path)) if int8 else None
-        for shape, pspec, path in zip(shapes, pspecs, paths)
+        _shard_of(shape, leaf.dtype, spec.stack_axes, pspec, blocks_lib.path_str(path))
+        if int8
+        else None
+        for shape, leaf, spec, pspec, path in zip(shapes, leaves, specs, pspecs, paths)
     ]
     return treedef, paths, leaves, layouts, mesh_axes, shards
 
@@ -670,7 +679,7 @@ def _split_static(**hyper: Any) -> tuple[tuple[tuple[str, float], ...], dict[str
 
 
 def _check_small_mu(path, g, mu, shard: _Shard) -> None:
-  if quantize_lib.is_quantized(shard.global_shape, jnp.result_type(g)):
+  if shard.quantized:
     raise ValueError(
         f"{blocks_lib.path_str(path)}: shape {tuple(jnp.shape(g))} is quantized with "
         f"mu_dtype=int8, but the state's mu is a plain {jnp.result_type(mu)} array: the state "

@@ -229,6 +229,74 @@ def test_state_layout():
   assert mu["small"]["kernel"].dtype == jnp.float32 and mu["norm"]["scale"].dtype == jnp.float32
 
 
+# A MaxText-style stack of L = 3 layers on axis 1 (``param_scan_axis=1``):
+# each layer's norm scale has 2048 elements (under 4096, a float32 m
+# unstacked) though the stack has 6144; each query kernel 2048 x 2 x 32.
+STACKED = {
+    "decoder": {"layers": {
+        "pre_norm": {"scale": (2048, 3)},
+        "self_attention": {"query": {"kernel": (2048, 3, 2, 32)}},
+        "mlp": {"wo": {"kernel": (128, 3, 2048)}},
+    }},
+}
+
+
+def _unstack(params, layers=3):
+  """The same model with its layers as separate leaves (the stack axis 1 removed)."""
+  stacked = params["decoder"]["layers"]
+  return {"decoder": {"layers": {
+      str(i): jax.tree.map(lambda x, i=i: jnp.take(x, i, axis=1), stacked) for i in range(layers)
+  }}}
+
+
+def test_stacked_leaves_are_quantized_as_their_layers_are():
+  """A layer-stacked tree gets the first moment its unstacked twin gets, layer
+  by layer: a stack of small norm scales keeps a float32 m (each layer's is
+  under 4096 elements), the kernels are quantized with the twin's blocks, and
+  one update gives the twin's numbers."""
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32), STACKED,
+                        is_leaf=lambda x: isinstance(x, tuple))
+  grads = jax.tree.map(lambda x: x * 1e-3 + 1e-4, params)
+  stacked_tx = optax_mini.scale_by_adam_mini(
+      mu_dtype=jnp.int8, head_dim=32, blocks=optax_mini.BlockRules(stacked={"decoder/layers": 1}))
+  twin_tx = optax_mini.scale_by_adam_mini(mu_dtype=jnp.int8, head_dim=32)
+  state = stacked_tx.init(params)
+  twin_state = twin_tx.init(_unstack(params))
+  layers = state.mu["decoder"]["layers"]
+  assert not isinstance(layers["pre_norm"]["scale"], quantize.QuantizedMoment)
+  assert layers["pre_norm"]["scale"].dtype == jnp.float32
+  for name, twin_block in (("self_attention", 32), ("mlp", 256)):
+    leaf = jax.tree.leaves(layers[name], is_leaf=lambda x: isinstance(x, quantize.QuantizedMoment))[0]
+    assert isinstance(leaf, quantize.QuantizedMoment), name
+    assert leaf.codes.shape[-1] // leaf.scales.shape[-1] == twin_block == reference_block(leaf.codes.shape[-1])
+  # Same bytes as the twin (whose layers were never stacked), and the report says so.
+  nbytes = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(t))  # noqa: E731
+  assert nbytes(state.mu) == nbytes(twin_state.mu)
+  report = optax_mini.explain(params, head_dim=32, mu_dtype=jnp.int8,
+                              blocks=optax_mini.BlockRules(stacked={"decoder/layers": 1}))
+  assert report.adam_mini_mu_dtype_bytes == nbytes(jax.eval_shape(stacked_tx.init, params))
+  for step in range(2):
+    updates, state = stacked_tx.update(grads, state)
+    twin_updates, twin_state = twin_tx.update(_unstack(grads), twin_state)
+    # m does not depend on v: the codes are the twin's, bit for bit; the
+    # updates to float32 rounding (v's sums run in another order).
+    for got, want in zip(jax.tree.leaves(_unstack(state.mu)), jax.tree.leaves(twin_state.mu), strict=True):
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f"step {step}")
+    for got, want in zip(jax.tree.leaves(_unstack(updates)), jax.tree.leaves(twin_updates), strict=True):
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6, err_msg=f"step {step}")
+
+
+def test_a_stack_axis_last_keeps_a_float32_mu():
+  # A block along the stack axis would mix layers: that leaf keeps float32 m.
+  params = {"layers": {"mlp": {"kernel": jnp.ones((64, 128, 4))}}}
+  tx = optax_mini.scale_by_adam_mini(
+      mu_dtype=jnp.int8, head_dim=32, blocks=optax_mini.BlockRules(stacked={"layers": -1}))
+  mu = tx.init(params).mu["layers"]["mlp"]["kernel"]
+  assert not isinstance(mu, quantize.QuantizedMoment) and mu.dtype == jnp.float32
+  assert quantize.is_quantized((64, 128, 4), jnp.float32)  # unstacked, it would be
+
+
 def _at(path, tree):
   return functools.reduce(lambda x, k: x[k.key], path, tree)
 
