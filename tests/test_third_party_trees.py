@@ -167,6 +167,41 @@ def test_every_leaf_gets_the_official_blocks(fixture):
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
+def test_int8_first_moment_on_every_tree(fixture):
+  """``mu_dtype=jnp.int8`` on the real trees: each leaf's m takes the bytes
+  the documented rule gives (1 byte per element plus a float32 scale per
+  block along the last axis if one layer's slice has >= 4096 elements and the
+  last axis is not the layer axis, else float32), and a real-size model's
+  state is at most 0.13x a float32 AdamW's (0.26x with bfloat16 parameters,
+  whose AdamW state is bfloat16)."""
+  from tests.test_int8 import reference_block
+
+  record = load(fixture)
+  tree = rebuild(record)
+  kwargs = what_the_user_passes(record)
+  layer_axis = record["config"].get("layer_axis")
+  want = 0
+  for leaf in record["leaves"]:
+    shape, path = tuple(leaf["shape"]), "/".join(map(str, leaf["path"]))
+    stacked = any(path.startswith(prefix + "/") for prefix in record.get("stacked", {}))
+    per_layer = math.prod(shape) // (shape[layer_axis] if stacked else 1)
+    last_is_layer = stacked and layer_axis % len(shape) == len(shape) - 1
+    if per_layer >= 4096 and not last_is_layer:
+      n, last = math.prod(shape), shape[-1]
+      want += n + 4 * (n // last) * -(-last // reference_block(last))
+    else:
+      want += 4 * math.prod(shape)
+  tx = optax_mini.adam_mini(1e-3, mu_dtype=jnp.int8, **kwargs)
+  state = jax.eval_shape(tx.init, tree)
+  mu = next(s.mu for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "mu")) if hasattr(s, "mu"))
+  assert sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(mu)) == want
+  report = optax_mini.explain(tree, mu_dtype=jnp.int8, **kwargs)
+  if report.num_params >= 10_000_000:
+    bf16 = {leaf["dtype"] for leaf in record["leaves"]} == {"bfloat16"}
+    assert report.adam_mini_mu_dtype_bytes / report.adamw_bytes <= (0.26 if bf16 else 0.13)
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
 def test_fixture_matches_its_config(fixture):
   # The recorded tree is the config's model: parameter count from the config.
   record = load(fixture)
