@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 
 import pytest
 
@@ -42,8 +43,10 @@ def test_quickstart_runs(monkeypatch):
   assert "v entries" in text
   assert "Adam-mini" in text and "AdamW" in text  # the comparison table
   assert "Llama-2-7B" in text and "0.500x" in text  # 7B: half of AdamW's state
+  assert "'Adam-mini, int8 m': '0.127x'" in text  # 7B: an eighth, with an 8-bit m
+  assert re.search(r"Adam-mini, int8 m +held-out \d", text)  # the int8 run trained and reported
   images = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs if "image/png" in out.get("data", {})]
-  assert len(images) >= 2  # loss curves and the memory bar chart
+  assert len(images) >= 3  # loss curves, the memory bar chart, float32 m vs int8 m
 
 
 YOUR_MODEL = NOTEBOOK.parent / "your_model.ipynb"
