@@ -7,11 +7,13 @@ the parameter's shape); for Adam-mini's ``v`` it is not: its
 ``out_sharding`` would name the parameter's axes, and Flax's eager sharding
 (and ``nnx.get_partition_spec``) would apply a spec of the wrong rank. Here
 each ``v`` Variable gets the names of the axes it keeps instead, the same
-spec :func:`optax_mini.state_shardings` gives.
+spec :func:`optax_mini.state_shardings` gives; likewise the block scales of
+an int8 ``m`` (:func:`describe_block_scales`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,3 +61,51 @@ def describe_kept_axes(
         metadata[key] = _kept(metadata[key], axes, ndim)
     out.append(type(leaf)(leaf.get_value(), **metadata))
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _scales_names(names: Any, num_blocks: int, mesh: Any, ndim: int) -> Any:
+  if isinstance(names, NamedSharding):
+    return NamedSharding(names.mesh, _scales_names(names.spec, num_blocks, names.mesh, ndim))
+  entries = tuple(names) + (None,) * (ndim - len(tuple(names)))
+  last = entries[-1]
+  if last is not None:
+    axes = (last,) if isinstance(last, str) else tuple(last)
+    sizes = dict(getattr(mesh, "shape", {}) or {})
+    if not all(a in sizes for a in axes) or num_blocks % math.prod(sizes[a] for a in axes):
+      entries = entries[:-1] + (None,)
+  return PartitionSpec(*entries) if isinstance(names, PartitionSpec) else entries
+
+
+def describe_quantized(tree: Any) -> Any:
+  """Moves the ``Variable`` that wraps each int8 ``m``
+  (:class:`~optax_mini.quantize.QuantizedMoment`) onto its two arrays, each
+  with its own sharding names.
+
+  Rebuilt in its parameter's ``Variable``, a quantized ``m`` would be placed
+  with the parameter's spec as a whole: right for the codes (the parameter's
+  shape), wrong for the scales ``[..., num_blocks]`` (a ``[512, 256]``
+  embedding sharded ``("tp", "fsdp")`` has scales ``[512, 1]``, which cannot
+  be split 4 ways). The scales keep the leading axes' names; their last
+  (blocks) axis keeps its name only where the mesh splits it into whole
+  blocks, as :func:`optax_mini.state_shardings` places them. Trees without
+  Variables are returned as they are.
+  """
+  from optax_mini import quantize  # noqa: PLC0415 (quantize does not import this module)
+
+  def move(leaf):
+    if not _is_variable(leaf) or not isinstance(leaf.get_value(), quantize.QuantizedMoment):
+      return leaf
+    moment = leaf.get_value()
+    metadata = leaf.get_metadata()
+    scales_metadata = dict(metadata)
+    ndim, num_blocks = moment.scales.ndim, moment.scales.shape[-1]
+    mesh = metadata.get("mesh") or jax.sharding.get_abstract_mesh()
+    for key in ("out_sharding", "optimizer_sharding"):
+      if metadata.get(key) is not None:
+        scales_metadata[key] = _scales_names(metadata[key], num_blocks, mesh, ndim)
+    return moment._replace(  # noqa: SLF001
+        codes=type(leaf)(moment.codes, **metadata),
+        scales=type(leaf)(moment.scales, **scales_metadata),
+    )
+
+  return jax.tree_util.tree_map(move, tree, is_leaf=_is_variable)

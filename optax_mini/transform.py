@@ -561,7 +561,7 @@ def scale_by_adam_mini(
     )
     return ScaleByAdamMiniState(
         count=jnp.zeros([], jnp.int32),
-        mu=jax.tree_util.tree_unflatten(treedef, mu),
+        mu=_flax.describe_quantized(jax.tree_util.tree_unflatten(treedef, mu)),
         nu=nu,
     )
 

@@ -11,6 +11,7 @@ virtual CPU devices (the root conftest).
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -29,14 +30,14 @@ def annotated(names):
 
 
 class Block(nnx.Module):
-  def __init__(self, rngs: nnx.Rngs):
-    self.embed = nnx.Embed(VOCAB, DIM, embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("tp", "fsdp")), rngs=rngs)
-    self.q_proj = nnx.Linear(DIM, HEADS * HEAD_DIM, use_bias=False, kernel_init=annotated(("fsdp", "tp")), rngs=rngs)
-    self.v_proj = nnx.Linear(DIM, HEADS * HEAD_DIM, use_bias=False, kernel_init=annotated(("fsdp", "tp")), rngs=rngs)
-    self.o_proj = nnx.Linear(HEADS * HEAD_DIM, DIM, kernel_init=annotated(("tp", "fsdp")),
+  def __init__(self, rngs: nnx.Rngs, dim=DIM, heads=HEADS, head_dim=HEAD_DIM, vocab=VOCAB):
+    self.embed = nnx.Embed(vocab, dim, embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("tp", "fsdp")), rngs=rngs)
+    self.q_proj = nnx.Linear(dim, heads * head_dim, use_bias=False, kernel_init=annotated(("fsdp", "tp")), rngs=rngs)
+    self.v_proj = nnx.Linear(dim, heads * head_dim, use_bias=False, kernel_init=annotated(("fsdp", "tp")), rngs=rngs)
+    self.o_proj = nnx.Linear(heads * head_dim, dim, kernel_init=annotated(("tp", "fsdp")),
                              bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("fsdp",)), rngs=rngs)
-    self.norm = nnx.RMSNorm(DIM, scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("fsdp",)), rngs=rngs)
-    self.lm_head = nnx.Linear(DIM, VOCAB, use_bias=False, kernel_init=annotated(("fsdp", "tp")), rngs=rngs)
+    self.norm = nnx.RMSNorm(dim, scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("fsdp",)), rngs=rngs)
+    self.lm_head = nnx.Linear(dim, vocab, use_bias=False, kernel_init=annotated(("fsdp", "tp")), rngs=rngs)
 
   def __call__(self, tokens):
     x = self.embed(tokens)
@@ -46,6 +47,17 @@ class Block(nnx.Module):
 
 def make_tx():
   return optax_mini.adam_mini(1e-2, b2=0.95, weight_decay=0.1, head_dim=HEAD_DIM)
+
+
+# With an int8 m: leaves of >= 4096 elements are quantized, so a wider block.
+# The scales of embed [512, 256] and q/v/o [256, 256] have one block per row
+# (their last axis cannot be split over the mesh); lm_head [256, 512] has two,
+# split over tp.
+INT8_SIZES = {"dim": 256, "heads": 4, "head_dim": 64, "vocab": 512}
+
+
+def make_int8_tx():
+  return optax_mini.adam_mini(1e-2, b2=0.95, weight_decay=0.1, head_dim=64, mu_dtype=jnp.int8)
 
 
 def batches():
@@ -70,10 +82,10 @@ def train(model, optimizer, shard_batch=lambda b: b):
   return model, optimizer
 
 
-def one_device():
+def one_device(make=make_tx, sizes=None):
   with nnx.use_eager_sharding(False):  # the same model, its annotations unapplied
-    model = Block(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, make_tx(), wrt=nnx.Param)
+    model = Block(nnx.Rngs(0), **(sizes or {}))
+    optimizer = nnx.Optimizer(model, make(), wrt=nnx.Param)
     return train(model, optimizer)
 
 
@@ -153,3 +165,78 @@ def test_unannotated_models_keep_plain_metadata():
   v = optimizer.opt_state[0].nu["kernel"]
   assert v.get_value().shape == (HEADS * HEAD_DIM,)  # one per output neuron
   assert v.get_metadata().get("out_sharding") is None
+
+
+def scales_specs(optimizer):
+  """Each int8 m's scales: (shape, the spec they are placed with, their
+  Variable's sharding names)."""
+  mu = optimizer.opt_state[0].mu
+  out = {}
+  for path, q in jax.tree_util.tree_flatten_with_path(
+      mu, is_leaf=lambda x: isinstance(x, optax_mini.quantize.QuantizedMoment))[0]:
+    if isinstance(q, optax_mini.quantize.QuantizedMoment):
+      value = q.scales.get_value()
+      names = q.scales.get_metadata().get("out_sharding")
+      out[jax.tree_util.keystr(path)] = (value.shape, padded(value.sharding.spec, 2), names)
+      codes = q.codes.get_value()
+      assert padded(codes.sharding.spec, 2) == q.codes.get_metadata()["out_sharding"], path
+  assert len(out) == 5  # embed, q/v/o_proj, lm_head; the norm scale and the bias keep float32 m
+  return out
+
+
+def train_int8_and_compare_with_one_device(mesh, model, optimizer):
+  """Trains on the mesh and on one device. The sharded matmuls sum the
+  gradients in another order (float32 rounding); the power map resolves
+  momenta near 0 to a millionth of the block's maximum, so such differences
+  move some small codes (a few per 10,000 here) and the runs drift apart by
+  a fraction of a step. (With the same gradients, a sharded int8 update is
+  bit-identical to one device's: tests/test_int8.py.)"""
+  before = scales_specs(optimizer)
+  shard = lambda b: jax.device_put(b, NamedSharding(mesh, PartitionSpec("fsdp")))  # noqa: E731
+  model, optimizer = train(model, optimizer, shard)
+  assert scales_specs(optimizer) == before  # placement survives the updates
+  ref_model, ref_optimizer = one_device(make_int8_tx, INT8_SIZES)
+  assert_close(nnx.state(model, nnx.Param), nnx.state(ref_model, nnx.Param), rtol=2e-2)
+  codes = [(np.asarray(a), np.asarray(b)) for a, b in zip(
+      jax.tree.leaves(nnx.state(optimizer)), jax.tree.leaves(nnx.state(ref_optimizer)), strict=True)
+      if np.asarray(b).dtype == np.int8]
+  assert len(codes) == 5
+  differ = sum(int(np.sum(a != b)) for a, b in codes) / sum(b.size for _, b in codes)
+  assert differ < 1e-3, differ
+
+
+def test_eager_sharding_recipe_with_int8_mu():
+  # Raised at nnx.Optimizer creation before: each scales array took its
+  # parameter's spec, and [512, 1] cannot be split 4 ways.
+  mesh = jax.make_mesh((4, 2), ("fsdp", "tp"), axis_types=(AxisType.Auto,) * 2)
+  with jax.set_mesh(mesh), nnx.use_eager_sharding(True):
+    model = Block(nnx.Rngs(0), **INT8_SIZES)
+    optimizer = nnx.Optimizer(model, make_int8_tx(), wrt=nnx.Param)
+    got = scales_specs(optimizer)
+    assert got["['embed']['embedding']"] == ((512, 1), ("tp", None), ("tp", None))
+    assert got["['q_proj']['kernel']"] == ((256, 1), ("fsdp", None), ("fsdp", None))
+    assert got["['lm_head']['kernel']"] == ((256, 2), ("fsdp", "tp"), ("fsdp", "tp"))
+    # What state_shardings says for the same parameters.
+    want = optax_mini.state_shardings(make_int8_tx(), nnx.to_pure_dict(nnx.state(model, nnx.Param)))[0].mu
+    for name in ("embed", "q_proj", "lm_head"):
+      leaf = jax.tree.leaves(want[name], is_leaf=lambda x: isinstance(x, optax_mini.quantize.QuantizedMoment))[0]
+      key = f"['{name}']['{'embedding' if name == 'embed' else 'kernel'}']"
+      assert padded(leaf.scales.spec, 2) == got[key][1], name
+    train_int8_and_compare_with_one_device(mesh, model, optimizer)
+
+
+def test_with_sharding_constraint_recipe_with_int8_mu():
+  mesh = jax.make_mesh((4, 2), ("fsdp", "tp"), axis_types=(AxisType.Auto,) * 2)
+
+  @nnx.jit
+  def create():
+    model = Block(nnx.Rngs(0), **INT8_SIZES)
+    optimizer = nnx.Optimizer(model, make_int8_tx(), wrt=nnx.Param)
+    state = nnx.state((model, optimizer))
+    nnx.update((model, optimizer), jax.lax.with_sharding_constraint(state, nnx.get_partition_spec(state)))
+    return model, optimizer
+
+  with jax.set_mesh(mesh):
+    model, optimizer = create()
+    assert scales_specs(optimizer)["['embed']['embedding']"][1] == ("tp", None)
+    train_int8_and_compare_with_one_device(mesh, model, optimizer)
