@@ -266,10 +266,34 @@ def is_quantized(shape: tuple[int, ...], dtype: Any, stack_axes: tuple[int, ...]
   )
 
 
+def _whole_blocks(x: jax.Array, block: int) -> jax.Array:
+  """``x``, its last axis gathered if ``x`` is sharded in its type
+  (``Explicit`` mesh axes) into shards that split a block.
+
+  A ``[128, 384]`` kernel sharded ``("fsdp", "tp")`` over ``tp = 2`` holds
+  192 columns per device, one and a half blocks of 128: its blocks cannot be
+  a view of the shards (JAX refuses the reshape). Each device then works on
+  whole rows for the block maxima (an all-gather over ``tp`` of this leaf).
+  Shards of whole blocks (the usual case: a last axis split into multiples
+  of 256) keep their sharding.
+  """
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  spec = tuple(getattr(sharding, "spec", None) or ())
+  if len(spec) < x.ndim or spec[x.ndim - 1] is None:
+    return x
+  last = spec[x.ndim - 1]
+  names = (last,) if isinstance(last, str) else tuple(last)
+  shards = math.prod(sharding.mesh.shape[name] for name in names)
+  if (x.shape[-1] // shards) % block == 0:
+    return x
+  return jax.sharding.reshard(x, jax.sharding.PartitionSpec(*spec[: x.ndim - 1], None))
+
+
 def _blocked(x: jax.Array, block: int | None) -> jax.Array:
   """``x`` viewed as ``[..., num_blocks, block]``, the last block zero-padded."""
   n = x.shape[-1]
   block = block or block_size(n)
+  x = _whole_blocks(x, block)
   pad = -n % block
   if pad:
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
