@@ -8,7 +8,7 @@ the parameter's shape); for Adam-mini's ``v`` it is not: its
 (and ``nnx.get_partition_spec``) would apply a spec of the wrong rank. Here
 each ``v`` Variable gets the names of the axes it keeps instead, the same
 spec :func:`optax_mini.state_shardings` gives; likewise the block scales of
-an int8 ``m`` (:func:`describe_block_scales`).
+an int8 ``m`` (:func:`describe_quantized`).
 """
 
 from __future__ import annotations

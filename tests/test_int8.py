@@ -651,14 +651,15 @@ def test_sharded_jit_matches_one_device(axis_type, code):
 
 
 @needs_8
+@pytest.mark.parametrize("code", quantize.CODES)
 @pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
-def test_sharded_jit_splitting_a_block_matches_one_device(axis_type):
+def test_sharded_jit_splitting_a_block_matches_one_device(axis_type, code):
   # 384 columns: blocks of 128; over tp = 2 each device holds 192, one and a
   # half blocks. Under sharding in types the reshape into blocks raised
   # ShardingTypeError (the example's --tp 2 --mu-dtype int8 did); the block
   # maxima now gather the row over tp.
   mesh = jax.make_mesh((4, 2), ("fsdp", "tp"), axis_types=(axis_type, axis_type))
-  tx = optax_mini.adam_mini(1e-2, b2=0.95, mu_dtype=jnp.int8)
+  tx = optax_mini.adam_mini(1e-2, b2=0.95, mu_dtype=jnp.int8, mu_code=code)
   rng = np.random.default_rng(0)
   values = [rng.standard_t(3, size=(32, 384)).astype(np.float32) for _ in range(4)]
   tree = lambda x: {"mlp": {"gate_proj": {"kernel": x}}}  # noqa: E731
