@@ -269,14 +269,16 @@ def your_model_rows() -> list[str]:
     if "dummy" in record["name"]:
       continue
     kwargs = what_the_user_passes(record)
-    report = optax_mini.explain(rebuild(record), **kwargs)
+    report = optax_mini.explain(rebuild(record), mu_dtype=jnp.int8, **kwargs)
     passed = f"`head_dim={kwargs['head_dim']}`"
     if "blocks" in kwargs:
       passed += f", `blocks=BlockRules(stacked={record['stacked']})`"
+    dtypes = {leaf["dtype"] for leaf in record["leaves"]}
+    int8 = report.adam_mini_mu_dtype_bytes / report.adamw_bytes
     rows.append(
         f"| {record['library']} {record['library_version']} | `{record['name']}` "
-        f"| {report.num_params / 1e9:.2f}B | {passed} | {report.num_v:,} "
-        f"| {report.ratio:.3f}x |"
+        f"| {report.num_params / 1e9:.2f}B {'/'.join(sorted(dtypes))} | {passed} | {report.num_v:,} "
+        f"| {report.ratio:.3f}x | {int8:.3f}x |"
     )
   return rows
 
