@@ -304,9 +304,12 @@ def _restore_params(run_dir, step):
   return restored
 
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("mu_dtype", ["float32", "int8"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, mu_dtype):
   flags = [
     *FAST,
+    "--mu-dtype",
+    mu_dtype,
     "--steps",
     "12",
     "--eval-every",
@@ -332,6 +335,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
   assert len(leaves_a) == len(leaves_b) > 20  # params and optimizer state
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  if mu_dtype == "int8":  # the checkpoint holds the codes and their scales
+    assert any(np.asarray(x).dtype == np.int8 for x in leaves_a)
 
 
 def test_resume_refuses_changed_flags_and_fresh_runs_refuse_old_dirs(tmp_path):
