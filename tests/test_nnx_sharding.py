@@ -240,3 +240,84 @@ def test_with_sharding_constraint_recipe_with_int8_mu():
     model, optimizer = create()
     assert scales_specs(optimizer)["['embed']['embedding']"][1] == ("tp", None)
     train_int8_and_compare_with_one_device(mesh, model, optimizer)
+
+
+# Flax's scan-over-layers pattern: layers created under nnx.vmap (a layer axis
+# 0 on every parameter, unsharded), applied with nnx.scan.
+SCAN_DIM, SCAN_MLP, SCAN_LAYERS = 1024, 384, 4
+
+
+class ScanLayer(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.mlp = nnx.Linear(SCAN_DIM, SCAN_MLP, use_bias=False, kernel_init=annotated(("fsdp", "tp")), rngs=rngs)
+    self.norm = nnx.RMSNorm(SCAN_DIM, scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("fsdp",)), rngs=rngs)
+
+
+class ScanModel(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    @nnx.split_rngs(splits=SCAN_LAYERS)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+    def make(rngs):
+      return ScanLayer(rngs)
+
+    self.layers = make(rngs)
+
+  def __call__(self, x):
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+    def apply(layer, x):
+      return x + jnp.tile(jax.nn.gelu(layer.mlp(layer.norm(x))), (1, SCAN_DIM // SCAN_MLP + 1))[:, :SCAN_DIM]
+
+    return apply(self.layers, x)
+
+
+def _scan_tx(mu_dtype):
+  return optax_mini.adam_mini(1e-3, b2=0.95, head_dim=64, mu_dtype=mu_dtype,
+                              blocks=optax_mini.BlockRules(stacked={"layers": 0}))
+
+
+def _scan_train(model, optimizer, shard=lambda x: x):
+  @nnx.jit
+  def step(model, optimizer, x):
+    loss, grads = nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
+    optimizer.update(model, grads)
+    return loss
+
+  rng = np.random.default_rng(0)
+  for _ in range(STEPS):
+    step(model, optimizer, shard(jnp.asarray(rng.standard_normal((8, SCAN_DIM)), jnp.float32)))
+  return model, optimizer
+
+
+@pytest.mark.parametrize("mu_dtype", [None, jnp.int8], ids=["float32", "int8"])
+def test_scanned_layers_with_eager_sharding(mu_dtype):
+  mesh = jax.make_mesh((4, 2), ("fsdp", "tp"), axis_types=(AxisType.Auto,) * 2)
+  with jax.set_mesh(mesh), nnx.use_eager_sharding(True):
+    model = ScanModel(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, _scan_tx(mu_dtype), wrt=nnx.Param)
+    nu = optimizer.opt_state[0].nu["layers"]
+    # One v per layer and output neuron / per layer and norm, the neurons over tp.
+    assert nu["mlp"]["kernel"].get_value().shape == (SCAN_LAYERS, SCAN_MLP)
+    assert padded(nu["mlp"]["kernel"].get_value().sharding.spec, 2) == (None, "tp")
+    assert nu["norm"]["scale"].get_value().shape == (SCAN_LAYERS,)
+    mu = optimizer.opt_state[0].mu["layers"]
+    if mu_dtype is not None:
+      q = mu["mlp"]["kernel"]
+      assert isinstance(q, optax_mini.quantize.QuantizedMoment)
+      assert padded(q.codes.get_value().sharding.spec, 3) == (None, "fsdp", "tp")
+      # 384 = 3 blocks of 128: not split over tp = 2, so the blocks axis is whole.
+      assert q.scales.get_value().shape == (SCAN_LAYERS, SCAN_DIM, 3)
+      assert padded(q.scales.get_value().sharding.spec, 3) == (None, "fsdp", None)
+      # Each layer's norm scale has 1024 elements (the stack 4096): float32 m.
+      assert mu["norm"]["scale"].get_value().dtype == jnp.float32
+    model, optimizer = _scan_train(model, optimizer, lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec("fsdp"))))
+  with nnx.use_eager_sharding(False):
+    ref_model, ref_optimizer = _scan_train(*(lambda m: (m, nnx.Optimizer(m, _scan_tx(mu_dtype), wrt=nnx.Param)))(ScanModel(nnx.Rngs(0))))
+  if mu_dtype is None:
+    assert_close(nnx.state(model, nnx.Param), nnx.state(ref_model, nnx.Param))
+    assert_close(nnx.state(optimizer), nnx.state(ref_optimizer))
+  else:  # as train_int8_and_compare_with_one_device explains
+    assert_close(nnx.state(model, nnx.Param), nnx.state(ref_model, nnx.Param), rtol=2e-2)
+    pairs = [(np.asarray(a), np.asarray(b)) for a, b in zip(
+        jax.tree.leaves(nnx.state(optimizer)), jax.tree.leaves(nnx.state(ref_optimizer)), strict=True)
+        if np.asarray(b).dtype == np.int8]
+    assert len(pairs) == 1 and np.mean(pairs[0][0] != pairs[0][1]) < 1e-3
