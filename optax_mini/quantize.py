@@ -411,7 +411,7 @@ def _dynamic_value(index: jax.Array) -> jax.Array:
   return jnp.where(index == 127, 0.0, value)
 
 
-def _power_codes(q: jax.Array, scaled: bool = False) -> jax.Array:
+def _power_codes(q: jax.Array, scaled: bool = False, dither: jax.Array | None = None) -> jax.Array:
   """The power map's codes (int8, -127..127) of each ``q`` in ``[-1, 1]``:
   ``127 * |q| ** (1 / 4)`` rounded to the nearest integer (half to even),
   with ``q``'s sign. Rounding the fourth root instead of the value moves
@@ -425,14 +425,27 @@ def _power_codes(q: jax.Array, scaled: bool = False) -> jax.Array:
   compiles to a saturating float-to-int8 convert that cost as much as the
   two square roots (``benchmarks/RESULTS.md``, section 3). With
   ``scaled=True``, ``q`` comes multiplied by ``127**4``.
+
+  With a ``dither`` (uniform in ``[0, 1)``, shaped like ``q``) the root is
+  rounded stochastically instead: up with probability its fractional part
+  (``dither - 0.5`` added before the rounding), so the expected code is the
+  root. Nearest rounding cannot follow a momentum that only decays once it
+  is small against its block's maximum: ``round(b1**(1/4) k) = k`` for
+  every code below ``0.5 / (1 - b1**(1/4))`` (19 at ``b1 = 0.9``), so a
+  column that gets no gradient would keep a constant ``m`` while its ``v``
+  decays (``tests/test_int8.py::test_momentum_of_dead_columns_decays``).
   """
   k = jnp.sqrt(jnp.sqrt(jnp.abs(q)))
   if not scaled:
     k = k * 127
+  if dither is not None:
+    k = k + (dither - 0.5)
   # The select keeps the multiply and the add apart: fused into one
   # multiply-add they would round once, and ties could go the other way.
   shifted = jnp.where(q < 0, -k, k) + jnp.float32(_MAGIC)
   bits = jax.lax.bitcast_convert_type(shifted, jnp.int32) - jnp.int32(_MAGIC_BITS)
+  if dither is not None:  # a root a rounding above 127 plus the dither could reach 128
+    bits = jnp.clip(bits, -127, 127)
   return bits.astype(jnp.int8)
 
 
@@ -573,10 +586,8 @@ def quantize(
       index = jnp.round(q)
     codes = jnp.clip(index, -127, 127).astype(jnp.int8)
   elif code == "power":
-    if seed is not None:
-      codes = _power_codes_stochastic(q * 127.0**4, _weyl_uniform(x, seed, global_shape, offsets))
-    else:
-      codes = _power_codes(q)
+    dither = None if seed is None else _weyl_uniform(x, seed, global_shape, offsets)
+    codes = _power_codes(q, dither=dither)
   else:
     codes = (_dynamic_index(q) - 128).astype(jnp.int8)
   return QuantizedMoment(codes, scales, code)
@@ -602,8 +613,8 @@ def _quantized_ema(
   times ``127**4``), whose fourth root is ``127 |q| ** (1 / 4)``: three
   multiplies per element fewer than forming ``m`` and dividing it, 12-16 %
   of the codes' pass on CPU. With a ``seed`` (the update always passes
-  one) the fourth root is rounded stochastically
-  (:func:`_power_codes_stochastic`), else to nearest.
+  one) the fourth root is rounded stochastically (:func:`_power_codes`),
+  else to nearest.
   """
   g = g.astype(jnp.float32)
   n = g.shape[-1]
@@ -617,28 +628,8 @@ def _quantized_ema(
   b = _spread(b1 * q.scales * inverse, n, block)
   k = q.codes.astype(jnp.float32)
   y = a * g + b * (k * k * k * jnp.abs(k))
-  if seed is None:
-    return QuantizedMoment(_power_codes(y, scaled=True), scales, "power")
-  u = _weyl_uniform(g, seed, global_shape, offsets)
-  return QuantizedMoment(_power_codes_stochastic(y, u), scales, "power")
-
-
-def _power_codes_stochastic(y: jax.Array, u: jax.Array) -> jax.Array:
-  """The power map's codes (int8) of ``y = 127**4 q``, the fourth root
-  ``x = 127 |q|**(1/4)`` rounded stochastically: up with probability
-  ``x - floor(x)`` (``u`` uniform in ``[0, 1)``), so the expected code is
-  ``x``.
-
-  Nearest rounding cannot follow a momentum that only decays once it is
-  small against its block's maximum: ``round(b1**(1/4) k) = k`` for every
-  code below ``0.5 / (1 - b1**(1/4))`` (19 at ``b1 = 0.9``), so a column
-  that gets no gradient would keep a constant ``m`` while its ``v`` decays
-  (``tests/test_int8.py::test_momentum_of_dead_columns_decays``).
-  """
-  x = jnp.sqrt(jnp.sqrt(jnp.abs(y))) + (u - 0.5)
-  shifted = jnp.where(y < 0, -x, x) + jnp.float32(_MAGIC)
-  bits = jax.lax.bitcast_convert_type(shifted, jnp.int32) - jnp.int32(_MAGIC_BITS)
-  return jnp.clip(bits, -127, 127).astype(jnp.int8)
+  dither = None if seed is None else _weyl_uniform(g, seed, global_shape, offsets)
+  return QuantizedMoment(_power_codes(y, scaled=True, dither=dither), scales, "power")
 
 
 def _spread(per_block: jax.Array, n: int, block: int | None) -> jax.Array:
