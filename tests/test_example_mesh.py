@@ -33,28 +33,20 @@ def losses(out):
     return np.array([json.loads(line)["train_loss"] for line in f])
 
 
-def test_fsdp_tp_mesh_matches_one_device(tmp_path):
-  one = train.main([*FAST, "--out", str(tmp_path / "one")])
-  mesh = train.main([*FAST, "--out", str(tmp_path / "mesh"), "--fsdp", "4", "--tp", "2"])
+# With int8 m: the tiny preset's MLP is 384 wide (blocks of 128), so over
+# --tp 2 each device holds one and a half blocks (this raised
+# ShardingTypeError before); the scales of such blocks are kept whole.
+@pytest.mark.parametrize("mu_dtype", ["float32", "int8"])
+def test_fsdp_tp_mesh_matches_one_device(tmp_path, mu_dtype):
+  flags = [*FAST, "--mu-dtype", mu_dtype]
+  one = train.main([*flags, "--out", str(tmp_path / "one")])
+  mesh = train.main([*flags, "--out", str(tmp_path / "mesh"), "--fsdp", "4", "--tp", "2"])
   np.testing.assert_allclose(losses(tmp_path / "mesh"), losses(tmp_path / "one"), rtol=1e-4)
   assert abs(mesh["final_eval_loss"] - one["final_eval_loss"]) <= 1e-4 * one["final_eval_loss"]
   assert mesh["opt_state_bytes"] == one["opt_state_bytes"]
   # Sharded state: each device holds about an eighth of it.
   assert mesh["opt_state_bytes_per_device"] <= one["opt_state_bytes"] / 8 * 1.2
   assert mesh["mesh"] == {"fsdp": 4, "tp": 2}
-
-
-def test_fsdp_tp_mesh_with_int8_mu_matches_one_device(tmp_path):
-  # The tiny preset's MLP is 384 wide (blocks of 128): over --tp 2 each device
-  # holds one and a half blocks (this raised ShardingTypeError before).
-  int8 = [*FAST, "--mu-dtype", "int8"]
-  one = train.main([*int8, "--out", str(tmp_path / "one")])
-  mesh = train.main([*int8, "--out", str(tmp_path / "mesh"), "--fsdp", "4", "--tp", "2"])
-  np.testing.assert_allclose(losses(tmp_path / "mesh"), losses(tmp_path / "one"), rtol=1e-4)
-  assert abs(mesh["final_eval_loss"] - one["final_eval_loss"]) <= 1e-4 * one["final_eval_loss"]
-  assert mesh["opt_state_bytes"] == one["opt_state_bytes"]
-  # Codes shard like the parameters; scales of blocks split by tp are kept whole.
-  assert mesh["opt_state_bytes_per_device"] <= one["opt_state_bytes"] / 8 * 1.2
 
 
 def test_resume_onto_another_mesh(tmp_path):

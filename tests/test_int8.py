@@ -671,14 +671,33 @@ def _apply(tx, params, state, grads):
   return optax.apply_updates(params, updates), state
 
 
-def one_device_run(code, steps=3):
-  tx = optax_mini.adam_mini(1e-2, b2=0.95, mu_dtype=jnp.int8, mu_code=code)
-  params = jax.tree.map(jnp.asarray, sharded_tree(0))
+def run_on_one_device(tx, params, grads):
+  """``tx`` over the gradients in ``grads``, one step each, on one device."""
+  params = jax.tree.map(jnp.asarray, params)
   state = tx.init(params)
   step = jax.jit(functools.partial(_apply, tx))
-  for t in range(steps):
-    params, state = step(params, state, jax.tree.map(jnp.asarray, sharded_tree(100 + t)))
+  for g in grads:
+    params, state = step(params, state, jax.tree.map(jnp.asarray, g))
   return params, state
+
+
+def run_on_mesh(tx, mesh, params, grads, shardings):
+  """The same under jit on ``mesh``: parameters and gradients placed with
+  ``shardings``, the state with ``state_shardings``, both donated."""
+  with jax.set_mesh(mesh):
+    params = jax.device_put(params, shardings)
+    state_shardings = optax_mini.state_shardings(tx, params)
+    state = jax.jit(tx.init, out_shardings=state_shardings)(params)
+    step = jax.jit(functools.partial(_apply, tx), out_shardings=(shardings, state_shardings),
+                   donate_argnums=(0, 1))
+    for g in grads:
+      params, state = step(params, state, jax.device_put(g, shardings))
+  return params, state
+
+
+def one_device_run(code, steps=3):
+  tx = optax_mini.adam_mini(1e-2, b2=0.95, mu_dtype=jnp.int8, mu_code=code)
+  return run_on_one_device(tx, sharded_tree(0), [sharded_tree(100 + t) for t in range(steps)])
 
 
 def assert_states_match(a, b, rtol=1e-5):
@@ -706,14 +725,7 @@ def test_sharded_jit_matches_one_device(axis_type, code):
   mesh = jax.make_mesh((4, 2), ("fsdp", "tp"), axis_types=(axis_type, axis_type))
   tx = optax_mini.adam_mini(1e-2, b2=0.95, mu_dtype=jnp.int8, mu_code=code)
   shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), sharded_specs())
-  with jax.set_mesh(mesh):
-    params = jax.device_put(sharded_tree(0), shardings)
-    state_shardings = optax_mini.state_shardings(tx, params)
-    state = jax.jit(tx.init, out_shardings=state_shardings)(params)
-    step = jax.jit(functools.partial(_apply, tx), out_shardings=(shardings, state_shardings),
-                   donate_argnums=(0, 1))
-    for t in range(3):
-      params, state = step(params, state, jax.device_put(sharded_tree(100 + t), shardings))
+  params, state = run_on_mesh(tx, mesh, sharded_tree(0), [sharded_tree(100 + t) for t in range(3)], shardings)
   ref_params, ref_state = one_device_run(code)
   assert_states_match(params, ref_params)
   assert_states_match(state, ref_state)
@@ -739,18 +751,9 @@ def test_sharded_jit_splitting_a_block_matches_one_device(axis_type, code):
   rng = np.random.default_rng(0)
   values = [rng.standard_t(3, size=(32, 384)).astype(np.float32) for _ in range(4)]
   tree = lambda x: {"mlp": {"gate_proj": {"kernel": x}}}  # noqa: E731
-  sharding = NamedSharding(mesh, P("fsdp", "tp"))
-  with jax.set_mesh(mesh):
-    params = jax.device_put(tree(values[0]), sharding)
-    shardings = optax_mini.state_shardings(tx, params)
-    state = jax.jit(tx.init, out_shardings=shardings)(params)
-    step = jax.jit(functools.partial(_apply, tx), out_shardings=(tree(sharding), shardings))
-    for t in range(3):
-      params, state = step(params, state, jax.device_put(tree(values[t + 1]), sharding))
-  ref_params, ref_state = jax.tree.map(jnp.asarray, tree(values[0])), None
-  ref_state = tx.init(ref_params)
-  for t in range(3):
-    ref_params, ref_state = jax.jit(functools.partial(_apply, tx))(ref_params, ref_state, tree(values[t + 1]))
+  params, grads = tree(values[0]), [tree(v) for v in values[1:]]
+  params, state = run_on_mesh(tx, mesh, params, grads, tree(NamedSharding(mesh, P("fsdp", "tp"))))
+  ref_params, ref_state = run_on_one_device(tx, tree(values[0]), grads)
   assert_states_match(params, ref_params)
   assert_states_match(state, ref_state)
   q = state[0].mu["mlp"]["gate_proj"]["kernel"]
