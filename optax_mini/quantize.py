@@ -14,10 +14,12 @@ and each quotient in ``[-1, 1]`` is stored as the index of a value of a
 * ``"dynamic"``: the signed dynamic tree map of Dettmers et al.
   (2022), :func:`dynamic_code_map`: seven decades below the block's maximum,
   resolved linearly within each (1 value in the lowest, 64 in the highest).
-  A quotient is stored as the nearest value, so quantization is
-  deterministic. Momentum values span orders of magnitude within a block
-  (an output neuron's few large entries next to many small ones), which a
+  Momentum values span orders of magnitude within a block (an output
+  neuron's few large entries next to many small ones), which a
   relative-precision map keeps and a linear one rounds to zero.
+  :func:`quantize` stores a quotient as the nearest value; the update rounds
+  stochastically between the two values around it (the power map's dither),
+  for the reason given below.
 * ``"power"``: :func:`power_code_map`, ``sign(k) (|k| / 127) ** 4``: a
   step is about ``4 / |k|`` of the value (3 % at the block's maximum, 11 %
   at a hundredth of it), so it too keeps relative precision over decades;
@@ -29,9 +31,11 @@ and each quotient in ``[-1, 1]`` is stored as the index of a value of a
   Weyl sequence of the element's position and the step, in the state like
   the linear map's bits): nearest rounding cannot follow a momentum that
   only decays once it is small against its block's maximum
-  (``round(b1**(1/4) k) = k`` for codes below 19 at ``b1 = 0.9``), and a
-  column that stops getting gradient kept a constant ``m`` while its ``v``
-  decayed, its update growing without bound.
+  (``round(b1**(1/4) k) = k`` for codes below 19 at ``b1 = 0.9``; on the
+  dynamic map, every value whose step down is over a fifth of it: its three
+  lowest decades and the bottom of the next three), and a column that stops
+  getting gradient kept a constant ``m`` while its ``v`` decayed, its
+  update growing without bound.
 * ``"linear"``: 255 evenly spaced values ``k / 127``, with stochastic
   rounding (unbiased: the expected stored value is exact). The random bits
   are a counter-based hash of the step count, the leaf's index and the
@@ -398,6 +402,49 @@ def _dynamic_index(q: jax.Array) -> jax.Array:
   return jnp.where(a < jnp.float32(c["zero_below"]), 127.0, index)
 
 
+@functools.cache
+def _dynamic_segments() -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+  """The dynamic map's magnitudes as 14 linear segments, for stochastic
+  rounding: ``(starts, slopes, intercepts)``.
+
+  The map's non-negative values in order have ranks -1 (0), 0..126 (the
+  decades) and 127 (1). Between two neighbours the spacing is one decade's
+  step, or the gap from a decade's largest value to the next decade's
+  smallest (from 0 to the smallest; from the largest to 1). Each segment is
+  a run of equal spacing; on it ``rank + fraction = a * slope + intercept``.
+  """
+  c = _decade_constants()
+  smallest = c["base"]
+  largest = [b + (2**d - 1) * s for d, (b, s) in enumerate(zip(c["base"], c["step"]))]
+  # (start, its rank, spacing) of each segment, ascending.
+  segments = [(0.0, -1, smallest[0])]
+  for d in range(_DECADES):
+    if d:  # decade 0 is one value: no grid segment
+      segments.append((smallest[d], 2**d - 1, c["step"][d]))
+    upper = smallest[d + 1] if d + 1 < _DECADES else 1.0
+    segments.append((largest[d], 2 ** (d + 1) - 2, upper - largest[d]))
+  starts = tuple(start for start, _, _ in segments)
+  slopes = tuple(1 / spacing for _, _, spacing in segments)
+  intercepts = tuple(rank - start / spacing for start, rank, spacing in segments)
+  return starts, slopes, intercepts
+
+
+def _dynamic_index_stochastic(q: jax.Array, dither: jax.Array) -> jax.Array:
+  """Index (0..255, as float32) of one of the two dynamic-map values around
+  each ``q`` in ``[-1, 1]``: the one above with probability the fraction of
+  the way ``|q|`` lies from the one below (``dither`` uniform in ``[0, 1)``),
+  so the expected value is ``q`` (but for negatives beyond the largest
+  negative value, ``-0.993``: the map has no ``-1``). 13 compares and 26
+  selects where nearest rounding takes 6 and 18."""
+  starts, slopes, intercepts = _dynamic_segments()
+  a = jnp.abs(q)
+  masks = [a >= jnp.float32(start) for start in starts[1:]]
+  position = a * _select(masks, slopes) + _select(masks, intercepts)
+  rank = jnp.clip(jnp.floor(position + dither), -1, 127)
+  # 1 has no negative: above the largest negative magnitude, -0.993 (index 0).
+  return jnp.where(q >= 0, 128 + rank, jnp.maximum(126 - rank, 0))
+
+
 def _dynamic_value(index: jax.Array) -> jax.Array:
   """The dynamic map's value at ``index`` (0..255, any real dtype), float32."""
   c = _decade_constants()
@@ -542,12 +589,13 @@ def quantize(
   Args:
     x: a real array with at least one axis.
     code: ``"power"`` (the default: :func:`power_code_map`, the fourth
-      root rounded: stochastically if ``seed`` is given, else to nearest),
-      ``"dynamic"`` (nearest value of :func:`dynamic_code_map`) or
-      ``"linear"`` (:func:`linear_code_map`; stochastic rounding if
-      ``seed`` is given, else nearest).
-    seed: uint32 scalar for the power and linear maps' stochastic rounding
-      (the update passes :func:`rounding_seed`).
+      root rounded), ``"dynamic"`` (:func:`dynamic_code_map`) or
+      ``"linear"`` (:func:`linear_code_map`). Each rounds stochastically if
+      ``seed`` is given (the power map its root, the others the value:
+      up with probability the fraction of the way to the next value), else
+      to nearest.
+    seed: uint32 scalar for stochastic rounding (the update passes
+      :func:`rounding_seed`).
     block: the block length (``None``: :func:`block_size` of the last axis).
       A shard of a leaf whose last axis is split passes the global one's.
     global_shape: with ``offsets``, where this shard lies in the global leaf
@@ -588,6 +636,9 @@ def quantize(
   elif code == "power":
     dither = None if seed is None else _weyl_uniform(x, seed, global_shape, offsets)
     codes = _power_codes(q, dither=dither)
+  elif seed is not None:
+    dither = _weyl_uniform(x, seed, global_shape, offsets)
+    codes = (_dynamic_index_stochastic(q, dither) - 128).astype(jnp.int8)
   else:
     codes = (_dynamic_index(q) - 128).astype(jnp.int8)
   return QuantizedMoment(codes, scales, code)
@@ -621,7 +672,7 @@ def _quantized_ema(
   m = (1 - b1) * g + b1 * dequantize(q, block=block)
   scales = block_absmax(m, block)
   if q.code != "power":
-    return quantize(m, q.code, seed if q.code == "linear" else None, block=block,
+    return quantize(m, q.code, seed, block=block,
                     global_shape=global_shape, offsets=offsets, scales=scales)
   inverse = jnp.where(scales > 0, 1 / scales, 0.0)
   a = _spread((1 - b1) * 127.0**4 * inverse, n, block)

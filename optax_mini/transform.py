@@ -485,11 +485,12 @@ def scale_by_adam_mini(
       arrays.
     mu_code: with ``mu_dtype=jnp.int8``, the code map: ``"power"`` (the
       default: ``sign(k) (|k| / 127) ** 4``, the fourth root rounded),
-      ``"dynamic"`` (Dettmers et al.'s dynamic tree map, nearest rounding:
-      the same error, an update about twice as slow on CPU) or ``"linear"``
-      (``k / 127`` with stochastic rounding from a hash of the step count
-      and the element's position); see :mod:`optax_mini.quantize`. Ignored
-      otherwise.
+      ``"dynamic"`` (Dettmers et al.'s dynamic tree map: the same error,
+      an update about three times as slow on CPU) or ``"linear"``
+      (``k / 127``). Every map is rounded stochastically, from the step
+      count and the element's position (the same bits on a resumed or
+      sharded run): a momentum that only decays must reach 0; see
+      :mod:`optax_mini.quantize`. Ignored otherwise.
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a

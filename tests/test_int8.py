@@ -88,9 +88,12 @@ def reference_dither(shape: tuple[int, ...], count: int, leaf_index: int) -> np.
 def reference_quantize(x: np.ndarray, code: np.ndarray | str, block: int | None = None, dither=None):
   """float64: per block of the last axis, scale = absmax, then the code of
   each quotient q: the index of the nearest value of ``code`` (an array), or
-  for ``"power"`` sign(q) round(127 |q| ** (1 / 4)), rounded stochastically
-  (``floor(root + dither)``) where a dither is given. Also returns where a
-  float32 computation may rightly pick the other neighbour (a tie)."""
+  for ``"power"`` sign(q) round(127 |q| ** (1 / 4)). Where a dither is
+  given, rounded stochastically instead: the power map's root as
+  ``floor(root + dither)``; a code map's value as the upper of the two
+  around ``|q|`` with probability the fraction of the way from the lower.
+  Also returns where a float32 computation may rightly pick the other
+  neighbour (a tie)."""
   xb, unblock = _blocks(x, block)
   scales = np.abs(xb).max(-1)
   q = np.divide(xb, scales[..., None], out=np.zeros_like(xb), where=scales[..., None] > 0)
@@ -103,6 +106,19 @@ def reference_quantize(x: np.ndarray, code: np.ndarray | str, block: int | None 
     frac = root + shift - np.floor(root + shift)
     tie = np.minimum(frac, 1 - frac) <= 1e-4
     return np.sign(unblock(q)) * np.floor(root + shift), scales, tie
+  if dither is not None:
+    # Stochastic: of the two map values around |q|, the upper with
+    # probability the fraction of the way |q| lies from the lower.
+    magnitudes = code[code >= 0]  # 0, the positives, 1: index 127 + j
+    a = unblock(np.abs(q))
+    j = np.minimum(np.searchsorted(magnitudes, a, side="right") - 1, len(magnitudes) - 2)
+    frac = (a - magnitudes[j]) / (magnitudes[j + 1] - magnitudes[j])
+    rank = j + np.floor(frac + dither)  # 0: zero, 128: one
+    # The map has no -1: beyond its largest negative magnitude, that value.
+    index = np.where(unblock(q) >= 0, 127 + rank, np.maximum(127 - rank, 0))
+    # float32 computes the fraction to ~1e-5 of a step: near a boundary, either.
+    edge = frac + dither - np.floor(frac + dither)
+    return index - 128, scales, np.minimum(edge, 1 - edge) <= 1e-4
   distance = np.abs(q[..., None] - code)
   index = distance.argmin(-1)
   # Where the two nearest values are (nearly) equally far, either is right.
@@ -195,6 +211,52 @@ def test_round_trip_matches_float64_reference(shape, code_name):
   assert np.max(np.abs(back - x) / scale_of) <= WORST_ERROR[code_name] + 1e-6
 
 
+@pytest.mark.parametrize("code_name", ["dynamic", "power"])
+@pytest.mark.parametrize("shape", [(7, 600), (6, 384), (4096,)], ids=str)
+def test_stochastic_round_trip_matches_float64_reference(shape, code_name):
+  """With the update's seed (step 5, leaf 2), each code against the float64
+  reference given the documented dither: one of the two values around the
+  quotient, the upper where the dither exceeds the remaining fraction."""
+  x = heavy_tailed(shape, seed=sum(shape) + 1)
+  x.reshape(-1)[::97] = 0.0
+  code = REFERENCE_CODES[code_name]
+  q = quantize.quantize(jnp.asarray(x), code_name, seed=quantize.rounding_seed(jnp.int32(5), 2))
+  codes, scales, tie = reference_quantize(x, code, dither=reference_dither(shape, 5, 2))
+  np.testing.assert_array_equal(np.asarray(q.scales), scales.astype(np.float32))
+  mismatch = np.asarray(q.codes) != codes
+  assert not np.any(mismatch & ~tie), f"{int(np.sum(mismatch & ~tie))} codes differ off ties"
+  assert np.mean(tie) < 1e-3
+  back = np.asarray(quantize.dequantize(q))
+  assert np.all(back.reshape(-1)[::97] == 0.0)
+  # Differs from rounding to nearest (same scales) on a good share of codes.
+  nearest = np.asarray(quantize.quantize(jnp.asarray(x), code_name).codes)
+  assert 0.1 < np.mean(np.asarray(q.codes) != nearest) < 0.9
+
+
+def test_dynamic_stochastic_rounding_is_unbiased_over_steps():
+  """The dynamic map with the update's dither over 256 steps: each value is
+  one of the two map values around x, and their mean over the steps is x."""
+  x = heavy_tailed((8, 512), seed=2)
+  scales = np.repeat(np.abs(x.reshape(8, 2, 256)).max(-1), 256, axis=-1)
+  values = quantize.dynamic_code_map()
+  a = np.abs(x) / scales
+  j = np.clip(np.searchsorted(values, a, side="right") - 1, 0, 254)
+  spacing = (values[np.minimum(j + 1, 255)] - values[j]) * scales  # the step around each |x|
+  back = np.stack([
+      np.asarray(quantize.dequantize(quantize.quantize(
+          jnp.asarray(x), "dynamic", seed=quantize.rounding_seed(jnp.int32(t), 3))))
+      for t in range(256)])
+  assert np.all(np.abs(back - x) <= spacing * (1 + 1e-4) + 1e-12)
+  # But a negative beyond the largest negative value (the map has no -1: a
+  # negative block maximum), which is always that value.
+  beyond = (x < 0) & (a > -values[0])
+  assert np.count_nonzero(beyond) >= 1
+  np.testing.assert_allclose(back[:, beyond], np.broadcast_to(values[0] * scales[beyond], back[:, beyond].shape), rtol=1e-6)
+  assert np.max(np.abs(back.mean(0) - x)[~beyond] / spacing[~beyond]) < 0.02
+  nearest = np.asarray(quantize.dequantize(quantize.quantize(jnp.asarray(x), "dynamic")))
+  assert np.max(np.abs(nearest - x) / spacing) > 0.4
+
+
 def test_linear_stochastic_rounding_is_unbiased_and_deterministic():
   x = heavy_tailed((8, 512), seed=1)
   q = [quantize.quantize(jnp.asarray(x), "linear", seed=jnp.uint32(s)) for s in range(256)]
@@ -282,7 +344,22 @@ def _unstack(params, layers=3):
   }}}
 
 
-def test_stacked_leaves_are_quantized_as_their_layers_are():
+@pytest.fixture
+def nearest_rounding(monkeypatch):
+  """The update's dither fixed at one half: stochastic rounding becomes
+  rounding to nearest, so codes can be compared bit for bit between leaves
+  whose elements sit at other positions (the dither depends on them). The
+  update's per-leaf functions are cached jits, traced before and after
+  with the real dither: the caches are cleared on both sides."""
+  half = lambda like, *args, **kwargs: jnp.full(like.shape, 0.5, jnp.float32)  # noqa: E731
+  jax.clear_caches()
+  monkeypatch.setattr(quantize, "_weyl_uniform", half)
+  yield
+  monkeypatch.undo()
+  jax.clear_caches()
+
+
+def test_stacked_leaves_are_quantized_as_their_layers_are(nearest_rounding):
   """A layer-stacked tree gets the first moment its unstacked twin gets, layer
   by layer: a stack of small norm scales keeps a float32 m (each layer's is
   under 4096 elements), the kernels are quantized with the twin's blocks, and
@@ -291,13 +368,11 @@ def test_stacked_leaves_are_quantized_as_their_layers_are():
   params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32), STACKED,
                         is_leaf=lambda x: isinstance(x, tuple))
   grads = jax.tree.map(lambda x: x * 1e-3 + 1e-4, params)
-  # The dynamic map rounds deterministically, so the twin's codes can be
-  # compared bit for bit (the power map's dither depends on each element's
-  # position in its own leaf).
+  # Rounded to nearest (the fixture), so the twin's codes can be compared bit
+  # for bit: the dither depends on each element's position in its own leaf.
   stacked_tx = optax_mini.scale_by_adam_mini(
-      mu_dtype=jnp.int8, mu_code="dynamic", head_dim=32,
-      blocks=optax_mini.BlockRules(stacked={"decoder/layers": 1}))
-  twin_tx = optax_mini.scale_by_adam_mini(mu_dtype=jnp.int8, mu_code="dynamic", head_dim=32)
+      mu_dtype=jnp.int8, head_dim=32, blocks=optax_mini.BlockRules(stacked={"decoder/layers": 1}))
+  twin_tx = optax_mini.scale_by_adam_mini(mu_dtype=jnp.int8, head_dim=32)
   state = stacked_tx.init(params)
   twin_state = twin_tx.init(_unstack(params))
   layers = state.mu["decoder"]["layers"]
@@ -379,7 +454,7 @@ def test_update_matches_float64_reference(jit, code_name):
       new_mu = get(new_state.mu)
       if isinstance(new_mu, quantize.QuantizedMoment):
         # The update rounds the power map's root stochastically (step t, leaf index).
-        dither = reference_dither(g.shape, t, index) if code_name == "power" else None
+        dither = reference_dither(g.shape, t, index)
         codes, scales, tie = reference_quantize(m, code, dither=dither)
         np.testing.assert_allclose(np.asarray(new_mu.scales), scales, rtol=1e-6, err_msg=where)
         off = (np.asarray(new_mu.codes) != codes) & ~tie
@@ -429,17 +504,7 @@ def test_update_step_peak_at_llama2_7b():
   assert mini8["temp"] < 0.2 * 6_738_415_616
 
 
-STALL = ("known defect of the dynamic map (deterministic): nearest rounding keeps a decaying momentum's value "
-         "once it is small against its block's maximum, so a column whose gradient stays 0 keeps a constant m "
-         "while its v decays, and its update grows (README, 'An 8-bit first moment'); the power map (the "
-         "default) and the linear map round stochastically")
-
-
-@pytest.mark.parametrize("code", [
-    "power",
-    pytest.param("dynamic", marks=pytest.mark.xfail(strict=True, reason=STALL)),
-    "linear",
-])
+@pytest.mark.parametrize("code", quantize.CODES)
 def test_momentum_of_dead_columns_decays(code):
   """Q-Adam-mini's failure mode, where Adam-mini meets it: a [32, 256] kernel
   has one v per column (output neuron) and its quantization blocks are rows,
