@@ -57,8 +57,10 @@ block sums of `g*g`, and the parameter update from `m` as stored (reads p and th
 writes p): 26 bytes per parameter against AdamW's 40, yet not faster, because on CPU it is the \
 arithmetic that costs: the new `m` is computed twice (dequantize, fma) and quantized once. The \
 dynamic tree map takes ~90 vector operations per element to find a code (seven decades of \
-compares and selects) where the power map takes two square roots and a round; that is the \
-dynamic column's gap. What got the power map from 0.34x to ~1.0x at 35M (commit 969123c -> \
+compares and selects; rounded stochastically since 2026-12-02, 14 segments: 13 compares and 26 \
+selects where nearest rounding took 6 and 18) where the power map takes two square roots and a \
+round; that is the dynamic column's gap (0.37x / 0.39x / 0.36x with nearest rounding, commit \
+29b64d8's run). What got the power map from 0.34x to ~1.0x at 35M (commit 969123c -> \
 this one; steps ad hoc, 15-20 pairs): the power map itself (0.34x -> 0.58x, the update still \
 recomputing `m` from the old codes); updating from the stored `m`, the new codes written out \
 first (a one-element dynamic-update-slice that XLA does not fuse into its readers: 0.58x -> \
