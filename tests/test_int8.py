@@ -489,15 +489,26 @@ def test_state_bytes_and_explain_at_llama2_7b():
   assert "int8" in str(report) and f"{mini8 / adamw:.3f}x" in str(report)
 
 
-def test_update_step_peak_at_llama2_7b():
+@functools.cache
+def _adamw_peak_at_llama2_7b() -> dict:
+  from benchmarks.peak import compiled_update_memory
+  from tests.test_memory import LLAMA2_7B, llama_shapes
+
+  return compiled_update_memory(optax.adamw(1e-3), llama_shapes(**LLAMA2_7B)[0])
+
+
+@pytest.mark.parametrize("code", quantize.CODES)
+def test_update_step_peak_at_llama2_7b(code):
   """XLA's memory analysis of the jitted update + apply_updates (params and
-  state donated), compiled for Llama-2-7B shapes, nothing allocated."""
+  state donated), compiled for Llama-2-7B shapes, nothing allocated; every
+  code map (their stochastic rounding included)."""
   from benchmarks.peak import compiled_update_memory
   from tests.test_memory import LLAMA2_7B, llama_shapes
 
   params, head_dim = llama_shapes(**LLAMA2_7B)
-  adamw = compiled_update_memory(optax.adamw(1e-3), params)
-  mini8 = compiled_update_memory(optax_mini.adam_mini(1e-3, head_dim=head_dim, mu_dtype=jnp.int8), params)
+  adamw = _adamw_peak_at_llama2_7b()
+  mini8 = compiled_update_memory(
+      optax_mini.adam_mini(1e-3, head_dim=head_dim, mu_dtype=jnp.int8, mu_code=code), params)
   assert mini8["peak"] <= 0.60 * adamw["peak"], mini8["peak"] / adamw["peak"]
   # No full-size temporary: neither a float32 m (4 bytes per parameter) nor
   # a copy of the old codes (1 byte per parameter) is made.
