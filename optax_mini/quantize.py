@@ -365,14 +365,8 @@ def _decade_constants() -> dict[str, tuple[float, ...]]:
   smallest = (0.1 + 0.45 / n) * width
   largest = (1 - 0.45 / n) * width
   return {
-      # Midpoints between a decade's largest value and the next one's smallest.
-      "boundaries": tuple((largest[:-1] + smallest[1:]) / 2),
-      "zero_below": smallest[0] / 2,
-      "one_above": (largest[-1] + 1.0) / 2,
-      # k = floor(a * slope - intercept): the value interval a falls in.
-      "slope": tuple(n / (0.9 * width)),
-      "intercept": tuple(0.1 * n / 0.9),
       "base": tuple(smallest),
+      "largest": tuple(largest),
       "step": tuple(0.9 / n * width),
   }
 
@@ -386,26 +380,10 @@ def _select(masks: list[jax.Array], values: tuple[float, ...]) -> jax.Array:
   return out
 
 
-def _dynamic_index(q: jax.Array) -> jax.Array:
-  """Index (0..255, as float32) of the nearest value of the dynamic map for
-  each ``q`` in ``[-1, 1]`` (a tie within one float32 rounding may go either
-  way). Float compares and selects only: they vectorise, integer decade
-  arithmetic did not (4x slower on CPU)."""
-  c = _decade_constants()
-  a = jnp.abs(q)
-  masks = [a >= jnp.float32(boundary) for boundary in c["boundaries"]]  # decade >= 1 .. 6
-  count = _select(masks, tuple(float(2**d) for d in range(_DECADES)))
-  k = jnp.floor(a * _select(masks, c["slope"]) - _select(masks, c["intercept"]))
-  rank = count - 1 + jnp.clip(k, 0, count - 1)
-  positive = jnp.where(a >= jnp.float32(c["one_above"]), 255.0, 128 + rank)
-  index = jnp.where(q >= 0, positive, 126 - rank)
-  return jnp.where(a < jnp.float32(c["zero_below"]), 127.0, index)
-
-
 @functools.cache
 def _dynamic_segments() -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
-  """The dynamic map's magnitudes as 14 linear segments, for stochastic
-  rounding: ``(starts, slopes, intercepts)``.
+  """The dynamic map's magnitudes as 14 linear segments, for rounding:
+  ``(starts, slopes, intercepts)``.
 
   The map's non-negative values in order have ranks -1 (0), 0..126 (the
   decades) and 127 (1). Between two neighbours the spacing is one decade's
@@ -414,8 +392,7 @@ def _dynamic_segments() -> tuple[tuple[float, ...], tuple[float, ...], tuple[flo
   a run of equal spacing; on it ``rank + fraction = a * slope + intercept``.
   """
   c = _decade_constants()
-  smallest = c["base"]
-  largest = [b + (2**d - 1) * s for d, (b, s) in enumerate(zip(c["base"], c["step"]))]
+  smallest, largest = c["base"], c["largest"]
   # (start, its rank, spacing) of each segment, ascending.
   segments = [(0.0, -1, smallest[0])]
   for d in range(_DECADES):
@@ -429,13 +406,17 @@ def _dynamic_segments() -> tuple[tuple[float, ...], tuple[float, ...], tuple[flo
   return starts, slopes, intercepts
 
 
-def _dynamic_index_stochastic(q: jax.Array, dither: jax.Array) -> jax.Array:
+def _dynamic_index(q: jax.Array, dither: Any) -> jax.Array:
   """Index (0..255, as float32) of one of the two dynamic-map values around
-  each ``q`` in ``[-1, 1]``: the one above with probability the fraction of
-  the way ``|q|`` lies from the one below (``dither`` uniform in ``[0, 1)``),
-  so the expected value is ``q`` (but for negatives beyond the largest
-  negative value, ``-0.993``: the map has no ``-1``). 13 compares and 26
-  selects where nearest rounding takes 6 and 18."""
+  each ``q`` in ``[-1, 1]``: the one above where ``dither`` is at least the
+  rest of the way from the one below. With ``dither`` uniform in
+  ``[0, 1)`` (stochastic rounding) that is the fraction of the way ``|q|``
+  lies from the one below, so the expected value is ``q`` (but for
+  negatives beyond the largest negative value, ``-0.993``: the map has no
+  ``-1``); with ``dither = 0.5`` it is the nearest value (a tie within one
+  float32 rounding may go either way). Float compares and selects only
+  (13 and 26): they vectorise, integer decade arithmetic did not (4x slower
+  on CPU)."""
   starts, slopes, intercepts = _dynamic_segments()
   a = jnp.abs(q)
   masks = [a >= jnp.float32(start) for start in starts[1:]]
@@ -633,14 +614,13 @@ def quantize(
     else:
       index = jnp.round(q)
     codes = jnp.clip(index, -127, 127).astype(jnp.int8)
-  elif code == "power":
-    dither = None if seed is None else _weyl_uniform(x, seed, global_shape, offsets)
-    codes = _power_codes(q, dither=dither)
-  elif seed is not None:
-    dither = _weyl_uniform(x, seed, global_shape, offsets)
-    codes = (_dynamic_index_stochastic(q, dither) - 128).astype(jnp.int8)
   else:
-    codes = (_dynamic_index(q) - 128).astype(jnp.int8)
+    dither = None if seed is None else _weyl_uniform(x, seed, global_shape, offsets)
+    if code == "power":
+      codes = _power_codes(q, dither=dither)
+    else:
+      nearest = jnp.float32(0.5)  # the upper value past the midpoint
+      codes = (_dynamic_index(q, nearest if dither is None else dither) - 128).astype(jnp.int8)
   return QuantizedMoment(codes, scales, code)
 
 
