@@ -452,28 +452,30 @@ def _power_codes(q: jax.Array, scaled: bool = False, dither: jax.Array | None = 
   (``|k| <= 127``) and equals ``round`` then a convert, which XLA:CPU
   compiles to a saturating float-to-int8 convert that cost as much as the
   two square roots (``benchmarks/RESULTS.md``, section 3). With
-  ``scaled=True``, ``q`` comes multiplied by ``127**4``.
+  ``scaled=True``, ``q`` comes multiplied by ``127**4``. ``q``'s sign goes
+  on by flipping the root's sign bit (an and and an xor, where a compare,
+  a negation and a select took three vector operations).
 
-  With a ``dither`` (uniform in ``[0, 1)``, shaped like ``q``) the root is
-  rounded stochastically instead: up with probability its fractional part
-  (``dither - 0.5`` added before the rounding), so the expected code is the
+  With a ``dither`` (uniform in ``[-1/2, 1/2)``, shaped like ``q``) the root
+  is rounded stochastically instead: up with probability its fractional
+  part (the dither added before the rounding), so the expected code is the
   root. Nearest rounding cannot follow a momentum that only decays once it
   is small against its block's maximum: ``round(b1**(1/4) k) = k`` for
   every code below ``0.5 / (1 - b1**(1/4))`` (19 at ``b1 = 0.9``), so a
   column that gets no gradient would keep a constant ``m`` while its ``v``
   decays (``tests/test_int8.py::test_momentum_of_dead_columns_decays``).
+  A dithered root is capped at 127.25, which rounds as any value in
+  ``[127, 127.5)`` does: a root a rounding above 127 plus a dither near
+  one half would otherwise round to 128.
   """
   k = jnp.sqrt(jnp.sqrt(jnp.abs(q)))
   if not scaled:
     k = k * 127
   if dither is not None:
-    k = k + (dither - 0.5)
-  # The select keeps the multiply and the add apart: fused into one
-  # multiply-add they would round once, and ties could go the other way.
-  shifted = jnp.where(q < 0, -k, k) + jnp.float32(_MAGIC)
-  bits = jax.lax.bitcast_convert_type(shifted, jnp.int32) - jnp.int32(_MAGIC_BITS)
-  if dither is not None:  # a root a rounding above 127 plus the dither could reach 128
-    bits = jnp.clip(bits, -127, 127)
+    k = jnp.minimum(k + dither, jnp.float32(127.25))
+  sign = jax.lax.bitcast_convert_type(q, jnp.int32) & jnp.int32(-(2**31))
+  k = jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(k, jnp.int32) ^ sign, jnp.float32)
+  bits = jax.lax.bitcast_convert_type(k + jnp.float32(_MAGIC), jnp.int32) - jnp.int32(_MAGIC_BITS)
   return bits.astype(jnp.int8)
 
 
@@ -531,21 +533,27 @@ def _weyl_uniform(
     seed: jax.Array,
     global_shape: tuple[int, ...] | None = None,
     offsets: tuple[Any, ...] | None = None,
+    *,
+    offset: float = 0.0,
 ) -> jax.Array:
-  """Dither in ``[0, 1)`` shaped like ``like``: ``frac(position * phi +
-  seed / 2**32)`` in 32-bit integers (a Weyl sequence; ``phi`` the golden
-  ratio), the power map's stochastic rounding.
+  """Dither shaped like ``like``: ``frac(position * phi + seed / 2**32)`` to
+  23 bits, in 32-bit integers (a Weyl sequence; ``phi`` the golden ratio),
+  minus ``offset``: uniform in ``[-offset, 1 - offset)``. The stochastic
+  rounding of the power map (``offset=0.5``) and of the dynamic map.
 
-  Over the elements of a step it is spread evenly over ``[0, 1)``; for one
+  Over the elements of a step it is spread evenly over its range; for one
   element over the steps (``seed`` = :func:`rounding_seed`, which moves by
   an odd constant per step) it is a Weyl sequence too, so the rounding is
   unbiased on average over time. One multiply and an add per element, where
   the murmur hash takes five more operations: the update at 35M parameters
   ran 1.08x AdamW's speed with this dither and 0.96x with the hash
   (ad hoc, 40 interleaved pairs, 2-core Zen 5 EPYC; nearest rounding 1.16x).
+  The 23 bits go straight into a float32 mantissa (``[1, 2)``, then one
+  subtraction, exact): no integer-to-float convert and no multiply.
   """
   h = _positions(like, global_shape, offsets) * jnp.uint32(0x9E3779B9) + seed.astype(jnp.uint32)
-  return (h >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+  one_to_two = jax.lax.bitcast_convert_type((h >> 9) | jnp.uint32(0x3F800000), jnp.float32)
+  return one_to_two - jnp.float32(1 + offset)
 
 
 def rounding_seed(count: jax.Array, leaf_index: int) -> jax.Array:
@@ -615,12 +623,13 @@ def quantize(
       index = jnp.round(q)
     codes = jnp.clip(index, -127, 127).astype(jnp.int8)
   else:
-    dither = None if seed is None else _weyl_uniform(x, seed, global_shape, offsets)
     if code == "power":
+      dither = None if seed is None else _weyl_uniform(x, seed, global_shape, offsets, offset=0.5)
       codes = _power_codes(q, dither=dither)
     else:
-      nearest = jnp.float32(0.5)  # the upper value past the midpoint
-      codes = (_dynamic_index(q, nearest if dither is None else dither) - 128).astype(jnp.int8)
+      # Nearest: the upper value past the midpoint.
+      dither = jnp.float32(0.5) if seed is None else _weyl_uniform(x, seed, global_shape, offsets)
+      codes = (_dynamic_index(q, dither) - 128).astype(jnp.int8)
   return QuantizedMoment(codes, scales, code)
 
 
@@ -659,7 +668,7 @@ def _quantized_ema(
   b = _spread(b1 * q.scales * inverse, n, block)
   k = q.codes.astype(jnp.float32)
   y = a * g + b * (k * k * k * jnp.abs(k))
-  dither = None if seed is None else _weyl_uniform(g, seed, global_shape, offsets)
+  dither = None if seed is None else _weyl_uniform(g, seed, global_shape, offsets, offset=0.5)
   return QuantizedMoment(_power_codes(y, scaled=True, dither=dither), scales, "power")
 
 

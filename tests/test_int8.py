@@ -76,13 +76,13 @@ def _blocks(x: np.ndarray, block: int | None):
 
 
 def reference_dither(shape: tuple[int, ...], count: int, leaf_index: int) -> np.ndarray:
-  """The power map's documented dither: frac(position * phi + seed / 2**32)
+  """The documented dither: frac(position * phi + seed / 2**32) to 23 bits,
   in 32-bit integers (phi * 2**32 = 0x9E3779B9), the seed a hash of the step
   count and the leaf's index in the tree (README, 'An 8-bit first moment')."""
   seed = (count * 0x27D4EB2F + (leaf_index * 0x165667B1 + 1)) % 2**32
   position = np.arange(int(np.prod(shape)), dtype=np.uint64).reshape(shape)
   h = (position * 0x9E3779B9 + seed) % 2**32
-  return (h >> 8).astype(np.float64) / 2**24
+  return (h >> 9).astype(np.float64) / 2**23
 
 
 def reference_quantize(x: np.ndarray, code: np.ndarray | str, block: int | None = None, dither=None):
@@ -351,7 +351,9 @@ def nearest_rounding(monkeypatch):
   whose elements sit at other positions (the dither depends on them). The
   update's per-leaf functions are cached jits, traced before and after
   with the real dither: the caches are cleared on both sides."""
-  half = lambda like, *args, **kwargs: jnp.full(like.shape, 0.5, jnp.float32)  # noqa: E731
+  def half(like, *args, offset=0.0, **kwargs):
+    return jnp.full(like.shape, 0.5 - offset, jnp.float32)
+
   jax.clear_caches()
   monkeypatch.setattr(quantize, "_weyl_uniform", half)
   yield
