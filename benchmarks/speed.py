@@ -101,7 +101,36 @@ the dither is a Weyl sequence of the element's position and the step (a multiply
 because the linear map's murmur hash cost more (ad hoc, 40 interleaved pairs, this Zen 5 EPYC: \
 nearest 0.93x / 1.16x / 1.13x, Weyl dither 0.90x / 1.08x / 1.08x, murmur 0.84x / 0.96x / 0.98x \
 at 11M / 35M / 102M; rounding in the value domain instead of the root's, unbiased in `m` \
-itself, was slower still: 0.81x / 0.91x / 0.95x with a constant dither).\
+itself, was slower still: 0.81x / 0.91x / 0.95x with a constant dither).
+
+Session of 2026-12-02 (#4), another 2-core Zen 5 EPYC host (noisier: AdamW's update at 11M / \
+102M ranged 6.4-12.1 / 40-67 ms between runs). Every figure here is an A/B inside one process \
+(interleaved, 30-60 pairs), since the host-to-host spread exceeds most of them. Kept (commit \
+c634871): four vector operations fewer per element in the codes pass, the same codes but where \
+the dither's 24th bit decided (its 23 bits put straight into a float32 mantissa instead of an \
+integer-to-float convert and a multiply; the sign put on by flipping the root's sign bit instead \
+of compare, negate, select; one cap at 127.25 instead of an integer clip): 1.04x / 1.05x / 1.03x \
+faster than the commit before at 11M / 35M / 102M (the previous code itself read 0.76-0.95x / \
+0.95-1.08x / 0.77-1.08x AdamW's speed over this session's runs). Timed only, to find what is \
+left (wrong or other results; ratios against AdamW, the shipped code first): no maxima pass (the \
+old scales kept) 0.91x -> 1.05x at 11M and 0.99x -> 1.23x at 35M, the largest single lever; \
+scales from the bound `b1 * old scale + (1 - b1) * max|g|` (a valid scale, one pass over `g` \
+alone, but loose by ~1.3x to ~4x on noisy gradients: a quarter to a half bit of the codes) \
+0.93x -> 0.98x / 1.08x -> 1.14x / 1.08x -> 1.09x, not enough at 11M for its cost in precision; \
+the linear map computed like the power map (per-block factors, the same dither) as fast as the \
+power map (0.92x / 1.10x / 1.07x against 0.93x / 1.07x / 1.07x), so the fourth root is not what \
+is left; without the square roots 0.91x -> 0.98x at 11M but no faster on 271M's `[1024, 32000]` \
+`lm_head` (26.3 against 25.7 ms: bound by memory there); without the dither 0.97x at 11M. \
+Built and dropped: a division-free Newton inverse fourth root (2 or 3 iterations from a bit-shift \
+guess) instead of the two square roots, slower (30.7 / 34.5 against 25.7 ms on that `lm_head`); \
+`(1 - b1)` and `b1` folded into per-block factors in the maxima pass (two multiplies per element \
+fewer), slower (0.80x against 0.90x at 11M, 0.82x against 0.95x at 35M). Where the time goes at \
+11M (`jax.profiler`, thread time per step, both cores): AdamW's three passes 10.5 ms; int8 `m`'s \
+codes 4.3 ms, block sums of `g*g` 2.8 ms (as float `m`'s), parameter update 2.6 ms, block maxima \
+2.3 ms, the small per-leaf instructions 0.5 ms. At 271M (`shapes.PAPER`, ad hoc) the whole update \
+read 0.78x-1.08x over three runs; by leaf, the `[32000, 1024]` embedding 0.94x, the `[1024, 32000]` \
+`lm_head` 0.70-0.80x (its per-token column sums take ~10 of its 26 ms, for float `m` as well: \
+float Adam-mini is only 1.02x AdamW there), attention 1.08x, MLP 1.15x.\
 """
 
 
