@@ -104,7 +104,7 @@ at 11M / 35M / 102M; rounding in the value domain instead of the root's, unbiase
 itself, was slower still: 0.81x / 0.91x / 0.95x with a constant dither).
 
 Session of 2026-12-02 (#4), another 2-core Zen 5 EPYC host (noisier: AdamW's update at 11M / \
-102M ranged 6.4-12.1 / 40-100 ms between runs). Every figure here is an A/B inside one process \
+102M ranged 6.4-10.2 / 40-100 ms between runs). Every figure here is an A/B inside one process \
 (interleaved, 30-60 pairs), since the host-to-host spread exceeds most of them. Kept (commit \
 c634871): four vector operations fewer per element in the codes pass, the same codes but where \
 the dither's 24th bit decided (its 23 bits put straight into a float32 mantissa instead of an \

@@ -622,14 +622,13 @@ def quantize(
     else:
       index = jnp.round(q)
     codes = jnp.clip(index, -127, 127).astype(jnp.int8)
+  elif code == "power":
+    dither = None if seed is None else _weyl_uniform(x, seed, global_shape, offsets, offset=0.5)
+    codes = _power_codes(q, dither=dither)
   else:
-    if code == "power":
-      dither = None if seed is None else _weyl_uniform(x, seed, global_shape, offsets, offset=0.5)
-      codes = _power_codes(q, dither=dither)
-    else:
-      # Nearest: the upper value past the midpoint.
-      dither = jnp.float32(0.5) if seed is None else _weyl_uniform(x, seed, global_shape, offsets)
-      codes = (_dynamic_index(q, dither) - 128).astype(jnp.int8)
+    # Nearest: the upper value past the midpoint.
+    dither = jnp.float32(0.5) if seed is None else _weyl_uniform(x, seed, global_shape, offsets)
+    codes = (_dynamic_index(q, dither) - 128).astype(jnp.int8)
   return QuantizedMoment(codes, scales, code)
 
 
