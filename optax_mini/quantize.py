@@ -313,12 +313,14 @@ def _blocked(x: jax.Array, block: int | None) -> jax.Array:
 
 @functools.cache
 def _inner(block: int) -> int:
-  """The first stage's length in :func:`block_absmax`: 16 if it divides the
-  block, else the largest divisor of the block in [8, 32] (25 for 250 or 200),
+  """The first stage's length in :func:`block_absmax`: the largest divisor of
+  the block in [8, 32] (32 for the power-of-two blocks, 25 for 250 or 200),
   else 16 with the block zero-padded. A first stage that does not divide the
-  block (padded) made the maxima 3-6x slower on XLA:CPU."""
-  if block % 16 == 0:
-    return 16
+  block (padded) made the maxima 3-6x slower on XLA:CPU. Each first-stage
+  group ends in a horizontal maximum across the vector (about ten
+  instructions); groups of 32 instead of 16 halve those (part of the gain
+  in ``benchmarks/RESULTS.md`` section 3, session #5). A longer first stage
+  (64) is split by XLA into a windowed reduction that writes ``|m|`` out."""
   divisors = [d for d in range(8, 33) if block % d == 0]
   return max(divisors) if divisors else 16
 
@@ -528,6 +530,9 @@ def _hash_uniform(
   return (h >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
 
 
+_PHI = 0x9E3779B9  # 2**32 / the golden ratio, odd
+
+
 def _weyl_uniform(
     like: jax.Array,
     seed: jax.Array,
@@ -551,7 +556,23 @@ def _weyl_uniform(
   The 23 bits go straight into a float32 mantissa (``[1, 2)``, then one
   subtraction, exact): no integer-to-float convert and no multiply.
   """
-  h = _positions(like, global_shape, offsets) * jnp.uint32(0x9E3779B9) + seed.astype(jnp.uint32)
+  # position * phi + seed, summed as seed + sum(index * (stride * phi)) over
+  # the axes, outermost first (the same value modulo 2**32): the inner loop
+  # then adds one loop-invariant row term to the last axis' index times phi,
+  # and a multiply and an add per element go.
+  shape = like.shape
+  global_shape = global_shape or shape
+  sharding = getattr(jax.typeof(like), "sharding", None)
+  factors, factor = [0] * len(shape), _PHI
+  for axis in reversed(range(len(shape))):
+    factors[axis] = factor
+    factor = (factor * global_shape[axis]) % 2**32
+  h = jnp.broadcast_to(jnp.asarray(seed).astype(jnp.uint32), shape)
+  for axis in range(len(shape)):
+    index = jax.lax.broadcasted_iota(jnp.uint32, shape, axis, out_sharding=sharding)
+    if offsets is not None:
+      index = index + jnp.asarray(offsets[axis]).astype(jnp.uint32)
+    h = h + index * jnp.uint32(factors[axis])
   one_to_two = jax.lax.bitcast_convert_type((h >> 9) | jnp.uint32(0x3F800000), jnp.float32)
   return one_to_two - jnp.float32(1 + offset)
 
@@ -657,16 +678,20 @@ def _quantized_ema(
   """
   g = g.astype(jnp.float32)
   n = g.shape[-1]
-  m = (1 - b1) * g + b1 * dequantize(q, block=block)
-  scales = block_absmax(m, block)
   if q.code != "power":
+    m = (1 - b1) * g + b1 * dequantize(q, block=block)
+    scales = block_absmax(m, block)
     return quantize(m, q.code, seed, block=block,
                     global_shape=global_shape, offsets=offsets, scales=scales)
+  # dequantize's values, as k * k * k * |k|: with _signed_fourth's sign-bit
+  # xor here, LLVM stopped vectorising the maxima's loop (8x the code).
+  k = q.codes.astype(jnp.float32)
+  m = (1 - b1) * g + b1 * _scaled(k * k * k * jnp.abs(k), q.scales * (1 / 127**4), block)
+  scales = block_absmax(m, block)
   inverse = jnp.where(scales > 0, 1 / scales, 0.0)
   a = _spread((1 - b1) * 127.0**4 * inverse, n, block)
   b = _spread(b1 * q.scales * inverse, n, block)
-  k = q.codes.astype(jnp.float32)
-  y = a * g + b * (k * k * k * jnp.abs(k))
+  y = a * g + b * _signed_fourth(k)
   dither = None if seed is None else _weyl_uniform(g, seed, global_shape, offsets, offset=0.5)
   return QuantizedMoment(_power_codes(y, scaled=True, dither=dither), scales, "power")
 
@@ -689,7 +714,24 @@ def dequantize(q: QuantizedMoment, *, block: int | None = None) -> jax.Array:
   if code == "linear":
     values, scales = k, q.scales * (1 / 127)
   elif code == "power":
-    values, scales = k * k * k * jnp.abs(k), q.scales * (1 / 127**4)  # sign(k) k**4
+    values, scales = _signed_fourth(k), q.scales * (1 / 127**4)
   else:
     values, scales = _dynamic_value(k + 128), q.scales
-  return values * _spread(scales, q.codes.shape[-1], block)
+  return _scaled(values, scales, block)
+
+
+def _scaled(values: jax.Array, scales: jax.Array, block: int | None) -> jax.Array:
+  """``values`` times their block's entry of ``scales``."""
+  return values * _spread(scales, values.shape[-1], block)
+
+
+def _signed_fourth(k: jax.Array) -> jax.Array:
+  """``sign(k) k**4`` of integer-valued float32 ``k`` (``|k| <= 127``), as
+  ``(k * k) * (k * k)`` with ``k``'s sign bit xored in: one vector operation
+  fewer than ``k * k * k * |k|`` (the xor and the and are one ternary-logic
+  instruction), and the same float32: ``k * k`` and ``k * k * k`` are exact,
+  so both are ``k**4`` rounded once."""
+  k2 = k * k
+  sign = jax.lax.bitcast_convert_type(k, jnp.int32) & jnp.int32(-(2**31))
+  return jax.lax.bitcast_convert_type(
+      jax.lax.bitcast_convert_type(k2 * k2, jnp.int32) ^ sign, jnp.float32)

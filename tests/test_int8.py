@@ -181,7 +181,7 @@ def test_block_size_divides_the_axis_when_it_can():
 
 @pytest.mark.parametrize("n", [256, 192, 160, 250, 200, 225, 125, 100, 251, 17, 7])
 def test_block_absmax_matches_numpy_for_every_first_stage(n):
-  # The maxima's first stage is 16, a divisor of the block up to 32 (250 ->
+  # The maxima's first stage is the largest divisor of the block up to 32 (256 -> 32, 250 ->
   # 25), or 16 over a zero-padded block (251); each must give the plain max.
   x = np.random.default_rng(n).standard_normal((3, 2 * n)).astype(np.float32)
   x[1, n // 3] = -40.0  # a negative extreme
