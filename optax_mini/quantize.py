@@ -319,7 +319,7 @@ def _inner(block: int) -> int:
   block (padded) made the maxima 3-6x slower on XLA:CPU. Each first-stage
   group ends in a horizontal maximum across the vector (about ten
   instructions); groups of 32 instead of 16 halve those (part of the gain
-  in ``benchmarks/RESULTS.md`` section 3, session #5). A longer first stage
+  in ``benchmarks/RESULTS.md`` section 3, session #6). A longer first stage
   (64) is split by XLA into a windowed reduction that writes ``|m|`` out."""
   divisors = [d for d in range(8, 33) if block % d == 0]
   return max(divisors) if divisors else 16

@@ -292,6 +292,34 @@ def test_power_stochastic_rounding_is_unbiased_over_steps():
   assert np.max(np.abs(nearest - root)) > 0.4
 
 
+def test_signed_fourth_power_is_k4_rounded_once():
+  # Every code the power map stores: sign(k) k**4 from float64, rounded once
+  # to float32 (the update's dequantization), both signs of zero aside.
+  k = np.arange(-127, 128)
+  want = (np.sign(k) * k.astype(np.float64) ** 4).astype(np.float32)
+  got = np.asarray(quantize._signed_fourth(jnp.asarray(k, jnp.float32)))  # noqa: SLF001
+  np.testing.assert_array_equal(got, want)
+  assert not np.signbit(got[k == 0]).any()
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.5])
+def test_weyl_dither_matches_numpy_positions(offset):
+  # A shard [2:5, 4:9, 0:6] of a [5, 9, 6] leaf draws what one device draws
+  # there: frac(position * phi + seed) to 23 bits, position row-major in the
+  # global leaf, computed here with NumPy's uint64 modulo 2**32.
+  global_shape, offsets, shape = (5, 9, 6), (2, 4, 0), (3, 5, 6)
+  seed = np.uint32(0xDEADBEEF)
+  index = np.indices(shape).reshape(3, -1).T + np.asarray(offsets)
+  position = np.ravel_multi_index(index.T, global_shape).astype(np.uint64).reshape(shape)
+  h = (position * np.uint64(0x9E3779B9) + np.uint64(seed)) % np.uint64(2**32)
+  want = (h >> np.uint64(9)).astype(np.float64) / 2**23 - offset
+  got = quantize._weyl_uniform(  # noqa: SLF001
+      jnp.zeros(shape), jnp.uint32(seed), global_shape, offsets, offset=offset)
+  np.testing.assert_array_equal(np.asarray(got, np.float64), want)
+  whole = quantize._weyl_uniform(jnp.zeros(global_shape), jnp.uint32(seed), offset=offset)  # noqa: SLF001
+  np.testing.assert_array_equal(np.asarray(whole)[2:5, 4:9, :], np.asarray(got))
+
+
 # ---------------------------------------------------------------- the transform
 
 SHAPES = {
