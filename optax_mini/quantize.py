@@ -492,24 +492,36 @@ def _positions(
     like: jax.Array,
     global_shape: tuple[int, ...] | None = None,
     offsets: tuple[Any, ...] | None = None,
+    *,
+    multiplier: int = 1,
+    start: Any = 0,
 ) -> jax.Array:
-  """Each element's row-major position in the global array (uint32,
-  modulo 2**32), shaped and sharded like ``like``. A shard (inside
-  ``shard_map``) passes the global shape and its ``offsets`` along each
-  axis, so that it gets the positions one device would."""
+  """``start + multiplier * position`` (uint32, modulo 2**32) of each
+  element, its position row-major in the global array; shaped and sharded
+  like ``like``. A shard (inside ``shard_map``) passes the global shape and
+  its ``offsets`` along each axis, so that it gets the positions one device
+  would.
+
+  Summed as ``start + sum(index * (stride * multiplier))`` over the axes,
+  outermost first (the same value modulo 2**32): the inner loop then adds
+  one loop-invariant row term to the last axis' index times the multiplier,
+  a multiply and an add per element fewer than multiplying the position.
+  """
   shape = like.shape
   global_shape = global_shape or shape
+  factors, factor = [0] * len(shape), multiplier % 2**32
+  for axis in reversed(range(len(shape))):
+    factors[axis] = factor
+    factor = (factor * global_shape[axis]) % 2**32
   # Positions with ``like``'s sharding (under sharding in types).
   sharding = getattr(jax.typeof(like), "sharding", None)
-  position = jnp.zeros_like(like, dtype=jnp.uint32)
-  stride = 1
-  for axis in reversed(range(len(shape))):
+  h = jnp.broadcast_to(jnp.asarray(start).astype(jnp.uint32), shape)
+  for axis in range(len(shape)):
     index = jax.lax.broadcasted_iota(jnp.uint32, shape, axis, out_sharding=sharding)
     if offsets is not None:
       index = index + jnp.asarray(offsets[axis]).astype(jnp.uint32)
-    position = position + index * jnp.uint32(stride)
-    stride = (stride * global_shape[axis]) % 2**32
-  return position
+    h = h + index * jnp.uint32(factors[axis])
+  return h
 
 
 def _hash_uniform(
@@ -521,7 +533,7 @@ def _hash_uniform(
   """Uniform ``[0, 1)`` floats shaped like ``like``, a counter-based hash
   (murmur3's finaliser) of each element's global position and ``seed``
   (uint32): the linear map's random bits."""
-  h = _positions(like, global_shape, offsets) * jnp.uint32(0x9E3779B1) + seed.astype(jnp.uint32)
+  h = _positions(like, global_shape, offsets, multiplier=0x9E3779B1, start=seed)
   h = h ^ (h >> 16)
   h = h * jnp.uint32(0x85EBCA6B)
   h = h ^ (h >> 13)
@@ -556,23 +568,7 @@ def _weyl_uniform(
   The 23 bits go straight into a float32 mantissa (``[1, 2)``, then one
   subtraction, exact): no integer-to-float convert and no multiply.
   """
-  # position * phi + seed, summed as seed + sum(index * (stride * phi)) over
-  # the axes, outermost first (the same value modulo 2**32): the inner loop
-  # then adds one loop-invariant row term to the last axis' index times phi,
-  # and a multiply and an add per element go.
-  shape = like.shape
-  global_shape = global_shape or shape
-  sharding = getattr(jax.typeof(like), "sharding", None)
-  factors, factor = [0] * len(shape), _PHI
-  for axis in reversed(range(len(shape))):
-    factors[axis] = factor
-    factor = (factor * global_shape[axis]) % 2**32
-  h = jnp.broadcast_to(jnp.asarray(seed).astype(jnp.uint32), shape)
-  for axis in range(len(shape)):
-    index = jax.lax.broadcasted_iota(jnp.uint32, shape, axis, out_sharding=sharding)
-    if offsets is not None:
-      index = index + jnp.asarray(offsets[axis]).astype(jnp.uint32)
-    h = h + index * jnp.uint32(factors[axis])
+  h = _positions(like, global_shape, offsets, multiplier=_PHI, start=seed)
   one_to_two = jax.lax.bitcast_convert_type((h >> 9) | jnp.uint32(0x3F800000), jnp.float32)
   return one_to_two - jnp.float32(1 + offset)
 
