@@ -51,9 +51,10 @@ was, and its update runs about 3x as fast on CPU (``benchmarks/RESULTS.md``
 sections 3 and 5; the README's "An 8-bit first moment").
 
 Leaves with fewer than :data:`MIN_QUANTIZED_SIZE` elements (norm scales,
-biases; for a layer-stacked leaf, per layer: :func:`is_quantized`) and
-complex leaves keep a float32 (complex64) ``m``: they are a negligible share
-of the state.
+biases; for a layer-stacked leaf, per layer: :func:`is_quantized`), leaves
+whose last axis has one element (blocks of one would take more bytes than a
+float32 ``m``) and complex leaves keep a float32 (complex64) ``m``: they are
+a negligible share of the state.
 """
 
 from __future__ import annotations
@@ -254,7 +255,10 @@ def is_quantized(shape: tuple[int, ...], dtype: Any, stack_axes: tuple[int, ...]
   judged as its unstacked model would be, one layer at a time: a stack of
   norm scales (MaxText's ``[embed, layers]``) keeps a float32 ``m`` as each
   layer's ``[embed]`` would. A leaf whose last axis is a stack axis also
-  keeps a float32 ``m``: a block along it would mix layers.
+  keeps a float32 ``m``: a block along it would mix layers. So does a leaf
+  whose last axis has one element (a ``[dim, 1]`` scalar head): its blocks
+  would hold one element each, a 4-byte scale per 1-byte code, 5 bytes per
+  element where a float32 ``m`` takes 4.
 
   Example:
     >>> import jax.numpy as jnp
@@ -265,6 +269,8 @@ def is_quantized(shape: tuple[int, ...], dtype: Any, stack_axes: tuple[int, ...]
     False
     >>> quantize.is_quantized((2304, 13, 8, 256), jnp.float32, stack_axes=(1,))
     True
+    >>> quantize.is_quantized((8192, 1), jnp.float32)
+    False
   """
   ndim = len(shape)
   stack = {axis % ndim for axis in stack_axes} if ndim else set()
@@ -272,6 +278,7 @@ def is_quantized(shape: tuple[int, ...], dtype: Any, stack_axes: tuple[int, ...]
   return (
       ndim >= 1
       and ndim - 1 not in stack
+      and shape[-1] > 1
       and per_layer >= MIN_QUANTIZED_SIZE
       and jnp.issubdtype(dtype, jnp.floating)
   )

@@ -463,7 +463,8 @@ def scale_by_adam_mini(
       256 elements or a divisor of the axis near it, about an eighth of ``optax.adamw``'s state); each step
       dequantizes it, updates it in float32, uses that for the update and
       requantizes it, without writing a float32 ``m`` out in full. Leaves
-      under 4096 elements keep a float32 first moment. Other integer
+      under 4096 elements, or with a last axis of one element, keep a
+      float32 first moment (``quantize.is_quantized``). Other integer
       dtypes raise.
     head_dim: size of one attention head, needed by flat
       ``[in, heads*head_dim]`` query/key kernels. A shape, so static: under

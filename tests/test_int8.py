@@ -440,6 +440,34 @@ def test_a_stack_axis_last_keeps_a_float32_mu():
   assert quantize.is_quantized((64, 128, 4), jnp.float32)  # unstacked, it would be
 
 
+def test_a_last_axis_of_one_keeps_a_float32_mu():
+  # [8192, 1] (a scalar head): blocks of one element would be 5 bytes per
+  # element (code and scale) where float32 m takes 4. [4096, 2] is quantized.
+  rng = np.random.default_rng(0)
+  params = {"head": {"kernel": jnp.asarray(rng.normal(size=(8192, 1)), jnp.float32)},
+            "pair": {"kernel": jnp.asarray(rng.normal(size=(4096, 2)), jnp.float32)}}
+  int8_tx = optax_mini.adam_mini(1e-2, mu_dtype=jnp.int8)
+  float_tx = optax_mini.adam_mini(1e-2)
+  state = int8_tx.init(params)
+  mu = state[0].mu
+  assert not isinstance(mu["head"]["kernel"], quantize.QuantizedMoment)
+  assert mu["head"]["kernel"].dtype == jnp.float32 and mu["head"]["kernel"].shape == (8192, 1)
+  assert isinstance(mu["pair"]["kernel"], quantize.QuantizedMoment)
+  # Bytes from the shapes: float32 m's state less the pair's m (8192
+  # elements, 4 bytes each), plus its codes (1 byte each) and one scale per
+  # block of 2 (4096 * 4); the head's m, v and the count as float32 m's.
+  float_bytes = optax_mini.state_bytes(float_tx, params)
+  assert optax_mini.state_bytes(int8_tx, params) == float_bytes - 8192 * 4 + 8192 + 4096 * 4
+  # The head's update is float32 m Adam-mini's, bit for bit.
+  float_state = float_tx.init(params)
+  for step in range(3):
+    g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+    u, state = jax.jit(int8_tx.update)(g, state, params)
+    want, float_state = jax.jit(float_tx.update)(g, float_state, params)
+    np.testing.assert_array_equal(np.asarray(u["head"]["kernel"]), np.asarray(want["head"]["kernel"]),
+                                  err_msg=f"step {step}")
+
+
 def _at(path, tree):
   return functools.reduce(lambda x, k: x[k.key], path, tree)
 
