@@ -101,6 +101,19 @@ def _check_mu_dtype(mu_dtype: Any, mu_code: str) -> None:
         "block-quantized 8-bit first moment (an eighth of AdamW's state), or a float dtype "
         "(jnp.float32, or jnp.bfloat16 for a quarter)."
     )
+  if mu_dtype is not None and jnp.issubdtype(mu_dtype, jnp.floating):
+    info = jnp.finfo(mu_dtype)
+    if info.bits < 16:
+      # Unscaled, an 8-bit float rounds a momentum of 1e-4 to 0 (e4m3fn's
+      # smallest value is 2**-9) or keeps 2 bits of it (e5m2).
+      raise ValueError(
+          f"mu_dtype={jnp.dtype(mu_dtype)}: an unscaled {info.bits}-bit float cannot hold the "
+          f"first moment (its smallest nonzero value is {float(info.smallest_subnormal):.3g}, "
+          f"its mantissa {info.nmant} bits; momenta are often 1e-4 and below), so most "
+          "momenta would round to 0 or lose all precision. Use jnp.int8 for the "
+          "block-quantized 8-bit first moment (one float32 scale per block), or "
+          "jnp.bfloat16."
+      )
   if mu_code not in quantize_lib.CODES:
     raise ValueError(f"mu_code={mu_code!r}: expected one of {quantize_lib.CODES}.")
 
@@ -465,7 +478,8 @@ def scale_by_adam_mini(
       requantizes it, without writing a float32 ``m`` out in full. Leaves
       under 4096 elements, or with a last axis of one element, keep a
       float32 first moment (``quantize.is_quantized``). Other integer
-      dtypes raise.
+      dtypes raise, as do floats narrower than 16 bits (float8: unscaled,
+      most momenta would round to 0).
     head_dim: size of one attention head, needed by flat
       ``[in, heads*head_dim]`` query/key kernels. A shape, so static: under
       ``optax.inject_hyperparams`` pass ``static_args=('head_dim',)``.

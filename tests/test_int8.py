@@ -628,6 +628,25 @@ def test_other_integer_dtypes_and_codes_raise():
     optax_mini.adam_mini(1e-3, mu_dtype=jnp.int8, mu_code="log")
 
 
+def test_unscaled_narrow_float_dtypes_raise():
+  # Cast to float8_e4m3fn, a momentum of 1e-4 is 0 (its smallest value is
+  # 2**-9): the transform would silently train nothing, as an int8 cast would.
+  assert float(np.asarray(1e-4, np.float32).astype(jnp.float8_e4m3fn)) == 0.0
+  narrow = [jnp.float8_e4m3fn, jnp.float8_e5m2]
+  narrow += [getattr(jnp, name) for name in ("float8_e4m3", "float8_e3m4", "float4_e2m1fn")
+             if hasattr(jnp, name)]
+  for dtype in narrow:
+    with pytest.raises(ValueError, match=rf"mu_dtype={jnp.dtype(dtype)}: an unscaled \d+-bit float cannot hold"
+                                         r".*Use jnp\.int8"):
+      optax_mini.adam_mini(1e-3, mu_dtype=dtype)
+    with pytest.raises(ValueError, match=r"Use jnp\.int8"):
+      optax_mini.explain({"w": jnp.zeros((64, 64))}, mu_dtype=dtype)
+  # 16-bit floats keep their meaning.
+  for dtype in (jnp.bfloat16, jnp.float16):
+    state = optax_mini.scale_by_adam_mini(mu_dtype=dtype).init({"w": jnp.zeros((64, 64))})
+    assert state.mu["w"].dtype == dtype
+
+
 def test_float_state_under_int8_transform_is_refused():
   params = tree(0)
   float_state = optax_mini.scale_by_adam_mini(head_dim=16).init(params)
