@@ -23,6 +23,7 @@ from optax_mini.blocks import (
     block_specs,
     normalize_path,
 )
+from optax_mini.convert import convert_state
 from optax_mini.explain import BlockRow, PartitionReport, explain, state_bytes
 from optax_mini.sharding import abstract_state, state_shardings
 from optax_mini.transform import ScaleByAdamMiniState, scale_by_adam_mini
@@ -45,6 +46,7 @@ __all__ = [
     "adam_mini",
     "block_spec_for",
     "block_specs",
+    "convert_state",
     "default_weight_decay_mask",
     "explain",
     "normalize_path",

@@ -639,14 +639,16 @@ def scale_by_adam_mini(
             f"block-quantized (mu_dtype=int8, the {mu.code!r} code map), but this transform "
             f"has mu_dtype={None if mu_dtype is None else jnp.dtype(mu_dtype)}: the state was "
             "made by a transform with another mu_dtype. Use mu_dtype=jnp.int8 with this "
-            "state, or re-create it with this transform's init."
+            "state, convert it (optax_mini.convert_state(state, tx, params)), or "
+            "re-create it with this transform's init."
         )
       if quantized and mu.code != mu_code:
         raise ValueError(
             f"{blocks_lib.path_str(path)}: shape {tuple(jnp.shape(g))}: the state's m is "
             f"stored with the {mu.code!r} code map, but this transform has "
             f"mu_code={mu_code!r}: decoding it with another map would give other "
-            f"values. Use mu_code={mu.code!r} with this state, or re-create the state "
+            f"values. Use mu_code={mu.code!r} with this state, convert it "
+            "(optax_mini.convert_state(state, tx, params)), or re-create the state "
             "with this transform's init."
         )
       rounding = None
@@ -699,7 +701,8 @@ def _check_small_mu(path, g, mu, shard: _Shard) -> None:
     raise ValueError(
         f"{blocks_lib.path_str(path)}: shape {tuple(jnp.shape(g))} is quantized with "
         f"mu_dtype=int8, but the state's mu is a plain {jnp.result_type(mu)} array: the state "
-        "was made by a transform with another mu_dtype. Re-create it with this "
+        "was made by a transform with another mu_dtype. Convert it "
+        "(optax_mini.convert_state(state, tx, params)), re-create it with this "
         "transform's init, or use the mu_dtype that made it."
     )
 
