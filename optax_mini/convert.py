@@ -66,15 +66,15 @@ def _shapes(x: Any) -> tuple[Any, ...]:
 
 def _convert_mini(source: ScaleByAdamMiniState, target: ScaleByAdamMiniState) -> ScaleByAdamMiniState:
   mu_paths, mu_def = jax.tree_util.tree_flatten_with_path(target.mu, is_leaf=_is_moment)
+  nu_paths, nu_def = jax.tree_util.tree_flatten_with_path(target.nu)
   try:
     source_mu = mu_def.flatten_up_to(source.mu)
+    source_nu = nu_def.flatten_up_to(source.nu)
   except (ValueError, TypeError) as err:
     raise ValueError(
-        "convert_state: the state's first moment has another tree structure than "
+        "convert_state: the state's moments have another tree structure than "
         f"tx.init(params)'s ({err}). Pass the parameters the state was made for."
     ) from None
-  nu_paths = jax.tree_util.tree_leaves_with_path(target.nu)
-  source_nu = jax.tree.leaves(source.nu)
   for (path, want), got in zip(nu_paths, source_nu, strict=True):
     if tuple(got.shape) != tuple(want.shape):
       raise ValueError(
