@@ -434,6 +434,29 @@ def _rules(target: str, *patterns: str) -> tuple[Rule, ...]:
   return tuple(Rule(p, target) for p in patterns)
 
 
+#: Parameter names (the last path component) that PyTorch, and libraries
+#: that follow it (Equinox), give a layer's matrices: such a leaf may be the
+#: transpose of the Flax kernel a rule describes (``BlockRules.weight_layout``).
+WEIGHT_NAMES = ("weight", "*_weight", "weight_*")
+#: ``BlockRules.weight_layout`` values; ``None``: settled by the shape or asked for.
+WEIGHT_LAYOUTS = (None, "torch", "flax")
+# Roles whose blocks follow the input/output orientation of a kernel
+# (``token`` tables are [vocab, dim] in every library; ``tensor`` and
+# ``element`` do not depend on axes).
+_ORIENTED_ROLES = frozenset({"heads", "value", "neuron"})
+
+
+def _is_weight_name(components: Sequence[str]) -> bool:
+  return bool(components) and any(fnmatch.fnmatchcase(components[-1], p) for p in WEIGHT_NAMES)
+
+
+def _transposed(layout: str) -> str:
+  """A layout with its axes in reverse order, as PyTorch stores the Flax
+  kernel it describes: ``"i (n h)"`` -> ``"(n h) i"``, ``"i i i o"`` (a
+  ``[kh, kw, in, out]`` convolution) -> ``"o i i i"`` (``[out, in, kh, kw]``)."""
+  return " ".join(g if len(g) == 1 else f"({' '.join(g)})" for g in reversed(_parse_layout(layout)))
+
+
 #: The role of each part name a fused kernel's rule may use.
 PART_ROLES: dict[str, str] = {
     "q": "heads", "k": "heads", "v": "value", "gate": "neuron", "up": "neuron",
@@ -486,8 +509,12 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # counts unless the model is multi-head (BlockRules(num_heads=...)).
     *(Rule(name, "q,k,v", "i (p n h)") for name in ("qkv_proj", "qkv", "wqkv")),
     Rule("gate_up_proj", "gate,up", "i (p o)"),
+    # PyTorch nn.MultiheadAttention: q|k|v along the output of in_proj_weight
+    # [3*embed, embed], i.e. a transposed [in, q | k | v] (WEIGHT_NAMES).
+    Rule("in_proj_weight", "q,k,v", "i (p n h)", where="pnh == 3*i"),
     # One v per head. Flat [in, heads*head_dim] kernels need head_dim.
-    *_rules("heads", "q_proj", "k_proj", "wq", "wk", "query", "key"),
+    # query_proj/key_proj: Equinox's MultiheadAttention.
+    *_rules("heads", "q_proj", "k_proj", "wq", "wk", "query", "key", "query_proj", "key_proj"),
     # keras-hub's untied output projection is [d_model, vocab]: one v per
     # token, i.e. per output (it would otherwise match "*embed*").
     Rule("reverse_embeddings", "neuron", "i o"),
@@ -496,13 +523,13 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     *_rules("token", "*embed*", "*embd*", "wte", "wpe"),
     # Values: one v per output neuron, i.e. only the input axis is averaged
     # ([in, heads, head_dim] -> [heads, head_dim]).
-    *_rules("value", "v_proj", "wv", "value"),
+    *_rules("value", "v_proj", "wv", "value", "value_proj"),
     # Per output neuron: lm_head [dim, vocab] keeps vocab (one v per token, as
     # in the official "output" rule); attention out [heads, head_dim, out] and
     # MLP kernels keep out. Listed so explain() names them; the fallback for
     # unnamed kernels does the same.
     *_rules("neuron", "lm_head", "output", "final_layer", "logits_dense"),
-    *_rules("neuron", "o_proj", "wo", "out", "c_proj"),
+    *_rules("neuron", "o_proj", "wo", "out", "c_proj", "output_proj", "out_proj"),
     *_rules(
         "neuron", "mlp", "feed_forward", "gate_proj", "up_proj", "down_proj",
         "w1", "w2", "w3", "wi", "wi_0", "wi_1", "fc1", "fc2", "c_fc",
@@ -548,6 +575,17 @@ class BlockRules:
       ``[heads, in, head_dim]`` or ``[in, heads, head_dim]``?), or a fused
       ``[in, q | k | v]`` kernel whose parts differ in size (GQA). Given,
       they are also checked against every heads axis.
+    weight_layout: how parameters named ``weight`` (:data:`WEIGHT_NAMES`)
+      with two or more (non-layer) axes are laid out, where their blocks
+      depend on it. ``"torch"``: as PyTorch stores them, the transpose of the
+      Flax kernel the rules describe (``nn.Linear``'s ``[out, in]``, GPT-2's
+      ``Conv1D`` ``[in, out]``, convolutions ``[out, in, kh, kw]``): a
+      PyTorch checkpoint read with ``safetensors.flax.load_file``, an
+      Equinox model, a port of PyTorch code. ``"flax"``: as a Flax
+      ``kernel`` (``[in, out]``). ``None`` (default): the shape must settle
+      it (a fused ``c_attn`` of ``[768, 2304]`` fits only one reading);
+      where both readings fit and give different blocks, a ``ValueError``
+      asks for it. Embedding tables and norm weights read the same either way.
 
   Example:
     >>> import jax.numpy as jnp
@@ -565,6 +603,18 @@ class BlockRules:
     >>> spec = optax_mini.block_specs(params, head_dim=8, blocks=rules)["attn"]["q_proj"]["kernel"]
     >>> spec.v_shape((16, 32)), spec.role
     ((32,), 'heads per neuron [q_proj]')
+
+    A PyTorch checkpoint (``safetensors.flax.load_file``): flat dotted names,
+    ``nn.Linear`` weights ``[out, in]``:
+
+    >>> params = {"model.layers.0.self_attn.k_proj.weight": jnp.zeros((32, 64)),
+    ...           "lm_head.weight": jnp.zeros((100, 64))}
+    >>> specs = optax_mini.block_specs(
+    ...     params, head_dim=8, blocks=optax_mini.BlockRules(weight_layout="torch"))
+    >>> specs["model.layers.0.self_attn.k_proj.weight"].v_shape((32, 64))  # 4 kv heads
+    (4,)
+    >>> specs["lm_head.weight"].v_shape((100, 64))  # one v per token
+    (100,)
   """
 
   rules: tuple[Rule, ...] = ()
@@ -574,6 +624,7 @@ class BlockRules:
   query_key_per_neuron: bool = False
   num_heads: int | None = None
   num_kv_heads: int | None = None
+  weight_layout: str | None = None
 
   def __post_init__(self):
     rules = tuple(
@@ -587,6 +638,12 @@ class BlockRules:
           isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0
       ):
         raise ValueError(f"BlockRules: {name} must be a positive int or None, got {value!r}.")
+    if self.weight_layout not in WEIGHT_LAYOUTS:
+      raise ValueError(
+          f"BlockRules: weight_layout must be one of {WEIGHT_LAYOUTS}, got "
+          f"{self.weight_layout!r}: 'torch' for PyTorch's layout ([out, in], the "
+          "transpose of a Flax kernel), 'flax' for a Flax kernel's ([in, out])."
+      )
     stacked = tuple((str(p), _int_tuple(a)) for p, a in _as_items(self.stacked))
     object.__setattr__(self, "rules", rules)
     object.__setattr__(self, "stacked", stacked)
@@ -645,8 +702,9 @@ def normalize_path(path: Sequence[Any]) -> tuple[str, ...]:
 
   ``DictKey`` (str or int keys), ``GetAttrKey``, ``SequenceKey`` and
   ``FlattenedIndexKey`` all become plain strings; a string key holding
-  ``/``-separated names (a flat dict of keras variable paths) becomes its
-  components. A trailing ``.value``
+  ``/``- or ``.``-separated names (a flat dict of keras variable paths, or of
+  PyTorch parameter names as ``safetensors.flax.load_file`` returns a
+  checkpoint) becomes its components. A trailing ``.value``
   attribute is dropped: flax ``nnx.Optimizer`` hands ``init`` an ``nnx.State``
   whose paths end in it, and ``update`` plain arrays whose paths do not, so
   both must see the same components.
@@ -658,6 +716,8 @@ def normalize_path(path: Sequence[Any]) -> tuple[str, ...]:
     ...         jax.tree_util.GetAttrKey("value"))
     >>> normalize_path(path)
     ('layers', '3')
+    >>> normalize_path((jax.tree_util.DictKey("model.layers.0.self_attn.q_proj.weight"),))
+    ('model', 'layers', '0', 'self_attn', 'q_proj', 'weight')
   """
   keys = list(path)
   if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
@@ -666,8 +726,10 @@ def normalize_path(path: Sequence[Any]) -> tuple[str, ...]:
   for key in keys:
     if isinstance(key, jax.tree_util.DictKey):
       # A flat dict keyed by variable paths (keras: "decoder_block_0/attention/
-      # query/kernel") reads as the nested tree those paths describe.
-      out.extend(c for c in str(key.key).split("/") if c)
+      # query/kernel"; a PyTorch checkpoint read with safetensors:
+      # "model.layers.0.self_attn.q_proj.weight") reads as the nested tree
+      # those paths describe.
+      out.extend(c for c in str(key.key).replace(".", "/").split("/") if c)
     elif isinstance(key, jax.tree_util.GetAttrKey):
       out.append(key.name)
     elif isinstance(key, jax.tree_util.SequenceKey):
@@ -955,14 +1017,28 @@ def _resolve(
     rules: BlockRules,
     where: str,
     stacked: bool = False,
-) -> _Resolved:
-  """The blocks ``rule`` gives one layer's leaf, or a ``ValueError`` saying
-  why its layout cannot be confirmed and how to settle it."""
+    weight: str | None = None,
+) -> tuple[_Resolved, bool]:
+  """The blocks ``rule`` gives one layer's leaf, and whether they come from
+  the transposed (PyTorch) reading of its layout; or a ``ValueError`` saying
+  why its layout cannot be confirmed and how to settle it.
+
+  ``weight``: the leaf's name if PyTorch names a layer's matrix so
+  (:data:`WEIGHT_NAMES`): it may be stored transposed
+  (``BlockRules.weight_layout``)."""
   target, nd = rule.target, len(logical_shape)
   role = _role(target, rules)
   candidates = _layout_candidates(rule.layout) or _default_layouts(role, nd)
   if role == "tensor" and target == "value":
     candidates = _default_layouts("tensor", nd)
+  transposed: set[str] = set()
+  if weight and nd >= 2 and ("," in target or role in _ORIENTED_ROLES):
+    flipped = tuple(_transposed(layout) for layout in candidates)
+    if rules.weight_layout == "torch":
+      candidates, transposed = flipped, set(flipped)
+    elif rules.weight_layout is None:
+      transposed = set(flipped) - set(candidates)
+      candidates = tuple(dict.fromkeys(candidates + flipped))
   fits, misfits = {}, []
   for layout in candidates:
     try:
@@ -971,10 +1047,26 @@ def _resolve(
       misfits.append((layout, str(e)))
   distinct = set(fits.values())
   if len(distinct) == 1:
-    return next(iter(distinct))
+    return next(iter(distinct)), bool(fits) and set(fits) <= transposed
   shown = f"shape {logical_shape}" + (" (one layer's)" if stacked else "")
   head = f"{where}: {shown} matched rule {rule.pattern!r} ({target})"
   letters = "; ".join(f"{c}={w}" for c, w in _LETTERS.items())
+  as_torch = {fits[x] for x in fits if x in transposed}
+  as_flax = {fits[x] for x in fits if x not in transposed}
+  if transposed and len(as_torch) == 1 and len(as_flax) == 1:
+    torch_layout = next(x for x in fits if x in transposed)
+    flax_layout = next(x for x in fits if x not in transposed)
+    spaced = lambda x: " ".join(_parse_layout(x))  # noqa: E731
+    raise ValueError(
+        f"{head}, but a parameter named {weight!r} can be laid out two ways: as "
+        f"PyTorch stores it, the transpose of a Flax kernel ({spaced(torch_layout)!r}: a "
+        "PyTorch checkpoint read with safetensors, Equinox, a port of PyTorch code), "
+        f"or as a Flax kernel ({spaced(flax_layout)!r}: JAX code that names its kernels "
+        "so). The shape fits both and they give different blocks, so the partition "
+        "would be a guess. Say which for every such leaf: blocks=optax_mini."
+        "BlockRules(weight_layout='torch') or weight_layout='flax' "
+        f"({letters})."
+    )
   if len(distinct) > 1:
     layouts = " or ".join(repr(x) for x in fits)
     raise ValueError(
@@ -1111,6 +1203,7 @@ def _claim(
   that claimed it, ``None`` for the fallback; the index lets
   :func:`warn_unclaimed_rules` find user rules that claimed nothing."""
   ndim = len(shape)
+  weight = components[-1] if _is_weight_name(components) else None
   stack = _stack_axes_for(components, ndim, rules.stacked, where)
   logical_to_full = tuple(a for a in range(ndim) if a not in stack)
   logical_shape = tuple(shape[a] for a in logical_to_full)
@@ -1142,7 +1235,7 @@ def _claim(
     fused = "," in target
     if (fused or target in _KERNEL_ROLES) and nd < 2:
       continue
-    resolved = _resolve(rule, logical_shape, head_dim, rules, where, bool(stack))
+    resolved, torch_read = _resolve(rule, logical_shape, head_dim, rules, where, bool(stack), weight)
     if fused:
       label = f"fused {target.replace(',', '|')} [{rule.pattern}]"
       if not resolved.parts:
@@ -1153,10 +1246,11 @@ def _claim(
       label = f"heads per neuron [{rule.pattern}]"
     else:
       label = f"{target} [{rule.pattern}]"
-    return finish(resolved, label), index
+    return finish(resolved, label + (", torch layout" if torch_read else "")), index
   role = "neuron" if nd >= 2 else "tensor"
   fallback = Rule("", role)
-  return finish(_resolve(fallback, logical_shape, head_dim, rules, where, bool(stack)), f"{role} (default)"), None
+  resolved, torch_read = _resolve(fallback, logical_shape, head_dim, rules, where, bool(stack), weight)
+  return finish(resolved, f"{role} (default{', torch layout' if torch_read else ''})"), None
 
 
 def check_head_dim(head_dim: Any) -> int | None:

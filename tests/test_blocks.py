@@ -385,3 +385,122 @@ def test_default_rules_are_well_formed():
   from optax_mini.blocks import _check_rule
   for rule in optax_mini.DEFAULT_RULES:
     _check_rule(rule)
+
+
+# ---------------------------------------------------------------------------
+# PyTorch layout: parameters named "weight" (checkpoints, Equinox)
+
+TORCH = BlockRules(weight_layout="torch")
+
+
+def _torch_llama_layer(dim, heads, kv_heads, head_dim, ffn):
+  return {
+      "self_attn": {
+          "q_proj": {"weight": leaf(heads * head_dim, dim)},
+          "k_proj": {"weight": leaf(kv_heads * head_dim, dim)},
+          "v_proj": {"weight": leaf(kv_heads * head_dim, dim)},
+          "o_proj": {"weight": leaf(dim, heads * head_dim)},
+      },
+      "mlp": {"gate_proj": {"weight": leaf(ffn, dim)}, "down_proj": {"weight": leaf(dim, ffn)}},
+      "input_layernorm": {"weight": leaf(dim)},
+  }
+
+
+def test_pytorch_weights_are_read_transposed():
+  # nn.Linear(in, out).weight is [out, in]; the official rules keep the out
+  # axis (per neuron, per token of lm_head) or its heads.
+  dim, heads, kv_heads, head_dim, ffn, vocab = 32, 4, 2, 8, 48, 61
+  params = {
+      "model": {"embed_tokens": {"weight": leaf(vocab, dim)},
+                "layers": {"0": _torch_llama_layer(dim, heads, kv_heads, head_dim, ffn)}},
+      "lm_head": {"weight": leaf(vocab, dim)},
+      "conv": {"weight": leaf(16, 3, 5, 5), "bias": leaf(16)},  # nn.Conv2d: [out, in, kh, kw]
+  }
+  got = v_shapes(params, head_dim=head_dim, blocks=TORCH)
+  layer = got["model"]["layers"]["0"]
+  assert layer["self_attn"] == {"q_proj": {"weight": (heads,)}, "k_proj": {"weight": (kv_heads,)},
+                                "v_proj": {"weight": (kv_heads * head_dim,)}, "o_proj": {"weight": (dim,)}}
+  assert layer["mlp"] == {"gate_proj": {"weight": (ffn,)}, "down_proj": {"weight": (dim,)}}
+  assert layer["input_layernorm"] == {"weight": ()}
+  assert got["model"]["embed_tokens"] == {"weight": (vocab,)}
+  assert got["lm_head"] == {"weight": (vocab,)}
+  assert got["conv"] == {"weight": (16,), "bias": (16,)}
+  roles = {r.path: r.role for r in optax_mini.explain(params, head_dim=head_dim, blocks=TORCH).rows}
+  assert roles["['lm_head']['weight']"] == "neuron [lm_head], torch layout"
+  assert roles["['model']['embed_tokens']['weight']"] == "token [*embed*]"  # [vocab, dim] either way
+
+
+def test_heads_are_row_blocks_in_pytorch_layout():
+  # Head 1 of a [heads*head_dim, in] weight is rows 4..7: its v is the mean
+  # of their squares (float64 NumPy), the other heads' 0.
+  g = np.zeros((12, 6), np.float32)
+  g[4:8, :] = 2.0
+  g[0, 0] = 3.0
+  tx = optax_mini.scale_by_adam_mini(b1=0.0, b2=0.0, head_dim=4, blocks=TORCH)
+  state = tx.init({"q_proj": {"weight": jnp.zeros((12, 6))}})
+  _, state = tx.update({"q_proj": {"weight": jnp.asarray(g)}}, state)
+  want = (g.astype(np.float64) ** 2).reshape(3, 4 * 6).mean(axis=1)
+  np.testing.assert_allclose(state.nu["q_proj"]["weight"], want, rtol=1e-6)
+
+
+def test_a_weight_that_fits_both_readings_raises_until_declared():
+  params = {"layers": {"0": {"mlp": {"up_proj": {"weight": leaf(48, 32)}}}}}
+  with pytest.raises(ValueError, match=(
+      r"\['layers'\]\['0'\]\['mlp'\]\['up_proj'\]\['weight'\]: shape \(48, 32\).*"
+      r"named 'weight'.*'o i'.*'i o'.*weight_layout='torch'.*weight_layout='flax'")):
+    optax_mini.block_specs(params)
+  with pytest.raises(ValueError, match="weight_layout"):
+    optax_mini.explain(params)
+  got = v_shapes(params, blocks=BlockRules(weight_layout="flax"))
+  assert got["layers"]["0"]["mlp"]["up_proj"]["weight"] == (32,)
+  got = v_shapes(params, blocks=TORCH)
+  assert got["layers"]["0"]["mlp"]["up_proj"]["weight"] == (48,)
+
+
+def test_a_weight_whose_shape_fits_one_reading_needs_no_declaration():
+  # PyTorch GPT-2's Conv1D weights are [in, out] (the transpose of HF Flax's
+  # [out, in] kernels); nn.MultiheadAttention's in_proj_weight is
+  # [3*embed, embed]. Their rules' size checks fit one reading only.
+  params = {"h": {"0": {"attn": {"c_attn": {"weight": leaf(16, 48)}},
+                        "mlp": {"c_fc": {"weight": leaf(16, 64)}}}},
+            "attn": {"in_proj_weight": leaf(48, 16), "in_proj_bias": leaf(48)}}
+  specs = optax_mini.block_specs(params, head_dim=4)
+  for spec, shape in ((specs["h"]["0"]["attn"]["c_attn"]["weight"], (16, 48)),
+                      (specs["attn"]["in_proj_weight"], (48, 16))):
+    assert [p.name for p in spec.parts] == ["q", "k", "v"]
+    assert spec.layout(shape).num_blocks == 4 + 4 + 16  # q, k: per head; v: per neuron
+  assert specs["h"]["0"]["mlp"]["c_fc"]["weight"].v_shape((16, 64)) == (64,)
+  assert specs["attn"]["in_proj_bias"].v_shape((48,)) == (48,)
+
+
+def test_kernels_ignore_weight_layout():
+  # weight_layout concerns leaves named "weight" only: Flax kernels in the
+  # same tree keep their [in, out] reading.
+  params = {"q_proj": {"kernel": leaf(32, 16)}, "mlp": {"kernel": leaf(32, 64)}, "w": leaf(5, 7)}
+  assert v_shapes(params, head_dim=8, blocks=TORCH) == v_shapes(params, head_dim=8)
+  assert v_shapes(params, head_dim=8) == {"q_proj": {"kernel": (2,)}, "mlp": {"kernel": (64,)}, "w": (7,)}
+
+
+def test_stacked_pytorch_weights():
+  # A scanned stack of [out, in] weights, layer axis 0.
+  params = {"layers": {"mlp": {"up_proj": {"weight": leaf(3, 48, 32)}}}}
+  rules = BlockRules(weight_layout="torch", stacked={"layers": 0})
+  assert v_shapes(params, blocks=rules) == {"layers": {"mlp": {"up_proj": {"weight": (3, 48)}}}}
+
+
+def test_weight_layout_is_checked():
+  with pytest.raises(ValueError, match=r"weight_layout must be one of \(None, 'torch', 'flax'\).*'pytorch'"):
+    BlockRules(weight_layout="pytorch")
+
+
+def test_dotted_flat_keys_read_as_their_components():
+  # safetensors.flax.load_file: {"model.layers.0.self_attn.q_proj.weight": ...}
+  nested = {"model": {"layers": {"0": _torch_llama_layer(32, 4, 2, 8, 48)}}}
+  flat = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(nested)[0]:
+    flat[".".join(k.key for k in path)] = x
+  got = v_shapes(flat, head_dim=8, blocks=TORCH)
+  want = v_shapes(nested, head_dim=8, blocks=TORCH)
+  assert got == {".".join(k.key for k in p): s for p, s in jax.tree_util.tree_flatten_with_path(
+      want, is_leaf=lambda x: isinstance(x, tuple))[0]}
+  assert got["model.layers.0.self_attn.k_proj.weight"] == (2,)

@@ -3,9 +3,12 @@
 A LLaMA-like model with GQA, q/k/v biases, weight decay and b2=0.95 is trained
 for 6 steps by the official optimizer (``make_fixture.py``). We replay its
 recorded gradients, transposed into Flax layout, through ``optax_mini.adam_mini``
-and compare every parameter after every step. The committed fixture makes the
-test run without torch; with torch and adam-mini installed the same comparison
-also runs live against a fresh official run.
+and compare every parameter after every step. The same gradients are also
+replayed untransposed, as the flat dict of PyTorch names and layouts that
+``safetensors.flax.load_file`` gives for a PyTorch checkpoint, under
+``BlockRules(weight_layout="torch")``. The committed fixture makes the test
+run without torch; with torch and adam-mini installed the same comparison also
+runs live against a fresh official run.
 """
 
 from __future__ import annotations
@@ -58,14 +61,21 @@ def _get(tree: dict, path: tuple[str, ...]):
   return tree
 
 
-def _replay(data: dict[str, np.ndarray]):
+def _replay(data: dict[str, np.ndarray], layout: str = "flax"):
+  """Replays the official run; ``layout="torch"``: as a flat dict keyed by the
+  PyTorch names, arrays as PyTorch stores them (a safetensors checkpoint)."""
   names = sorted(k[len("init/"):] for k in data if k.startswith("init/"))
-  paths = {n: _flax_path(n, data[f"init/{n}"].ndim) for n in names}
+  torch = layout == "torch"
+  if torch:
+    paths = {n: (n,) for n in names}
+  else:
+    paths = {n: _flax_path(n, data[f"init/{n}"].ndim) for n in names}
+  convert = (lambda n, x: x) if torch else _to_flax
 
   def tree(prefix: str) -> dict:
     out: dict = {}
     for n in names:
-      _set(out, paths[n], jnp.asarray(_to_flax(n, data[f"{prefix}{n}"])))
+      _set(out, paths[n], jnp.asarray(convert(n, data[f"{prefix}{n}"])))
     return out
 
   steps = int(data["meta/steps"])
@@ -76,6 +86,7 @@ def _replay(data: dict[str, np.ndarray]):
       eps=float(data["meta/eps"]),
       weight_decay=float(data["meta/weight_decay"]),
       head_dim=int(data["meta/head_dim"]),
+      blocks=optax_mini.BlockRules(weight_layout="torch") if torch else None,
   )
   params = tree("init/")
   state = tx.init(params)
@@ -90,7 +101,7 @@ def _replay(data: dict[str, np.ndarray]):
     params, state = step(params, state, tree(f"grad/{t}/"))
     for n in names:
       ours = np.asarray(_get(params, paths[n]))
-      theirs = _to_flax(n, data[f"param/{t}/{n}"])
+      theirs = convert(n, data[f"param/{t}/{n}"])
       rel = np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))
       worst = max(worst, rel)
       assert rel <= MAX_RELATIVE_DIFFERENCE, (t, n, rel)
@@ -120,6 +131,25 @@ def test_matches_committed_official_fixture():
   assert worst <= MAX_RELATIVE_DIFFERENCE
 
 
+def test_pytorch_checkpoint_layout_matches_committed_official_fixture():
+  """The official run's own tree: PyTorch names, nn.Linear weights [out, in]."""
+  data = dict(np.load(FIXTURE))
+  names, paths, state, worst = _replay(data, layout="torch")
+  assert all(paths[n] == (n,) for n in names) and any(n.endswith("q_proj.weight") for n in names)
+  _check_partition(data, names, paths, state)
+  assert worst <= MAX_RELATIVE_DIFFERENCE
+
+
+def test_pytorch_checkpoint_layout_must_be_declared():
+  """Undeclared, a square [out, in] weight fits both readings: an error that
+  names the leaf and the fix, never a guess."""
+  data = dict(np.load(FIXTURE))
+  params = {n[len("init/"):]: jnp.asarray(data[n]) for n in data if n.startswith("init/")}
+  tx = optax_mini.adam_mini(1e-3, head_dim=int(data["meta/head_dim"]))
+  with pytest.raises(ValueError, match=r"\['lm_head.weight'\].*weight_layout='torch'"):
+    tx.init(params)
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("torch") is None or importlib.util.find_spec("adam_mini") is None,
     reason="live parity needs `pip install torch==2.13.0 adam-mini==1.1.1` (the committed "
@@ -132,6 +162,7 @@ def test_matches_official_live():
   finally:
     sys.path.pop(0)
   data = make_fixture.run_official()
-  names, paths, state, worst = _replay(data)
-  _check_partition(data, names, paths, state)
-  assert worst <= MAX_RELATIVE_DIFFERENCE
+  for layout in ("flax", "torch"):
+    names, paths, state, worst = _replay(data, layout)
+    _check_partition(data, names, paths, state)
+    assert worst <= MAX_RELATIVE_DIFFERENCE, layout
