@@ -113,6 +113,39 @@ EXPECTED = {
         ("*/mlp/linear", _d),
         ("*/scale", _one),
     ],
+    # PyTorch checkpoints as safetensors.flax.load_file returns them: flat
+    # dotted names (matched here with '.' read as '/'), nn.Linear weights
+    # [out, in], GPT-2's Conv1D [in, out].
+    "transformers-torch": [
+        ("*embed_tokens/weight", _vocab), ("lm_head/weight", _vocab),
+        ("*q_proj/weight", _heads), ("*k_proj/weight", _kv_heads), ("*v_proj/weight", _kv_neurons),
+        ("*o_proj/weight", _d), ("*gate_proj/weight", _mlp), ("*up_proj/weight", _mlp),
+        ("*down_proj/weight", _d), ("*norm/weight", _one),
+        ("*wte/weight", _vocab), ("*wpe/weight", lambda c: c["native"]["n_positions"]),
+        ("*c_attn/weight", _qkv), ("*attn/c_proj/weight", _d), ("*c_fc/weight", _mlp),
+        ("*mlp/c_proj/weight", _d), ("*ln_*/weight", _one),
+        ("*/bias", None),
+    ],
+    # Models built from Equinox's own layers (Linear weight [out, in],
+    # MultiheadAttention's query_proj/key_proj/value_proj/output_proj,
+    # Conv2d weight [out, in, kh, kw]).
+    "equinox": [
+        ("token_embedding/weight", _vocab), ("embed_tokens/weight", _vocab),
+        ("position_embedding/weight", lambda c: c["native"]["max_positions"]),
+        ("lm_head/weight", _vocab),
+        ("*/query_proj/weight", _heads), ("*/key_proj/weight", _kv_heads),
+        ("*/value_proj/weight", _kv_neurons), ("*/output_proj/weight", _d),
+        ("*/mlp_in/weight", _mlp), ("*/mlp_out/weight", _d),
+        ("*/q_proj/weight", _heads), ("*/k_proj/weight", _kv_heads), ("*/v_proj/weight", _kv_neurons),
+        ("*/o_proj/weight", _d), ("*/gate_proj/weight", _mlp), ("*/up_proj/weight", _mlp),
+        ("*/down_proj/weight", _d), ("*norm/weight", _one),
+        # The CNN: one v per output channel / neuron.
+        ("layers/0/weight", lambda c: c["native"]["convs"][0][1]),
+        ("layers/1/weight", lambda c: c["native"]["convs"][1][1]),
+        ("layers/2/weight", lambda c: c["native"]["linears"][0][1]),
+        ("layers/3/weight", lambda c: c["native"]["linears"][1][1]),
+        ("*/bias", None),
+    ],
     "maxtext": [
         ("*token_embedder/embedding", _vocab), ("*logits_dense/kernel", _vocab),
         ("*/query/kernel", _heads), ("*/key/kernel", _kv_heads), ("*/value/kernel", _kv_neurons),
@@ -125,6 +158,8 @@ EXPECTED = {
 
 def expected_blocks(record: dict, path: str, shape: tuple[int, ...]) -> int:
   config = record["config"]
+  if config.get("layout") == "torch":
+    path = path.replace(".", "/")
   for pattern, per_layer in EXPECTED[record["library"]]:
     if fnmatch.fnmatchcase(path, pattern):
       if per_layer is None:  # a bias: plain Adam, one v per element
@@ -137,9 +172,14 @@ def expected_blocks(record: dict, path: str, shape: tuple[int, ...]) -> int:
 
 def what_the_user_passes(record: dict) -> dict:
   config = record["config"]
-  kwargs = {"head_dim": config["head_dim"]}
+  kwargs = {"head_dim": config["head_dim"]} if config["head_dim"] is not None else {}
+  rules = {}
   if config.get("scanned"):
-    kwargs["blocks"] = optax_mini.BlockRules(stacked=dict(record["stacked"]))
+    rules["stacked"] = dict(record["stacked"])
+  if config.get("layout") == "torch":
+    rules["weight_layout"] = "torch"
+  if rules:
+    kwargs["blocks"] = optax_mini.BlockRules(**rules)
   return kwargs
 
 
@@ -207,9 +247,14 @@ def test_fixture_matches_its_config(fixture):
   record = load(fixture)
   c = record["config"]
   total = sum(math.prod(leaf["shape"]) for leaf in record["leaves"])
+  if c["d_model"] is None:  # the CNN: its convolutions and linear layers
+    native = c["native"]
+    convs = sum(o * (i * native["kernel_size"] ** 2 + 1) for i, o, _ in native["convs"])
+    assert total == convs + sum(o * (i + 1) for i, o in native["linears"])
+    return
   attention = c["d_model"] * c["head_dim"] * (2 * c["num_heads"] + 2 * c["num_kv_heads"])
   per_layer_matrices = attention + 3 * c["d_model"] * c["mlp_dim"]
-  if record["library"] == "transformers" and "gpt2" in record["name"] or "bloom" in record["name"]:
+  if "gpt2" in record["name"] or "bloom" in record["name"]:
     per_layer_matrices = attention + 2 * c["d_model"] * c["mlp_dim"]
   embedding = c["vocab_size"] * c["d_model"] * (1 if c["tied_embeddings"] else 2)
   matrices = embedding + c["num_layers"] * per_layer_matrices
@@ -217,33 +262,35 @@ def test_fixture_matches_its_config(fixture):
   assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
 
 
+# library -> (package, recorder, why a user's environment may lack it: the
+# skip reason says it).
 LIVE = {
-    "transformers": ("transformers", "record_hf_flax"),
-    "keras-hub": ("keras_hub", "record_keras_hub"),
-    "gemma": ("gemma", "record_gemma"),
-    "maxtext": ("maxtext", "record_maxtext"),
-}
-# Why a user's environment may lack each library (the skip reason says it).
-NEEDS = {
-    "transformers": "transformers 4.x (5 dropped Flax) pinned with jax and flax",
-    "keras_hub": "keras-hub installed without its TensorFlow dependency",
-    "gemma": "Python >= 3.12 and a pinned environment",
-    "maxtext": "Python >= 3.12 and a pinned environment",
+    "transformers": ("transformers", "record_hf_flax",
+                     "transformers 4.x (5 dropped Flax) pinned with jax and flax"),
+    "transformers-torch": ("transformers", "record_hf_torch",
+                           "transformers 4.57.6 with torch 2.13.0 (built on torch's meta device)"),
+    "equinox": ("equinox", "record_equinox", "equinox 0.13.8"),
+    "keras-hub": ("keras_hub", "record_keras_hub", "keras-hub installed without its TensorFlow dependency"),
+    "gemma": ("gemma", "record_gemma", "Python >= 3.12 and a pinned environment"),
+    "maxtext": ("maxtext", "record_maxtext", "Python >= 3.12 and a pinned environment"),
 }
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
 def test_live_library_builds_the_recorded_tree(fixture, monkeypatch):
   record = load(fixture)
-  package, recorder = LIVE[record["library"]]
+  package, recorder, needs = LIVE[record["library"]]
   if package == "keras_hub":
     # Keras picks its backend at import (TensorFlow by default, not installed).
     monkeypatch.setenv("KERAS_BACKEND", "jax")
   pytest.importorskip(
       package,
-      reason=f"{package} is not installed (it needs {NEEDS[package]}: see "
+      reason=f"{package} is not installed (it needs {needs}: see "
       f"tests/third_party/{recorder}.py); the recorded fixture stands in for it",
   )
+  if recorder == "record_hf_torch":
+    pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0); "
+                        "the recorded fixture stands in for the live model")
   monkeypatch.syspath_prepend(str(HERE))
   module = importlib.import_module(recorder)
   tree, config = module.build(record["name"])
@@ -261,6 +308,10 @@ def test_live_library_builds_the_recorded_tree(fixture, monkeypatch):
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
+def _count(n: int) -> str:
+  return f"{n / 1e9:.2f}B" if n >= 100_000_000 else f"{n / 1e6:.2f}M"
+
+
 def your_model_rows() -> list[str]:
   """The README's "Your model" table, recomputed from the fixtures."""
   rows = []
@@ -270,14 +321,18 @@ def your_model_rows() -> list[str]:
       continue
     kwargs = what_the_user_passes(record)
     report = optax_mini.explain(rebuild(record), mu_dtype=jnp.int8, **kwargs)
-    passed = f"`head_dim={kwargs['head_dim']}`"
+    passed = [f"`head_dim={kwargs['head_dim']}`"] if "head_dim" in kwargs else []
     if "blocks" in kwargs:
-      passed += f", `blocks=BlockRules(stacked={record['stacked']})`"
+      rules = kwargs["blocks"]
+      fields = [f"stacked={record['stacked']}"] if rules.stacked else []
+      fields += [f"weight_layout={rules.weight_layout!r}"] if rules.weight_layout else []
+      passed.append(f"`blocks=BlockRules({', '.join(fields)})`")
+    passed = ", ".join(passed) or "nothing"
     dtypes = {leaf["dtype"] for leaf in record["leaves"]}
     int8 = report.adam_mini_mu_dtype_bytes / report.adamw_bytes
     rows.append(
         f"| {record['library']} {record['library_version']} | `{record['name']}` "
-        f"| {report.num_params / 1e9:.2f}B {'/'.join(sorted(dtypes))} | {passed} | {report.num_v:,} "
+        f"| {_count(report.num_params)} {'/'.join(sorted(dtypes))} | {passed} | {report.num_v:,} "
         f"| {report.ratio:.3f}x | {int8:.3f}x |"
     )
   return rows
