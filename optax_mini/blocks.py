@@ -381,7 +381,11 @@ class Rule(NamedTuple):
   ``[out, in]`` fused ``c_attn``), ``"i (n p h)"`` (BLOOM's per-head
   interleaved ``query_key_value``). A tuple of layouts lists candidates: the
   one the shape fits is used, and a leaf that fits several with different
-  blocks is an error that says how to settle it (never a guess).
+  blocks is an error that says how to settle it (never a guess). A layout
+  given in ``BlockRules(rules=...)`` describes the leaf as it is stored; the
+  :data:`DEFAULT_RULES` and the role's usual layouts describe Flax kernels,
+  and are read reversed for a PyTorch-layout ``weight``
+  (``BlockRules.weight_layout``).
   ``None``: the role's usual layouts for the leaf's rank (2-D kernels are
   ``[in, out]``; a 3-D query/key/value kernel may be ``"i n h"`` or
   ``"n i h"``, which head counts settle: ``BlockRules(num_heads=...)``).
@@ -1049,7 +1053,8 @@ def _resolve(
   if len(distinct) == 1:
     return next(iter(distinct)), bool(fits) and set(fits) <= transposed
   shown = f"shape {logical_shape}" + (" (one layer's)" if stacked else "")
-  head = f"{where}: {shown} matched rule {rule.pattern!r} ({target})"
+  matched = f"rule {rule.pattern!r}" if rule.pattern else "no rule, so the default"
+  head = f"{where}: {shown} matched {matched} ({target})"
   letters = "; ".join(f"{c}={w}" for c, w in _LETTERS.items())
   as_torch = {fits[x] for x in fits if x in transposed}
   as_flax = {fits[x] for x in fits if x not in transposed}
@@ -1084,9 +1089,10 @@ def _resolve(
         "BlockSpec(reduce_axes=...))]) or a Rule with a layout."
     )
   if any(reason == "needs head_dim" for _, reason in misfits):
-    size = logical_shape[-1] if nd else 0
+    groups = _parse_layout(misfits[0][0])
+    size = next((logical_shape[a] for a, g in enumerate(groups) if "h" in g and a < nd), 0)
     raise ValueError(
-        f"{head} laid out {misfits[0][0]!r}, [in, heads*head_dim]-style: one v per "
+        f"{head} laid out {misfits[0][0]!r}, a flat heads*head_dim axis: one v per "
         "attention head needs the head size. Pass head_dim=<size of one head> (e.g. "
         f"head_dim={_example_head_dim(size)}) to adam_mini / scale_by_adam_mini / "
         "explain, or override this leaf with "
@@ -1235,7 +1241,12 @@ def _claim(
     fused = "," in target
     if (fused or target in _KERNEL_ROLES) and nd < 2:
       continue
-    resolved, torch_read = _resolve(rule, logical_shape, head_dim, rules, where, bool(stack), weight)
+    # A user rule's own layout describes the leaf as stored; the defaults'
+    # (and a role's usual layouts) describe Flax kernels.
+    literal = index < len(rules.rules) and rule.layout is not None
+    resolved, torch_read = _resolve(
+        rule, logical_shape, head_dim, rules, where, bool(stack), None if literal else weight
+    )
     if fused:
       label = f"fused {target.replace(',', '|')} [{rule.pattern}]"
       if not resolved.parts:

@@ -504,3 +504,19 @@ def test_dotted_flat_keys_read_as_their_components():
   assert got == {".".join(k.key for k in p): s for p, s in jax.tree_util.tree_flatten_with_path(
       want, is_leaf=lambda x: isinstance(x, tuple))[0]}
   assert got["model.layers.0.self_attn.k_proj.weight"] == (2,)
+
+
+def test_a_user_rules_layout_describes_the_weight_as_stored():
+  # A user's fused kernel, [q | k | v, in] as stored: the rule's own layout is
+  # read literally, with or without weight_layout.
+  params = {"attn": {"my_qkv": {"weight": leaf(48, 16)}}, "mlp": {"up_proj": {"weight": leaf(64, 16)}}}
+  rule = optax_mini.Rule("my_qkv", "q,k,v", layout="(p n h) i", where="pnh == 3*i")
+  for weight_layout in (None, "torch", "flax"):
+    rules = BlockRules(rules=[rule], weight_layout=weight_layout)
+    qkv = optax_mini.block_specs({"attn": params["attn"]}, head_dim=4, blocks=rules)["attn"]["my_qkv"]["weight"]
+    assert [p.name for p in qkv.parts] == ["q", "k", "v"], weight_layout
+    assert qkv.layout((48, 16)).num_blocks == 4 + 4 + 16, weight_layout
+  # A role-only user rule still gets the role's (Flax) layouts, reversed.
+  rules = BlockRules(rules=[rule, ("up_proj", "neuron")], weight_layout="torch")
+  spec = optax_mini.block_specs(params, head_dim=4, blocks=rules)
+  assert spec["mlp"]["up_proj"]["weight"].v_shape((64, 16)) == (64,)
