@@ -31,7 +31,10 @@ A rule may also name its kernel's *layout* (:class:`Rule`: one letter per
 axis, ``"n i h"`` for Gemma's heads-first einsums) and a fused kernel's
 *parts* (``"q,k,v"``: each part gets its own blocks, :class:`Part`). The
 libraries people train with (gemma, Hugging Face Flax, keras-hub, MaxText)
-are described that way in :data:`DEFAULT_RULES`. A leaf whose layout the
+are described that way in :data:`DEFAULT_RULES`. Layouts are written for Flax
+kernels; matrices named ``weight`` as PyTorch stores them (a PyTorch
+checkpoint read with safetensors, Equinox) are their transpose, read so under
+``BlockRules(weight_layout="torch")``. A leaf whose layout the
 rules cannot confirm from its shape, ``head_dim`` and the head counts of
 :class:`BlockRules` raises a ``ValueError`` that says how to settle it; it is
 never guessed.
