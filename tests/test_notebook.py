@@ -65,5 +65,7 @@ def test_your_model_notebook_runs(monkeypatch):
   assert "363,719" in text  # Gemma 3 270M's blocks, as the README's table says
   assert "reverse_embeddings" in text and "neuron [reverse_embeddings]" in text  # keras-hub
   assert "ValueError:" in text and "num_heads" in text  # the ambiguity, and how to settle it
+  assert "weight_layout='torch'" in text  # a PyTorch checkpoint's [out, in] weights
+  assert "v entries: PyTorch checkpoint 1,470,273, HF Flax 1,470,273" in text
   assert "fused q|k|v [c_attn]" in text  # HF GPT-2's [out, in] fused kernel
   assert "Adam-mini  first loss" in text and "AdamW      first loss" in text
