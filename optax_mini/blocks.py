@@ -457,11 +457,16 @@ def _is_weight_name(components: Sequence[str]) -> bool:
   return bool(components) and any(fnmatch.fnmatchcase(components[-1], p) for p in WEIGHT_NAMES)
 
 
+def _layout_text(groups: Sequence[str]) -> str:
+  """``("i", "nh")`` -> ``"i (n h)"``."""
+  return " ".join(g if len(g) == 1 else f"({' '.join(g)})" for g in groups)
+
+
 def _transposed(layout: str) -> str:
   """A layout with its axes in reverse order, as PyTorch stores the Flax
   kernel it describes: ``"i (n h)"`` -> ``"(n h) i"``, ``"i i i o"`` (a
   ``[kh, kw, in, out]`` convolution) -> ``"o i i i"`` (``[out, in, kh, kw]``)."""
-  return " ".join(g if len(g) == 1 else f"({' '.join(g)})" for g in reversed(_parse_layout(layout)))
+  return _layout_text(tuple(reversed(_parse_layout(layout))))
 
 
 #: The role of each part name a fused kernel's rule may use.
@@ -1064,7 +1069,7 @@ def _resolve(
   if transposed and len(as_torch) == 1 and len(as_flax) == 1:
     torch_layout = next(x for x in fits if x in transposed)
     flax_layout = next(x for x in fits if x not in transposed)
-    spaced = lambda x: " ".join(_parse_layout(x))  # noqa: E731
+    spaced = lambda x: _layout_text(_parse_layout(x))  # noqa: E731
     raise ValueError(
         f"{head}, but a parameter named {weight!r} can be laid out two ways: as "
         f"PyTorch stores it, the transpose of a Flax kernel ({spaced(torch_layout)!r}: a "

@@ -520,3 +520,9 @@ def test_a_user_rules_layout_describes_the_weight_as_stored():
   rules = BlockRules(rules=[rule, ("up_proj", "neuron")], weight_layout="torch")
   spec = optax_mini.block_specs(params, head_dim=4, blocks=rules)
   assert spec["mlp"]["up_proj"]["weight"].v_shape((64, 16)) == (64,)
+
+
+def test_the_weight_layout_error_shows_both_layouts_in_full():
+  params = {"q_proj": {"weight": leaf(64, 64)}}
+  with pytest.raises(ValueError, match=r"\('\(n h\) i'.*\('i \(n h\)'"):
+    optax_mini.block_specs(params, head_dim=16)
