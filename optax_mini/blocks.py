@@ -512,8 +512,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # HF Flax GPT-2: FlaxConv1D kernels are [out, in]; c_attn is q|k|v fused
     # along the output. The size checks catch a [in, out] Dense port.
     Rule("c_attn", "q,k,v", "(p n h) i", where="pnh == 3*i"),
-    Rule("mlp/c_fc", "neuron", "o i", where="o > i"),
-    Rule("mlp/c_proj", "neuron", "o i", where="o < i"),
+    # GPT-Neo keeps GPT-2's MLP names on nn.Dense kernels ([in, out]); the
+    # MLP widening tells the two apart.
+    Rule("mlp/c_fc", "neuron", ("o i", "i o"), where="o > i"),
+    Rule("mlp/c_proj", "neuron", ("o i", "i o"), where="o < i"),
     Rule("attn/c_proj", "neuron", "o i"),
     # HF Flax BLOOM (GPT-NeoX alike): q, k, v interleaved per head.
     Rule("query_key_value", "q,k,v", "i (n p h)", where="nph == 3*i"),
@@ -525,23 +527,32 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # [3*embed, embed], i.e. a transposed [in, q | k | v] (WEIGHT_NAMES).
     Rule("in_proj_weight", "q,k,v", "i (p n h)", where="pnh == 3*i"),
     # One v per head. Flat [in, heads*head_dim] kernels need head_dim.
-    # query_proj/key_proj: Equinox's MultiheadAttention.
-    *_rules("heads", "q_proj", "k_proj", "wq", "wk", "query", "key", "query_proj", "key_proj"),
+    # query_proj/key_proj: Equinox's MultiheadAttention; q_lin/k_lin: DistilBERT.
+    *_rules("heads", "q_proj", "k_proj", "wq", "wk", "query", "key", "query_proj", "key_proj",
+            "q_lin", "k_lin"),
     # keras-hub's untied output projection is [d_model, vocab]: one v per
     # token, i.e. per output (it would otherwise match "*embed*").
     Rule("reverse_embeddings", "neuron", "i o"),
+    # A Flax `kernel` under an embedding-named module is a Dense or Conv
+    # kernel ([..., in, out]: ViT's patch_embeddings/projection [kh, kw, c, d],
+    # GPT-NeoX's embed_out [d, vocab]), not a [vocab, dim] table: one v per
+    # output, as the official per-row rule gives its [out, ...] weight.
+    *(
+        Rule(f"{name}{'/*' * depth}/kernel", "neuron")
+        for name in ("*embed*", "*embd*") for depth in range(3)
+    ),
     # One v per token: embedding tables are [vocab, dim]. Official: any name
     # containing "embed", "embd" or "wte".
     *_rules("token", "*embed*", "*embd*", "wte", "wpe"),
     # Values: one v per output neuron, i.e. only the input axis is averaged
     # ([in, heads, head_dim] -> [heads, head_dim]).
-    *_rules("value", "v_proj", "wv", "value", "value_proj"),
+    *_rules("value", "v_proj", "wv", "value", "value_proj", "v_lin"),
     # Per output neuron: lm_head [dim, vocab] keeps vocab (one v per token, as
     # in the official "output" rule); attention out [heads, head_dim, out] and
     # MLP kernels keep out. Listed so explain() names them; the fallback for
     # unnamed kernels does the same.
     *_rules("neuron", "lm_head", "output", "final_layer", "logits_dense"),
-    *_rules("neuron", "o_proj", "wo", "out", "c_proj", "output_proj", "out_proj"),
+    *_rules("neuron", "o_proj", "wo", "out", "c_proj", "output_proj", "out_proj", "out_lin"),
     *_rules(
         "neuron", "mlp", "feed_forward", "gate_proj", "up_proj", "down_proj",
         "w1", "w2", "w3", "wi", "wi_0", "wi_1", "fc1", "fc2", "c_fc",

@@ -526,3 +526,41 @@ def test_the_weight_layout_error_shows_both_layouts_in_full():
   params = {"q_proj": {"weight": leaf(64, 64)}}
   with pytest.raises(ValueError, match=r"\('\(n h\) i'.*\('i \(n h\)'"):
     optax_mini.block_specs(params, head_dim=16)
+
+
+def test_kernels_under_embedding_modules_are_dense_or_conv_kernels():
+  # HF Flax ViT/BEiT/DINOv2 patch_embeddings/projection: a Conv kernel
+  # [kh, kw, channels, hidden]; ResNet's embedder convolution likewise;
+  # ALBERT's embedding_hidden_mapping_in: a Dense [embedding, hidden]; an
+  # embed_out head [d, vocab]. One v per output, not per first-axis row.
+  params = {
+      "vit": {"embeddings": {"patch_embeddings": {"projection": {"kernel": leaf(8, 8, 3, 64)}},
+                             "word_embeddings": {"embedding": leaf(100, 64)}}},
+      "resnet": {"embedder": {"embedder": {"convolution": {"kernel": leaf(7, 7, 3, 16)}}}},
+      "albert": {"encoder": {"embedding_hidden_mapping_in": {"kernel": leaf(32, 64)}}},
+      "embed_out": {"kernel": leaf(64, 100)},
+  }
+  got = v_shapes(params)
+  assert got["vit"]["embeddings"]["patch_embeddings"]["projection"]["kernel"] == (64,)
+  assert got["vit"]["embeddings"]["word_embeddings"]["embedding"] == (100,)
+  assert got["resnet"]["embedder"]["embedder"]["convolution"]["kernel"] == (16,)
+  assert got["albert"]["encoder"]["embedding_hidden_mapping_in"]["kernel"] == (64,)
+  assert got["embed_out"]["kernel"] == (100,)
+
+
+def test_gpt_neo_dense_mlp_under_gpt2_names():
+  # HF Flax GPT-Neo keeps GPT-2's mlp/c_fc and mlp/c_proj names on nn.Dense
+  # kernels [in, out]; GPT-2's FlaxConv1D ones are [out, in]. The MLP widens.
+  neo = {"mlp": {"c_fc": {"kernel": leaf(64, 256)}, "c_proj": {"kernel": leaf(256, 64)}}}
+  gpt2 = {"mlp": {"c_fc": {"kernel": leaf(256, 64)}, "c_proj": {"kernel": leaf(64, 256)}}}
+  want = {"mlp": {"c_fc": {"kernel": (256,)}, "c_proj": {"kernel": (64,)}}}
+  assert v_shapes(neo) == want
+  assert v_shapes(gpt2) == want
+
+
+def test_distilbert_attention_names():
+  d, heads, head_dim = 64, 4, 16
+  attn = {name: {"kernel": leaf(d, d)} for name in ("q_lin", "k_lin", "v_lin", "out_lin")}
+  got = v_shapes({"attention": attn}, head_dim=head_dim)["attention"]
+  assert got == {"q_lin": {"kernel": (heads,)}, "k_lin": {"kernel": (heads,)},
+                 "v_lin": {"kernel": (d,)}, "out_lin": {"kernel": (d,)}}
