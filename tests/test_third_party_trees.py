@@ -74,6 +74,11 @@ def _one(c):
   return 1
 
 
+def _positions(c):  # a learned position table: one v per position
+  native = c["native"]
+  return native["n_positions"] if "n_positions" in native else native["max_position_embeddings"]
+
+
 def _qkv(c):  # fused q|k|v: q and k per head, v per output neuron
   return c["num_heads"] + c["num_kv_heads"] + c["num_kv_heads"] * c["head_dim"]
 
@@ -85,13 +90,20 @@ EXPECTED = {
         ("*o_proj/kernel", _d), ("*gate_proj/kernel", _mlp), ("*up_proj/kernel", _mlp),
         ("*down_proj/kernel", _d), ("*layernorm/weight", _one), ("*norm/weight", _one),
         # GPT-2
-        ("*wte/embedding", _vocab), ("*wpe/embedding", lambda c: c["native"]["n_positions"]),
+        ("*wte/embedding", _vocab), ("*wpe/embedding", _positions),
         ("*c_attn/kernel", _qkv), ("*attn/c_proj/kernel", _d), ("*c_fc/kernel", _mlp),
         ("*mlp/c_proj/kernel", _d),
         # BLOOM
         ("*word_embeddings/embedding", _vocab), ("*query_key_value/kernel", _qkv),
         ("*self_attention/dense/kernel", _d), ("*dense_h_to_4h/kernel", _mlp),
         ("*dense_4h_to_h/kernel", _d),
+        # GPT-Neo (GPT-2's MLP names on [in, out] Dense kernels)
+        ("*attention/out_proj/kernel", _d),
+        # DistilBERT
+        ("*position_embeddings/embedding", _positions),
+        ("*q_lin/kernel", _heads), ("*k_lin/kernel", _kv_heads), ("*v_lin/kernel", _kv_neurons),
+        ("*out_lin/kernel", _d), ("*ffn/lin1/kernel", _mlp), ("*ffn/lin2/kernel", _d),
+        ("vocab_transform/kernel", _d),
         ("*/scale", _one), ("*/bias", None),
     ],
     "keras-hub": [
@@ -254,7 +266,7 @@ def test_fixture_matches_its_config(fixture):
     return
   attention = c["d_model"] * c["head_dim"] * (2 * c["num_heads"] + 2 * c["num_kv_heads"])
   per_layer_matrices = attention + 3 * c["d_model"] * c["mlp_dim"]
-  if "gpt2" in record["name"] or "bloom" in record["name"]:
+  if any(two_matrix_mlp in record["name"] for two_matrix_mlp in ("gpt2", "gptneo", "bloom", "distilbert")):
     per_layer_matrices = attention + 2 * c["d_model"] * c["mlp_dim"]
   embedding = c["vocab_size"] * c["d_model"] * (1 if c["tied_embeddings"] else 2)
   matrices = embedding + c["num_layers"] * per_layer_matrices

@@ -36,6 +36,8 @@ NAMES = (
     "hf_flax_gemma_2b",
     "hf_flax_gpt2",
     "hf_flax_bloom_560m",
+    "hf_flax_gptneo_125m",
+    "hf_flax_distilbert",
 )
 
 # name -> (model class, config class, config kwargs)
@@ -94,6 +96,22 @@ _SPECS = {
         "BloomConfig",
         dict(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16, layer_norm_epsilon=1e-5),
     ),
+    # EleutherAI/gpt-neo-125m
+    "hf_flax_gptneo_125m": (
+        "FlaxGPTNeoForCausalLM",
+        "GPTNeoConfig",
+        dict(
+            vocab_size=50257, hidden_size=768, num_layers=12, num_heads=12,
+            attention_types=[[["global", "local"], 6]], max_position_embeddings=2048,
+            intermediate_size=None,
+        ),
+    ),
+    # distilbert/distilbert-base-uncased
+    "hf_flax_distilbert": (
+        "FlaxDistilBertForMaskedLM",
+        "DistilBertConfig",
+        dict(vocab_size=30522, dim=768, n_layers=6, n_heads=12, hidden_dim=3072, max_position_embeddings=512),
+    ),
 }
 
 _NOTES = {
@@ -146,8 +164,26 @@ _NOTES = {
 }
 
 
+_NOTES["gptneo"] = (
+    "GPT-2's names on nn.Dense kernels ([in, out], not FlaxConv1D): transformer/h/'i'/attn/attention/"
+    "{q,k,v}_proj/kernel [768, 768] (no bias), out_proj/kernel [768, 768] + bias; mlp/c_fc/kernel "
+    "[768, 3072] and mlp/c_proj/kernel [3072, 768] ('self.c_fc = nn.Dense(intermediate_size, ...)'). "
+    "Heads split by '_split_heads: reshape(hidden_states.shape[:2] + (self.num_heads, self.head_dim))'. "
+    "wte/embedding [vocab, 768], wpe/embedding [2048, 768], layer norms ln_1/ln_2/ln_f (scale, bias). "
+    "Tied head: no lm_head leaf."
+)
+_NOTES["distilbert"] = (
+    "distilbert/embeddings/{word,position}_embeddings/embedding, LayerNorm (scale, bias); "
+    "distilbert/transformer/layer/'i'/attention/{q,k,v,out}_lin/kernel [768, 768] (nn.Dense [in, out], "
+    "heads split by 'shape(x): return x.reshape(bs, -1, self.n_heads, dim_per_head)'), "
+    "ffn/lin1/kernel [768, 3072], ffn/lin2/kernel [3072, 768], sa_layer_norm/output_layer_norm; "
+    "MLM head: vocab_transform/kernel [768, 768], vocab_layer_norm, vocab_projector is tied to the word "
+    "embeddings (only its bias is a leaf)."
+)
+
+
 def _family(name: str) -> str:
-    for fam in ("llama", "mistral", "gemma", "gpt2", "bloom"):
+    for fam in ("llama", "mistral", "gemma", "gpt2", "bloom", "gptneo", "distilbert"):
         if fam in name:
             return fam
     raise KeyError(name)
@@ -181,6 +217,21 @@ def _standard_config(name: str, cfg) -> dict:
         return dict(
             vocab_size=cfg.vocab_size, d_model=d, num_layers=cfg.n_layer, num_heads=heads,
             num_kv_heads=heads, head_dim=d // heads, mlp_dim=4 * d,  # BloomMLP: dense_h_to_4h
+            tied_embeddings=bool(cfg.tie_word_embeddings),
+        )
+    if fam == "gptneo":
+        d, heads = cfg.hidden_size, cfg.num_heads
+        return dict(
+            vocab_size=cfg.vocab_size, d_model=d, num_layers=cfg.num_layers, num_heads=heads,
+            num_kv_heads=heads, head_dim=d // heads,
+            mlp_dim=cfg.intermediate_size if cfg.intermediate_size is not None else 4 * d,
+            tied_embeddings=bool(cfg.tie_word_embeddings),
+        )
+    if fam == "distilbert":
+        d, heads = cfg.dim, cfg.n_heads
+        return dict(
+            vocab_size=cfg.vocab_size, d_model=d, num_layers=cfg.n_layers, num_heads=heads,
+            num_kv_heads=heads, head_dim=d // heads, mlp_dim=cfg.hidden_dim,
             tied_embeddings=bool(cfg.tie_word_embeddings),
         )
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
