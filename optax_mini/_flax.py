@@ -29,6 +29,20 @@ def _is_variable(x: Any) -> bool:
   return isinstance(x, nnx.Variable)
 
 
+def as_arrays(tree: Any) -> Any:
+  """``tree`` with Flax NNX variables (an ``nnx.Optimizer``'s ``opt_state``,
+  ``nnx.state(model, nnx.Param)``) replaced by their arrays; other trees as
+  they are."""
+  try:
+    from flax import nnx
+  except ImportError:  # flax is optional
+    return tree
+  if hasattr(nnx, "as_pure"):
+    return nnx.as_pure(tree)
+  # flax 0.11-0.12.0 have no as_pure.
+  return jax.tree.map(lambda x: x.get_value() if _is_variable(x) else x, tree, is_leaf=_is_variable)
+
+
 def _kept(names: Any, kept_axes: Sequence[int], ndim: int) -> Any:
   if isinstance(names, NamedSharding):
     return NamedSharding(names.mesh, _kept(names.spec, kept_axes, ndim))

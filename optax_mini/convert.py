@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_mini import _flax
 from optax_mini import blocks as blocks_lib
 from optax_mini import quantize as quantize_lib
 from optax_mini.transform import ScaleByAdamMiniState
@@ -32,19 +33,6 @@ def _is_mini(x: Any) -> bool:
 
 def _is_moment(x: Any) -> bool:
   return isinstance(x, quantize_lib.QuantizedMoment)
-
-
-def _as_pure(tree: Any) -> Any:
-  """``tree`` with Flax NNX variables (an ``nnx.Optimizer``'s ``opt_state``,
-  ``nnx.state(model, nnx.Param)``) replaced by their arrays."""
-  try:
-    from flax import nnx
-  except ImportError:  # no Flax: no variables
-    return tree
-  if hasattr(nnx, "as_pure"):
-    return nnx.as_pure(tree)
-  is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
-  return jax.tree.map(lambda x: x.value if is_variable(x) else x, tree, is_leaf=is_variable)
 
 
 @functools.partial(jax.jit, static_argnames=("code", "dtype"))
@@ -155,7 +143,7 @@ def convert_state(state: Any, tx: optax.GradientTransformation, params: Any) -> 
     'QuantizedMoment'
     >>> updates, state = new.update(params, state, params)
   """
-  state, params = _as_pure(state), _as_pure(params)
+  state, params = _flax.as_arrays(state), _flax.as_arrays(params)
   target = jax.eval_shape(tx.init, params)
   source_nodes, source_def = jax.tree.flatten(state, is_leaf=_is_mini)
   target_nodes, target_def = jax.tree.flatten(target, is_leaf=_is_mini)

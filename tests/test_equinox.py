@@ -37,11 +37,6 @@ def _model():
   return record_equinox.make_model("equinox_llama_1b", **SIZES)
 
 
-def _mini_state(state):
-  return next(s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax_mini.ScaleByAdamMiniState))
-              if isinstance(s, optax_mini.ScaleByAdamMiniState))
-
-
 def _tx(**kwargs):
   return optax_mini.adam_mini(3e-3, head_dim=SIZES["head_dim"],
                               blocks=optax_mini.BlockRules(weight_layout="torch"), **kwargs)
@@ -49,7 +44,7 @@ def _tx(**kwargs):
 
 def test_blocks_follow_the_models_sizes():
   params = eqx.filter(_model(), eqx.is_inexact_array)
-  nu = _mini_state(_tx().init(params)).nu
+  nu = _tx().init(params)[0].nu  # adam_mini: chain(scale_by_adam_mini, ...)
   c = SIZES
   layer = nu.layers[0]
   assert layer.self_attn.q_proj.weight.shape == (c["num_heads"],)
@@ -92,5 +87,5 @@ def test_training_an_equinox_model_lowers_its_loss(mu_dtype):
   # uniform guessing's log(64) = 4.2.
   assert losses[-1] < 0.5 * math.log(SIZES["vocab_size"]), losses
   if mu_dtype is not None:
-    mu = _mini_state(state).mu
+    mu = state[0].mu
     assert isinstance(mu.layers[0].mlp.gate_proj.weight, optax_mini.quantize.QuantizedMoment)

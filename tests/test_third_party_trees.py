@@ -133,7 +133,7 @@ EXPECTED = {
         ("*q_proj/weight", _heads), ("*k_proj/weight", _kv_heads), ("*v_proj/weight", _kv_neurons),
         ("*o_proj/weight", _d), ("*gate_proj/weight", _mlp), ("*up_proj/weight", _mlp),
         ("*down_proj/weight", _d), ("*norm/weight", _one),
-        ("*wte/weight", _vocab), ("*wpe/weight", lambda c: c["native"]["n_positions"]),
+        ("*wte/weight", _vocab), ("*wpe/weight", _positions),
         ("*c_attn/weight", _qkv), ("*attn/c_proj/weight", _d), ("*c_fc/weight", _mlp),
         ("*mlp/c_proj/weight", _d), ("*ln_*/weight", _one),
         ("*/bias", None),

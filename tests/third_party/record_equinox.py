@@ -34,6 +34,8 @@ import json
 import os
 import platform
 
+from record_hf_flax import _key_to_json  # the recorders' shared JSON path keys
+
 LIBRARY = "equinox"
 PIP_INSTALL = (
     'pip install "equinox==0.13.8" "jaxtyping==0.3.11" "wadler-lindig==0.1.8" "jax[cpu]==0.10.2"'
@@ -379,20 +381,6 @@ def build(name: str):
     cfg = _standard_config(name)
     cfg.update(scanned=False, layer_axis=None, layout="torch", native=_native(name))
     return params, cfg
-
-
-def _key_to_json(k):
-    import jax
-
-    if isinstance(k, jax.tree_util.DictKey):
-        return k.key if isinstance(k.key, (str, int)) else str(k.key)
-    if isinstance(k, jax.tree_util.SequenceKey):
-        return int(k.idx)
-    if isinstance(k, jax.tree_util.GetAttrKey):
-        return k.name
-    if isinstance(k, jax.tree_util.FlattenedIndexKey):
-        return int(k.key)
-    return str(k)
 
 
 def record(name: str) -> dict:

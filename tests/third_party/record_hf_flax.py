@@ -200,38 +200,27 @@ def _jsonable(obj):
     return str(obj)
 
 
-def _standard_config(name: str, cfg) -> dict:
-    fam = _family(name)
-    if fam == "gpt2":
-        d = cfg.n_embd
-        heads = cfg.n_head
+# Multi-head families: (width, layers, heads, MLP width or None for 4 * width)
+# as each transformers config names them.
+_MHA_FIELDS = {
+    "gpt2": ("n_embd", "n_layer", "n_head", "n_inner"),
+    "bloom": ("hidden_size", "n_layer", "n_head", None),  # BloomMLP: dense_h_to_4h
+    "gptneo": ("hidden_size", "num_layers", "num_heads", "intermediate_size"),
+    "distilbert": ("dim", "n_layers", "n_heads", "hidden_dim"),
+}
+
+
+def config_fields(family: str, cfg) -> dict:
+    """The standard config fields (FORMAT.md) of a transformers config;
+    families not in ``_MHA_FIELDS`` are Llama-like (GQA, ``head_dim``)."""
+    if family in _MHA_FIELDS:
+        width, layers, heads_name, mlp = _MHA_FIELDS[family]
+        d, heads = getattr(cfg, width), getattr(cfg, heads_name)
+        mlp_dim = getattr(cfg, mlp) if mlp is not None else None
         return dict(
-            vocab_size=cfg.vocab_size, d_model=d, num_layers=cfg.n_layer, num_heads=heads,
+            vocab_size=cfg.vocab_size, d_model=d, num_layers=getattr(cfg, layers), num_heads=heads,
             num_kv_heads=heads, head_dim=d // heads,
-            mlp_dim=cfg.n_inner if cfg.n_inner is not None else 4 * d,
-            tied_embeddings=bool(cfg.tie_word_embeddings),
-        )
-    if fam == "bloom":
-        d = cfg.hidden_size
-        heads = cfg.n_head
-        return dict(
-            vocab_size=cfg.vocab_size, d_model=d, num_layers=cfg.n_layer, num_heads=heads,
-            num_kv_heads=heads, head_dim=d // heads, mlp_dim=4 * d,  # BloomMLP: dense_h_to_4h
-            tied_embeddings=bool(cfg.tie_word_embeddings),
-        )
-    if fam == "gptneo":
-        d, heads = cfg.hidden_size, cfg.num_heads
-        return dict(
-            vocab_size=cfg.vocab_size, d_model=d, num_layers=cfg.num_layers, num_heads=heads,
-            num_kv_heads=heads, head_dim=d // heads,
-            mlp_dim=cfg.intermediate_size if cfg.intermediate_size is not None else 4 * d,
-            tied_embeddings=bool(cfg.tie_word_embeddings),
-        )
-    if fam == "distilbert":
-        d, heads = cfg.dim, cfg.n_heads
-        return dict(
-            vocab_size=cfg.vocab_size, d_model=d, num_layers=cfg.n_layers, num_heads=heads,
-            num_kv_heads=heads, head_dim=d // heads, mlp_dim=cfg.hidden_dim,
+            mlp_dim=mlp_dim if mlp_dim is not None else 4 * d,
             tied_embeddings=bool(cfg.tie_word_embeddings),
         )
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -241,6 +230,10 @@ def _standard_config(name: str, cfg) -> dict:
         head_dim=head_dim, mlp_dim=cfg.intermediate_size,
         tied_embeddings=bool(cfg.tie_word_embeddings),
     )
+
+
+def _standard_config(name: str, cfg) -> dict:
+    return config_fields(_family(name), cfg)
 
 
 def _make_model(name: str):

@@ -30,6 +30,9 @@ import json
 import os
 import platform
 
+# The same JSON helpers and config fields as the Flax recorder beside this file.
+from record_hf_flax import _jsonable, _key_to_json, config_fields
+
 LIBRARY = "transformers-torch"
 PIP_INSTALL = 'pip install "transformers==4.57.6"'
 
@@ -167,35 +170,9 @@ def _family(name: str) -> str:
     raise KeyError(name)
 
 
-def _jsonable(obj):
-    """Recursively make a config dict JSON-able (dtypes, tuples, etc.)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
-
-
 def _standard_config(name: str, cfg) -> dict:
-    fam = _family(name)
-    if fam == "gpt2":
-        d = cfg.n_embd
-        heads = cfg.n_head
-        return dict(
-            vocab_size=cfg.vocab_size, d_model=d, num_layers=cfg.n_layer, num_heads=heads,
-            num_kv_heads=heads, head_dim=d // heads,
-            mlp_dim=cfg.n_inner if cfg.n_inner is not None else 4 * d,
-            tied_embeddings=bool(cfg.tie_word_embeddings),
-        )
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return dict(
-        vocab_size=cfg.vocab_size, d_model=cfg.hidden_size, num_layers=cfg.num_hidden_layers,
-        num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
-        head_dim=head_dim, mlp_dim=cfg.intermediate_size,
-        tied_embeddings=bool(cfg.tie_word_embeddings),
-    )
+    # GPT-2 is multi-head; Llama, Qwen2 and Gemma configs are Llama-like.
+    return config_fields("gpt2" if _family(name) == "gpt2" else "llama", cfg)
 
 
 def _make_model(name: str):
@@ -237,20 +214,6 @@ def _build(name: str):
     cfg = _standard_config(name, config)
     cfg.update(scanned=False, layer_axis=None, layout="torch", native=_jsonable(config.to_dict()))
     return params, cfg, type(model).__name__
-
-
-def _key_to_json(k):
-    import jax
-
-    if isinstance(k, jax.tree_util.DictKey):
-        return k.key if isinstance(k.key, (str, int)) else str(k.key)
-    if isinstance(k, jax.tree_util.SequenceKey):
-        return int(k.idx)
-    if isinstance(k, jax.tree_util.GetAttrKey):
-        return k.name
-    if isinstance(k, jax.tree_util.FlattenedIndexKey):
-        return int(k.key)
-    return str(k)
 
 
 def record(name: str) -> dict:
