@@ -63,6 +63,16 @@ def _convert_mini(source: ScaleByAdamMiniState, target: ScaleByAdamMiniState) ->
         "convert_state: the state's moments have another tree structure than "
         f"tx.init(params)'s ({err}). Pass the parameters the state was made for."
     ) from None
+  # m has each parameter's shape: a mismatch means other parameters, checked
+  # before v, whose shapes also follow the partition.
+  for (path, want), got in zip(mu_paths, source_mu, strict=True):
+    got_shape = tuple((got.codes if _is_moment(got) else got).shape)
+    want_shape = tuple((want.codes if _is_moment(want) else want).shape)
+    if got_shape != want_shape:
+      raise ValueError(
+          f"convert_state: {blocks_lib.path_str(path)}: the state's m has shape {got_shape}, "
+          f"the parameter {want_shape}. Pass the parameters the state was made for."
+      )
   for (path, want), got in zip(nu_paths, source_nu, strict=True):
     if tuple(got.shape) != tuple(want.shape):
       raise ValueError(
@@ -73,13 +83,6 @@ def _convert_mini(source: ScaleByAdamMiniState, target: ScaleByAdamMiniState) ->
       )
   mu = []
   for (path, want), got in zip(mu_paths, source_mu, strict=True):
-    got_shape = tuple((got.codes if _is_moment(got) else got).shape)
-    want_shape = tuple((want.codes if _is_moment(want) else want).shape)
-    if got_shape != want_shape:
-      raise ValueError(
-          f"convert_state: {blocks_lib.path_str(path)}: the state's m has shape {got_shape}, "
-          f"the parameter {want_shape}. Pass the parameters the state was made for."
-      )
     if _is_moment(want):
       new = _restore(got, code=want.code, dtype=None)
     else:

@@ -150,6 +150,9 @@ def test_another_partition_or_transform_is_refused():
     optax_mini.convert_state(state, optax.adamw(1e-2), params)
   with pytest.raises(ValueError, match="structured otherwise"):
     optax_mini.convert_state(state, optax_mini.scale_by_adam_mini(head_dim=16, mu_dtype=jnp.int8), params)
+  wider = jax.tree.map(lambda x: jnp.zeros(x.shape[:-1] + (2 * x.shape[-1],)), params)
+  with pytest.raises(ValueError, match=r"m has shape .*Pass the parameters the state was made for"):
+    optax_mini.convert_state(state, optax_mini.adam_mini(1e-2, head_dim=16, mu_dtype=jnp.int8), wider)
   other = dict(params, extra={"kernel": jnp.zeros((4, 4))})
   with pytest.raises(ValueError, match="tree structure"):
     optax_mini.convert_state(state, optax_mini.adam_mini(1e-2, head_dim=16, mu_dtype=jnp.int8), other)
