@@ -53,6 +53,8 @@ from typing import Any, NamedTuple, Union
 import jax
 import numpy as np
 
+from optax_mini import _haliax
+
 __all__ = [
     "ROLES",
     "DEFAULT_RULES",
@@ -473,6 +475,18 @@ def _transposed(layout: str) -> str:
 PART_ROLES: dict[str, str] = {
     "q": "heads", "k": "heads", "v": "value", "gate": "neuron", "up": "neuron",
 }
+
+#: What an output axis of a haliax weight is by its name (``fnmatch``
+#: patterns, first match wins), read for query/key/value and fused kernels:
+#: a head's size (``h``), attention heads (``n``: Levanter's ``heads``,
+#: ``kv_heads``, ``kv_head``, ``q_heads_per_group``), the parts of a fused
+#: kernel (``p``: GPT-2's ``qkv``). Any other output axis is an output
+#: neuron (``o``); input axes are ``i`` whatever their names.
+NAMED_AXIS_LETTERS: tuple[tuple[str, str], ...] = (
+    ("*head_size", "h"), ("*head_dim", "h"),
+    ("*heads*", "n"), ("*_head", "n"),
+    ("qkv", "p"), ("kv", "p"),
+)
 
 # Flax's DenseGeneral/LinearGeneral query/key/value kernels: [in, heads, head_dim].
 _IN_HEADS = "i n h"
@@ -1041,6 +1055,7 @@ def _resolve(
     where: str,
     stacked: bool = False,
     weight: str | None = None,
+    named_layout: str | None = None,
 ) -> tuple[_Resolved, bool]:
   """The blocks ``rule`` gives one layer's leaf, and whether they come from
   the transposed (PyTorch) reading of its layout; or a ``ValueError`` saying
@@ -1048,12 +1063,15 @@ def _resolve(
 
   ``weight``: the leaf's name if PyTorch names a layer's matrix so
   (:data:`WEIGHT_NAMES`): it may be stored transposed
-  (``BlockRules.weight_layout``)."""
+  (``BlockRules.weight_layout``). ``named_layout``: the layout its haliax
+  module names (:func:`_named_layout`), the only one tried."""
   target, nd = rule.target, len(logical_shape)
   role = _role(target, rules)
   candidates = _layout_candidates(rule.layout) or _default_layouts(role, nd)
   if role == "tensor" and target == "value":
     candidates = _default_layouts("tensor", nd)
+  if named_layout is not None:
+    candidates, weight = (named_layout,), None
   transposed: set[str] = set()
   if weight and nd >= 2 and ("," in target or role in _ORIENTED_ROLES):
     flipped = tuple(_transposed(layout) for layout in candidates)
@@ -1223,13 +1241,23 @@ def _claim(
     head_dim: int | None,
     rules: BlockRules,
     where: str,
+    named: _haliax.AxisNames | None = None,
 ) -> tuple[BlockSpec, int | None]:
   """The leaf's spec and the index (in ``rules.all_rules()``) of the rule
   that claimed it, ``None`` for the fallback; the index lets
-  :func:`warn_unclaimed_rules` find user rules that claimed nothing."""
+  :func:`warn_unclaimed_rules` find user rules that claimed nothing.
+
+  ``named``: the leaf's haliax axis names, if it is a ``NamedArray``'s
+  array: an enclosing ``Stacked``'s layer axis is a stack axis (unless
+  ``BlockRules.stacked`` says otherwise), and the weight of a module that
+  names its ``In`` and ``Out`` axes is laid out as they say."""
   ndim = len(shape)
   weight = components[-1] if _is_weight_name(components) else None
   stack = _stack_axes_for(components, ndim, rules.stacked, where)
+  if named is not None and len(named.names) != ndim:
+    named = None  # not the array its names describe (a transformed tree)
+  if named is not None and not stack:
+    stack = tuple(a for a, kind in enumerate(named.kinds) if kind == _haliax.STACK)
   logical_to_full = tuple(a for a in range(ndim) if a not in stack)
   logical_shape = tuple(shape[a] for a in logical_to_full)
   nd = len(logical_shape)
@@ -1263,8 +1291,12 @@ def _claim(
     # A user rule's own layout describes the leaf as stored; the defaults'
     # (and a role's usual layouts) describe Flax kernels.
     literal = index < len(rules.rules) and rule.layout is not None
+    named_layout = None
+    if named is not None and named.module and not literal:
+      named_layout = _named_layout(named, logical_to_full, target, shape, where)
     resolved, torch_read = _resolve(
-        rule, logical_shape, head_dim, rules, where, bool(stack), None if literal else weight
+        rule, logical_shape, head_dim, rules, where, bool(stack), None if literal else weight,
+        named_layout,
     )
     if fused:
       label = f"fused {target.replace(',', '|')} [{rule.pattern}]"
@@ -1276,11 +1308,75 @@ def _claim(
       label = f"heads per neuron [{rule.pattern}]"
     else:
       label = f"{target} [{rule.pattern}]"
-    return finish(resolved, label + (", torch layout" if torch_read else "")), index
+    return finish(resolved, label + _read_as(torch_read, named_layout)), index
   role = "neuron" if nd >= 2 else "tensor"
   fallback = Rule("", role)
-  resolved, torch_read = _resolve(fallback, logical_shape, head_dim, rules, where, bool(stack), weight)
-  return finish(resolved, f"{role} (default{', torch layout' if torch_read else ''})"), None
+  named_layout = None
+  if named is not None and named.module and nd >= 2:
+    named_layout = _named_layout(named, logical_to_full, role, shape, where)
+  resolved, torch_read = _resolve(
+      fallback, logical_shape, head_dim, rules, where, bool(stack), weight, named_layout
+  )
+  return finish(resolved, f"{role} (default{_read_as(torch_read, named_layout)})"), None
+
+
+def _read_as(torch_read: bool, named_layout: str | None) -> str:
+  """How :func:`optax_mini.explain` labels a leaf's reading."""
+  if named_layout is not None:
+    return f", named axes {named_layout!r}"
+  return ", torch layout" if torch_read else ""
+
+
+def _named_layout(
+    named: _haliax.AxisNames,
+    logical_to_full: tuple[int, ...],
+    target: str,
+    shape: tuple[int, ...],
+    where: str,
+) -> str:
+  """The layout of one layer's haliax weight, from its module's ``In`` and
+  ``Out``: inputs are ``i``; outputs are ``o``, or, for a query/key/value or
+  fused kernel, what :data:`NAMED_AXIS_LETTERS` says their names are. A
+  query/key weight with one unnamed output axis has it flat (``(n h)``,
+  cut by ``head_dim``)."""
+  fused = "," in target
+  detailed = fused or target in ("heads", "value")
+  groups = []
+  for axis in logical_to_full:
+    kind, name = named.kinds[axis], named.names[axis]
+    if kind == _haliax.IN:
+      groups.append("i")
+      continue
+    if kind != _haliax.OUT:
+      raise ValueError(
+          f"{where}: shape {shape}, the weight of a haliax {named.module} with axes "
+          f"{named.names}: axis {name!r} is none of the module's In or Out axes nor "
+          "the layer axis of an enclosing Stacked, so its blocks would be a guess. "
+          "Give this leaf a BlockSpec: blocks=optax_mini.BlockRules(rules=[(<pattern>, "
+          "BlockSpec(reduce_axes=..., stack_axes=...))]) (axes index the leaf as it is)."
+      )
+    letter = "o"
+    if detailed:
+      letter = next(
+          (c for pattern, c in NAMED_AXIS_LETTERS
+           if fnmatch.fnmatchcase(name.lower(), pattern) and (c != "p" or fused)),
+          "o",
+      )
+    groups.append(letter)
+  if target == "heads" and "n" not in groups and groups.count("o") == 1:
+    groups[groups.index("o")] = "nh"
+  if (target == "heads" and "o" in groups) or (fused and "p" not in groups):
+    outputs = [n for a, n in enumerate(named.names) if named.kinds[a] == _haliax.OUT]
+    raise ValueError(
+        f"{where}: shape {shape}, the weight of a haliax {named.module} with axes "
+        f"{named.names}, matched a {target!r} rule, but its output axes {outputs} are "
+        "not all named as attention heads, a head's size or fused parts "
+        f"(optax_mini.blocks.NAMED_AXIS_LETTERS), so its blocks would be a guess. Give "
+        "this leaf a rule with its layout, e.g. BlockRules(rules=[Rule(<pattern>, "
+        f"{target!r}, layout=...)]), one letter per axis as stored (layer axes included "
+        "only if they are not Stacked's)."
+    )
+  return _layout_text(groups)
 
 
 def check_head_dim(head_dim: Any) -> int | None:
@@ -1357,15 +1453,17 @@ def block_specs(
       treedef,
       head_dim,
       blocks,
+      _haliax.axis_names(params),
   )
   return jax.tree_util.tree_unflatten(treedef, specs)
 
 
-def _flat_specs(paths, shapes, treedef, head_dim, blocks) -> list[BlockSpec]:
+def _flat_specs(paths, shapes, treedef, head_dim, blocks, named=None) -> list[BlockSpec]:
+  """One spec per leaf; ``named``: :func:`_haliax.axis_names` of the tree."""
   head_dim = check_head_dim(head_dim)
   rules = _as_block_rules(blocks)
   if rules is not None:
-    return list(_flat_specs_from_rules(paths, shapes, head_dim, rules))
+    return list(_flat_specs_from_rules(paths, shapes, head_dim, rules, named))
   # A pytree of BlockSpec, same structure as the parameters.
   spec_leaves, spec_def = jax.tree_util.tree_flatten(
       blocks, is_leaf=lambda x: isinstance(x, BlockSpec)
@@ -1394,19 +1492,24 @@ def _flat_specs(paths, shapes, treedef, head_dim, blocks) -> list[BlockSpec]:
   return list(spec_leaves)
 
 
-def _flat_specs_from_rules(paths, shapes, head_dim, rules) -> tuple[BlockSpec, ...]:
-  return tuple(spec for spec, _ in _flat_claims_from_rules(paths, shapes, head_dim, rules))
+def _flat_specs_from_rules(paths, shapes, head_dim, rules, named=None) -> tuple[BlockSpec, ...]:
+  return tuple(spec for spec, _ in _flat_claims_from_rules(paths, shapes, head_dim, rules, named))
 
 
 @functools.lru_cache(maxsize=256)
-def _flat_claims_from_rules(paths, shapes, head_dim, rules) -> tuple[tuple[BlockSpec, int | None], ...]:
+def _flat_claims_from_rules(
+    paths, shapes, head_dim, rules, named=None
+) -> tuple[tuple[BlockSpec, int | None], ...]:
+  named = named or (None,) * len(paths)
   return tuple(
-      _claim(normalize_path(path), shape, head_dim, rules, path_str(path))
-      for path, shape in zip(paths, shapes)
+      _claim(normalize_path(path), shape, head_dim, rules, path_str(path), names)
+      for path, shape, names in zip(paths, shapes, named)
   )
 
 
-def warn_unclaimed_rules(paths, shapes, head_dim: int | None, blocks: Blocks) -> None:
+def warn_unclaimed_rules(
+    paths, shapes, head_dim: int | None, blocks: Blocks, named=None
+) -> None:
   """Warns, naming it, about each user rule or ``stacked`` pattern that
   claimed no leaf (usually a typo, or a rule shadowed by an earlier one).
 
@@ -1417,14 +1520,18 @@ def warn_unclaimed_rules(paths, shapes, head_dim: int | None, blocks: Blocks) ->
   rules = _as_block_rules(blocks)
   if rules is None or not (rules.rules or rules.stacked):
     return
-  _warn_unclaimed_once(tuple(paths), tuple(tuple(s) for s in shapes), check_head_dim(head_dim), rules)
+  _warn_unclaimed_once(
+      tuple(paths), tuple(tuple(s) for s in shapes), check_head_dim(head_dim), rules, named
+  )
 
 
 @functools.lru_cache(maxsize=256)
-def _warn_unclaimed_once(paths, shapes, head_dim, rules) -> None:
+def _warn_unclaimed_once(paths, shapes, head_dim, rules, named=None) -> None:
   # Cached so that the same optimizer init (explain() traces it twice, a
   # notebook cell re-runs it) warns once per rule.
-  claimed = {index for _, index in _flat_claims_from_rules(paths, shapes, head_dim, rules)}
+  claimed = {
+      index for _, index in _flat_claims_from_rules(paths, shapes, head_dim, rules, named)
+  }
   components = [normalize_path(path) for path in paths]
   for index, rule in enumerate(rules.rules):
     if index in claimed:

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from optax._src import numerics, utils
 
-from optax_mini import _flax
+from optax_mini import _flax, _haliax
 from optax_mini import blocks as blocks_lib
 from optax_mini import quantize as quantize_lib
 
@@ -544,7 +544,8 @@ def scale_by_adam_mini(
     for path, leaf in leaves_with_path:
       _check_inexact(path, leaf)
     shapes = tuple(tuple(x.shape) for x in leaves)
-    specs = blocks_lib._flat_specs(paths, shapes, treedef, head_dim, blocks)
+    named = _haliax.axis_names(tree)
+    specs = blocks_lib._flat_specs(paths, shapes, treedef, head_dim, blocks, named)
     layouts = [s.layout(shape) for s, shape in zip(specs, shapes)]
     if partition_specs is None:
       pspecs = [None] * len(leaves)
@@ -561,24 +562,27 @@ def scale_by_adam_mini(
         else None
         for shape, leaf, spec, pspec, path in zip(shapes, leaves, specs, pspecs, paths)
     ]
-    return treedef, paths, leaves, layouts, mesh_axes, shards
+    return treedef, paths, leaves, layouts, mesh_axes, shards, named
 
   def init_fn(params):
-    treedef, paths, leaves, layouts, mesh_axes, shards = layouts_for(params)
-    blocks_lib.warn_unclaimed_rules(paths, [x.shape for x in leaves], head_dim, blocks)
+    treedef, paths, leaves, layouts, mesh_axes, shards, named = layouts_for(params)
+    blocks_lib.warn_unclaimed_rules(paths, [x.shape for x in leaves], head_dim, blocks, named)
     mu = [_mu_zeros(p, mu_dtype, mu_code, shard) for p, shard in zip(leaves, shards)]
     nu = [_v_zeros(p, layout, axes) for p, layout, axes in zip(leaves, layouts, mesh_axes)]
+    v_axes = [layout.v_axes for layout in layouts]
+    if named is not None:
+      # haliax: v and the block scales are named by the axes they keep, not
+      # the parameter's (haliax shards a NamedArray by its names).
+      plain = jax.tree_util.tree_structure(_haliax.strip(params))
+      mu = _haliax.describe_state(params, jax.tree_util.tree_unflatten(plain, mu))
+      nu = _haliax.describe_state(params, jax.tree_util.tree_unflatten(plain, nu), v_axes)
+    else:
+      mu, nu = jax.tree_util.tree_unflatten(treedef, mu), jax.tree_util.tree_unflatten(treedef, nu)
     # Under nnx.Optimizer the leaves come back wrapped in the parameters'
     # Variables: v's must name the axes it keeps, not the parameter's.
-    nu = _flax.describe_kept_axes(
-        jax.tree_util.tree_unflatten(treedef, nu),
-        [layout.v_axes for layout in layouts],
-        [p.ndim for p in leaves],
-    )
+    nu = _flax.describe_kept_axes(nu, v_axes, [p.ndim for p in leaves])
     return ScaleByAdamMiniState(
-        count=jnp.zeros([], jnp.int32),
-        mu=_flax.describe_quantized(jax.tree_util.tree_unflatten(treedef, mu)),
-        nu=nu,
+        count=jnp.zeros([], jnp.int32), mu=_flax.describe_quantized(mu), nu=nu
     )
 
   def update_fn(updates, state, params=None):
@@ -588,7 +592,10 @@ def scale_by_adam_mini(
     # misleading partition error (a v mismatch, a head_dim that does not
     # divide) or, worse, broadcast against mu.
     grads_with_path, grads_def = jax.tree_util.tree_flatten_with_path(updates)
-    mus = [_as_moment(mu) for mu in _flatten_like(grads_def, state.mu, "mu", updates)]
+    # haliax: the state's v and scales are named otherwise than the
+    # gradients (describe_state); they are matched without the names.
+    state_def = jax.tree_util.tree_structure(_haliax.strip(updates))
+    mus = [_as_moment(mu) for mu in _flatten_like(state_def, _haliax.strip(state.mu), "mu", updates)]
     for (path, g), mu in zip(grads_with_path, mus):
       if tuple(jnp.shape(g)) != _mu_shape(mu):
         raise ValueError(
@@ -596,8 +603,8 @@ def scale_by_adam_mini(
             f"differs from the state's mu shape {_mu_shape(mu)}; the "
             "gradients must have the parameters' shapes (no broadcasting)."
         )
-    treedef, paths, grads, layouts, mesh_axes, shards = layouts_for(updates)
-    nus = _flatten_like(treedef, state.nu, "nu", updates)
+    treedef, paths, grads, layouts, mesh_axes, shards, _ = layouts_for(updates)
+    nus = _flatten_like(state_def, _haliax.strip(state.nu), "nu", updates)
     unbound = sorted({a for axes in mesh_axes for a in axes if not _axes_bound((a,))})
     if unbound:
       raise ValueError(
@@ -664,8 +671,13 @@ def scale_by_adam_mini(
       new_mu.append(m)
       new_nu.append(v)
     unflatten = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)  # noqa: E731
+    if state_def == treedef:
+      new_mu, new_nu = unflatten(new_mu), unflatten(new_nu)
+    else:  # haliax: named as the state came in
+      new_mu = _like(state.mu, jax.tree_util.tree_unflatten(state_def, new_mu))
+      new_nu = _like(state.nu, jax.tree_util.tree_unflatten(state_def, new_nu))
     return unflatten(new_updates), ScaleByAdamMiniState(
-        count=count_inc, mu=unflatten(new_mu), nu=unflatten(new_nu)
+        count=count_inc, mu=new_mu, nu=new_nu
     )
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -754,6 +766,13 @@ def _leaf_step(g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, roundi
   scale = scale.reshape(layout.keepdims_shape)
   u = (m.reshape(layout.view_shape) * scale).reshape(g.shape)
   return u.astype(g.dtype), m_stored, v
+
+
+def _like(old: Any, new: Any) -> Any:
+  """``new``'s arrays in ``old``'s structure (its haliax names)."""
+  return jax.tree_util.tree_unflatten(
+      jax.tree_util.tree_structure(old), jax.tree_util.tree_leaves(new)
+  )
 
 
 def _materialized(x: jax.Array) -> jax.Array:

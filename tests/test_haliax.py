@@ -1,0 +1,239 @@
+"""haliax models (Levanter's): the partition from the axes' names.
+
+The model is written as Levanter's Llama writes it (``levanter.models.llama``,
+``levanter.layers.attention``): ``hnn.Linear`` weights ``[Out..., In...]``
+with the query's output split into ``(kv_heads, q_heads_per_group,
+head_size)``, decoder layers under ``hnn.Stacked`` (a leading layer axis on
+every leaf), ``hnn.Embedding`` and an untied ``lm_head``; toy sizes. The
+blocks each leaf gets are compared with counts from those sizes; the state
+is sharded with haliax's own recipe (``infer_resource_partitions``, what
+Levanter's trainer does) on 8 devices and must train as one device does.
+The recorded Levanter trees (``tests/third_party/trees/levanter_*.json``)
+check the real models' sizes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_mini
+
+hax = pytest.importorskip(
+    "haliax", reason="haliax is not installed (pip install haliax==1.4.dev453; in the test extra)"
+)
+eqx = pytest.importorskip("equinox", reason="equinox is not installed (haliax needs it)")
+hnn = hax.nn
+
+Batch, Pos, KeyPos = hax.Axis("batch", 4), hax.Axis("position", 16), hax.Axis("key_position", 16)
+Embed, Vocab, Mlp = hax.Axis("embed", 64), hax.Axis("vocab", 64), hax.Axis("mlp", 128)
+KVHeads, QPerGroup = hax.Axis("kv_heads", 2), hax.Axis("q_heads_per_group", 2)
+Heads, HeadSize = hax.Axis("heads", 4), hax.Axis("head_size", 16)
+Layers = hax.Axis("layers", 2)
+
+
+class Attention(eqx.Module):
+  q_proj: hnn.Linear
+  k_proj: hnn.Linear
+  v_proj: hnn.Linear
+  o_proj: hnn.Linear
+
+  @staticmethod
+  def init(*, key):
+    kq, kk, kv, ko = jax.random.split(key, 4)
+    linear = lambda In, Out, key: hnn.Linear.init(In=In, Out=Out, key=key, use_bias=False, out_first=True)  # noqa: E731
+    return Attention(
+        linear(Embed, (KVHeads, QPerGroup, HeadSize), kq),
+        linear(Embed, (KVHeads, HeadSize), kk),
+        linear(Embed, (KVHeads, HeadSize), kv),
+        linear((Heads, HeadSize), Embed, ko),
+    )
+
+  def __call__(self, x):
+    q = self.q_proj(x)
+    k = self.k_proj(x).rename({Pos.name: KeyPos.name})
+    v = self.v_proj(x).rename({Pos.name: KeyPos.name})
+    scores = hax.dot(q, k, axis=HeadSize) / math.sqrt(HeadSize.size)
+    causal = hax.arange(Pos).broadcast_axis(KeyPos) >= hax.arange(KeyPos).broadcast_axis(Pos)
+    weights = hax.nn.softmax(hax.where(causal, scores, -1e9), axis=KeyPos)
+    out = hax.dot(weights, v, axis=KeyPos).flatten_axes((KVHeads, QPerGroup), Heads)
+    return self.o_proj(out)
+
+
+class DecoderLayer(eqx.Module):
+  self_attn: Attention
+  gate_proj: hnn.Linear
+  up_proj: hnn.Linear
+  down_proj: hnn.Linear
+  input_layernorm: hnn.RmsNorm
+  post_attention_layernorm: hnn.RmsNorm
+
+  @staticmethod
+  def init(*, key):
+    ka, kg, ku, kd = jax.random.split(key, 4)
+    return DecoderLayer(
+        Attention.init(key=ka),
+        hnn.Linear.init(In=Embed, Out=Mlp, key=kg, use_bias=False, out_first=True),
+        hnn.Linear.init(In=Embed, Out=Mlp, key=ku, use_bias=False, out_first=True),
+        hnn.Linear.init(In=Mlp, Out=Embed, key=kd, use_bias=False, out_first=True),
+        hnn.RmsNorm.init(Embed, use_bias=False),
+        hnn.RmsNorm.init(Embed, use_bias=False),
+    )
+
+  def __call__(self, x):
+    x = x + self.self_attn(self.input_layernorm(x))
+    h = self.post_attention_layernorm(x)
+    return x + self.down_proj(hax.nn.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class Llama(eqx.Module):
+  """Levanter's LlamaLMHeadModel, cut down: its parameter tree's structure."""
+
+  embeddings: hnn.Embedding
+  layers: hnn.Stacked
+  norm: hnn.RmsNorm
+  lm_head: hnn.Linear
+
+  @staticmethod
+  def init(*, key):
+    ke, kl, kh = jax.random.split(key, 3)
+    return Llama(
+        hnn.Embedding.init(Vocab, Embed, key=ke),
+        hnn.Stacked.init(Layers, DecoderLayer)(key=jax.random.split(kl, Layers.size)),
+        hnn.RmsNorm.init(Embed, use_bias=False),
+        hnn.Linear.init(In=Embed, Out=Vocab, key=kh, use_bias=False, out_first=True),
+    )
+
+  def __call__(self, tokens):
+    x = self.embeddings(tokens)
+    x = self.layers.fold(x)
+    return self.lm_head(self.norm(x))
+
+
+def _params(model):
+  return eqx.filter(model, eqx.is_inexact_array)
+
+
+def test_blocks_follow_the_axes_names():
+  """One v per query head (kv_heads x q_heads_per_group), key/value head,
+  value and output neuron, MLP neuron, token, and norm per layer: the
+  official partition of the same Llama, with no head_dim, rules or stacked
+  axes passed."""
+  model = Llama.init(key=jax.random.key(0))
+  nu = optax_mini.adam_mini(1e-3).init(_params(model))[0].nu
+  layer, L = nu.layers.stacked, Layers.size
+  v_shape = lambda leaf: leaf.array.shape  # noqa: E731 (v is named: a NamedArray)
+  assert v_shape(layer.self_attn.q_proj.weight) == (L, KVHeads.size, QPerGroup.size)
+  assert v_shape(layer.self_attn.k_proj.weight) == (L, KVHeads.size)
+  assert v_shape(layer.self_attn.v_proj.weight) == (L, KVHeads.size, HeadSize.size)
+  assert v_shape(layer.self_attn.o_proj.weight) == (L, Embed.size)
+  assert v_shape(layer.gate_proj.weight) == v_shape(layer.up_proj.weight) == (L, Mlp.size)
+  assert v_shape(layer.down_proj.weight) == (L, Embed.size)
+  assert v_shape(layer.input_layernorm.weight) == (L,)
+  assert v_shape(nu.norm.weight) == ()
+  assert v_shape(nu.embeddings.weight) == (Vocab.size,)
+  assert v_shape(nu.lm_head.weight) == (Vocab.size,)
+  # v names the axes it keeps (haliax shards it by them).
+  assert layer.self_attn.q_proj.weight.axes == (Layers, KVHeads, QPerGroup)
+  assert nu.lm_head.weight.axes == (Vocab,)
+  report = optax_mini.explain(_params(model))
+  per_layer = Heads.size + KVHeads.size + KVHeads.size * HeadSize.size + Embed.size + 2 * Mlp.size + Embed.size + 2
+  assert report.num_v == L * per_layer + 1 + 2 * Vocab.size
+
+
+def test_out_last_weights_and_fused_qkv():
+  """``out_first=False`` (Levanter's GPT-2) puts the outputs last; a fused
+  ``c_attn`` names its q|k|v axis ``qkv``: each part gets its own blocks."""
+  qkv = hax.Axis("qkv", 3)
+  tree = {
+      "c_attn": hnn.Linear.init(In=Embed, Out=(qkv, Heads, HeadSize), key=jax.random.key(1), out_first=False),
+      "mlp": {"c_fc": hnn.Linear.init(In=Embed, Out=Mlp, key=jax.random.key(2), out_first=False)},
+  }
+  report = optax_mini.explain(_params(tree))
+  rows = {row.path: row for row in report.rows}
+  c_attn = next(row for path, row in rows.items() if "c_attn" in path and "weight" in path)
+  assert c_attn.shape == (Embed.size, 3, Heads.size, HeadSize.size)
+  # q and k: one v per head; v: one per output neuron.
+  assert c_attn.num_blocks == 2 * Heads.size + Heads.size * HeadSize.size
+  c_fc = next(row for path, row in rows.items() if "c_fc" in path and "weight" in path)
+  assert c_fc.v_shape == (Mlp.size,)
+
+
+def test_an_axis_no_module_names_raises():
+  """A weight with an axis that is neither the module's In or Out nor a
+  Stacked layer axis (here vmapped by hand) cannot be partitioned safely."""
+  Ensemble = hax.Axis("ensemble", 3)
+  linear = hax.vmap(lambda key: hnn.Linear.init(In=Embed, Out=Mlp, key=key), Ensemble)(
+      jax.random.split(jax.random.key(0), 3)
+  )
+  with pytest.raises(ValueError, match=r"weight.*\('ensemble', 'mlp', 'embed'\).*'ensemble' is none of"):
+    optax_mini.adam_mini(1e-3).init(_params({"up": linear}))
+
+
+def _loss(model, tokens):
+  logits = model(hax.named(tokens[:, :-1], (Batch, Pos))).array
+  return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+
+def _train(mu_dtype, mesh=None, steps=20, model=None):
+  model = Llama.init(key=jax.random.key(0)) if model is None else model
+  tokens = jax.random.randint(jax.random.key(1), (Batch.size, Pos.size + 1), 0, Vocab.size)
+  tx = optax_mini.adam_mini(1e-2, weight_decay=0.0, mu_dtype=mu_dtype)
+
+  @eqx.filter_jit
+  def step(model, state):
+    loss, grads = eqx.filter_value_and_grad(_loss)(model, tokens)
+    updates, state = tx.update(grads, state, _params(model))
+    return eqx.apply_updates(model, updates), state, loss
+
+  if mesh is None:
+    state = tx.init(_params(model))
+  else:
+    # Levanter's recipe: shardings inferred from the state's axis names.
+    model = hax.shard(model)
+    shapes = eqx.filter_eval_shape(tx.init, _params(model))
+    shardings = hax.partitioning.infer_resource_partitions(
+        shapes, mesh=mesh, preserve_existing_shardings=False
+    )
+    state = jax.jit(tx.init, out_shardings=shardings)(_params(model))
+  losses = []
+  for _ in range(steps):
+    model, state, loss = step(model, state)
+    losses.append(float(loss))
+  return losses, state
+
+
+@pytest.mark.parametrize("mu_dtype", [None, jnp.int8], ids=["float32", "int8"])
+def test_training_a_haliax_model_lowers_its_loss(mu_dtype):
+  losses, _ = _train(mu_dtype)
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (the root conftest sets XLA_FLAGS)")
+@pytest.mark.parametrize("mu_dtype", [None, jnp.int8], ids=["float32", "int8"])
+def test_haliax_sharding_recipe_trains_as_one_device(mu_dtype):
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
+  mapping = {"embed": "data", "mlp": "model", "heads": "model", "kv_heads": "model", "vocab": "model"}
+  one, _ = _train(mu_dtype)
+  model = Llama.init(key=jax.random.key(0))  # initialised unsharded, then placed
+  with hax.axis_mapping(mapping), jax.set_mesh(mesh):
+    eight, state = _train(mu_dtype, mesh, model=model)
+  # Sharded sums add in another order; with int8 m that moves a few codes by
+  # one step (the rounding draws are the same: they hash global positions).
+  np.testing.assert_allclose(eight, one, rtol=2e-3 if mu_dtype else 1e-5)
+  # v of the q_proj keeps (layers, kv_heads, q_heads_per_group): kv_heads on "model".
+  q_v = state[0].nu.layers.stacked.self_attn.q_proj.weight.array
+  want = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "model", None))
+  assert q_v.sharding.is_equivalent_to(want, q_v.ndim), q_v.sharding
+  if mu_dtype is not None:
+    # Quantized (>= 4096 elements per layer): the gate_proj's codes are named
+    # as the weight; its scales [layers, mlp, 64 / 64 = 1 block] cannot be
+    # split over "data", so their blocks axis is named apart.
+    mu = state[0].mu.layers.stacked.gate_proj.weight
+    assert mu.codes.axes == (Layers, Mlp, Embed)
+    assert [a.name for a in mu.scales.axes] == ["layers", "mlp", "embed_blocks"]
