@@ -34,8 +34,11 @@ libraries people train with (gemma, Hugging Face Flax, keras-hub, MaxText)
 are described that way in :data:`DEFAULT_RULES`. Layouts are written for Flax
 kernels; matrices named ``weight`` as PyTorch stores them (a PyTorch
 checkpoint read with safetensors, Equinox) are their transpose, read so under
-``BlockRules(weight_layout="torch")``. A leaf whose layout the
-rules cannot confirm from its shape, ``head_dim`` and the head counts of
+``BlockRules(weight_layout="torch")``. A haliax tree (Levanter) says
+what its axes are: the weight of an ``hnn.Linear`` is laid out as the
+module's ``In`` and ``Out`` name it (its heads by :data:`NAMED_AXIS_LETTERS`),
+and an ``hnn.Stacked``'s layer axis is a stack axis (``_haliax``). A leaf
+whose layout the rules cannot confirm from its shape, ``head_dim`` and the head counts of
 :class:`BlockRules` raises a ``ValueError`` that says how to settle it; it is
 never guessed.
 """

@@ -34,6 +34,8 @@ def load(path: pathlib.Path) -> dict:
 
 
 def rebuild(record: dict) -> dict:
+  if "stacked_modules" in record:
+    return rebuild_haliax(record)
   tree: dict = {}
   for leaf in record["leaves"]:
     node = tree
@@ -41,6 +43,51 @@ def rebuild(record: dict) -> dict:
     for key in parents:
       node = node.setdefault(key, {})
     node[last] = jax.ShapeDtypeStruct(tuple(leaf["shape"]), jnp.dtype(leaf["dtype"]))
+  return tree
+
+
+def rebuild_haliax(record: dict):
+  """A recorded Levanter tree with haliax's own classes: ``NamedArray`` s
+  with the recorded axis names, each module weight in an ``hnn.Linear`` /
+  ``hnn.MoELinear`` with its recorded ``In``/``Out`` (the library reads
+  those), each layer stack in an ``hnn.Stacked``; plain dicts in between."""
+  hax = pytest.importorskip(
+      "haliax", reason="haliax is not installed (pip install haliax==1.4.dev453; in the test extra)"
+  )
+  hnn = hax.nn
+  sizes = {n: d for leaf in record["leaves"] for n, d in zip(leaf["axes"], leaf["shape"])}
+
+  def axes(names):
+    out = tuple(hax.Axis(n, sizes[n]) for n in names)
+    return out[0] if len(out) == 1 else out
+
+  def at(path):
+    node = tree
+    for key in path:
+      node = node.setdefault(key, {})
+    return node
+
+  tree: dict = {}
+  for leaf in record["leaves"]:
+    *where, name, index = leaf["path"]
+    assert index == 0, leaf["path"]  # a NamedArray's array
+    array = jax.ShapeDtypeStruct(tuple(leaf["shape"]), jnp.dtype(leaf["dtype"]))
+    at(where)[name] = hax.NamedArray(array, tuple(hax.Axis(n, sizes[n]) for n in leaf["axes"]))
+  for leaf in record["leaves"]:
+    module = leaf.get("module")
+    if module is None:
+      continue
+    *parent, name = leaf["path"][:-2]
+    fields = at(parent)[name]
+    if module["class"] == "MoELinear":
+      built = hnn.MoELinear(fields["weight"], fields.get("bias"), axes(module["Experts"]),
+                            axes(module["In"]), axes(module["Out"]), use_gmm=False)
+    else:
+      built = hnn.Linear(fields["weight"], fields.get("bias"), axes(module["In"]), axes(module["Out"]))
+    at(parent)[name] = built
+  for stack in sorted(record["stacked_modules"], key=lambda s: -len(s["path"])):
+    *parent, name = stack["path"]
+    at(parent)[name] = hnn.Stacked(at(parent)[name]["stacked"], hax.Axis(*stack["block"]), False)
   return tree
 
 
@@ -168,6 +215,31 @@ EXPECTED = {
 }
 
 
+def _experts(c):
+  return c["num_experts"]
+
+
+EXPECTED["levanter"] = [
+    # haliax NamedArrays: the array under [0]; the library reads the axis names.
+    ("*/bias/0", None),
+    ("embeddings/token_embeddings/weight/0", _vocab), ("lm_head/weight/0", _vocab),
+    ("embeddings/position_embeddings/weight/0", lambda c: c["native"]["seq_len"]),
+    ("*/q_proj/weight/0", _heads), ("*/k_proj/weight/0", _kv_heads),
+    ("*/v_proj/weight/0", _kv_neurons), ("*/o_proj/weight/0", _d),
+    ("*/gate_proj/weight/0", _mlp), ("*/up_proj/weight/0", _mlp), ("*/down_proj/weight/0", _d),
+    # GPT-2: c_attn's outputs are (qkv, heads, head_size).
+    ("*/c_attn/weight/0", _qkv), ("*/attn/c_proj/weight/0", _d),
+    ("*/mlp/c_fc/weight/0", _mlp), ("*/mlp/c_proj/weight/0", _d),
+    # Mixtral: the router (one v per expert it scores) and each expert's own
+    # MLP neurons (MoELinear weights [experts, ...]).
+    ("*/block_sparse_moe/gate/weight/0", _experts),
+    ("*/experts/w1/weight/0", lambda c: _experts(c) * _mlp(c)),
+    ("*/experts/w3/weight/0", lambda c: _experts(c) * _mlp(c)),
+    ("*/experts/w2/weight/0", lambda c: _experts(c) * _d(c)),
+    ("*norm/weight/0", _one), ("*/ln_*/weight/0", _one),
+]
+
+
 def expected_blocks(record: dict, path: str, shape: tuple[int, ...]) -> int:
   config = record["config"]
   if config.get("layout") == "torch":
@@ -183,6 +255,8 @@ def expected_blocks(record: dict, path: str, shape: tuple[int, ...]) -> int:
 
 
 def what_the_user_passes(record: dict) -> dict:
+  if "stacked_modules" in record:
+    return {}  # haliax: the tree names its axes, its heads and its layer stacks
   config = record["config"]
   kwargs = {"head_dim": config["head_dim"]} if config["head_dim"] is not None else {}
   rules = {}
@@ -205,7 +279,7 @@ def test_every_leaf_gets_the_official_blocks(fixture):
   wrong = []
   leaves_with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
   for (key_path, leaf), row in zip(leaves_with_path, report.rows):
-    path = "/".join(str(getattr(k, "key", k)) for k in key_path)
+    path = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
     want = expected_blocks(record, path, leaf.shape)
     if row.num_blocks != want:
       wrong.append(f"{path} {leaf.shape}: {row.num_blocks} blocks ({row.role}), expected {want}")
@@ -268,6 +342,8 @@ def test_fixture_matches_its_config(fixture):
   per_layer_matrices = attention + 3 * c["d_model"] * c["mlp_dim"]
   if any(two_matrix_mlp in record["name"] for two_matrix_mlp in ("gpt2", "gptneo", "bloom", "distilbert")):
     per_layer_matrices = attention + 2 * c["d_model"] * c["mlp_dim"]
+  if c.get("num_experts"):  # each expert's MLP, and the router
+    per_layer_matrices = attention + c["num_experts"] * (3 * c["d_model"] * c["mlp_dim"] + c["d_model"])
   embedding = c["vocab_size"] * c["d_model"] * (1 if c["tied_embeddings"] else 2)
   matrices = embedding + c["num_layers"] * per_layer_matrices
   # Everything else (norms, biases, position tables) is small.
@@ -285,6 +361,8 @@ LIVE = {
     "keras-hub": ("keras_hub", "record_keras_hub", "keras-hub installed without its TensorFlow dependency"),
     "gemma": ("gemma", "record_gemma", "Python >= 3.12 and a pinned environment"),
     "maxtext": ("maxtext", "record_maxtext", "Python >= 3.12 and a pinned environment"),
+    "levanter": ("levanter", "record_levanter",
+                 "levanter 1.2.dev1644 and its dependencies (ray, wandb, datasets, ...)"),
 }
 
 
@@ -312,6 +390,9 @@ def test_live_library_builds_the_recorded_tree(fixture, monkeypatch):
   }
   recorded = {tuple(str(c) for c in leaf["path"]): tuple(leaf["shape"]) for leaf in record["leaves"]}
   assert rebuilt == recorded
+  if "stacked_modules" in record:  # and what the library reads: names, modules, stacks
+    live_leaves, live_stacks = module.describe(tree)
+    assert live_leaves == record["leaves"] and live_stacks == record["stacked_modules"]
   assert {k: v for k, v in config.items() if k != "native"} == {
       k: v for k, v in record["config"].items() if k != "native"
   }
