@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_mini import _flax
+from optax_mini import _flax, _haliax
 from optax_mini import blocks as blocks_lib
 from optax_mini import quantize as quantize_lib
 from optax_mini.transform import ScaleByAdamMiniState
@@ -53,11 +53,13 @@ def _shapes(x: Any) -> tuple[Any, ...]:
 
 
 def _convert_mini(source: ScaleByAdamMiniState, target: ScaleByAdamMiniState) -> ScaleByAdamMiniState:
-  mu_paths, mu_def = jax.tree_util.tree_flatten_with_path(target.mu, is_leaf=_is_moment)
-  nu_paths, nu_def = jax.tree_util.tree_flatten_with_path(target.nu)
+  # haliax: moments are matched without their NamedArrays (an int8 m's
+  # scales are named otherwise than a float m), and named as tx names them.
+  mu_paths, mu_def = jax.tree_util.tree_flatten_with_path(_haliax.strip(target.mu), is_leaf=_is_moment)
+  nu_paths, nu_def = jax.tree_util.tree_flatten_with_path(_haliax.strip(target.nu))
   try:
-    source_mu = mu_def.flatten_up_to(source.mu)
-    source_nu = nu_def.flatten_up_to(source.nu)
+    source_mu = mu_def.flatten_up_to(_haliax.strip(source.mu))
+    source_nu = nu_def.flatten_up_to(_haliax.strip(source.nu))
   except (ValueError, TypeError) as err:
     raise ValueError(
         "convert_state: the state's moments have another tree structure than "
@@ -93,7 +95,10 @@ def _convert_mini(source: ScaleByAdamMiniState, target: ScaleByAdamMiniState) ->
           f"{_shapes(new)}, tx.init(params) has {_shapes(want)}."
       )
     mu.append(new)
-  return ScaleByAdamMiniState(count=source.count, mu=mu_def.unflatten(mu), nu=source.nu)
+  named_mu = jax.tree_util.tree_unflatten(
+      jax.tree_util.tree_structure(target.mu), jax.tree_util.tree_leaves(mu_def.unflatten(mu))
+  )
+  return ScaleByAdamMiniState(count=source.count, mu=named_mu, nu=source.nu)
 
 
 def convert_state(state: Any, tx: optax.GradientTransformation, params: Any) -> Any:

@@ -237,3 +237,21 @@ def test_haliax_sharding_recipe_trains_as_one_device(mu_dtype):
     mu = state[0].mu.layers.stacked.gate_proj.weight
     assert mu.codes.axes == (Layers, Mlp, Embed)
     assert [a.name for a in mu.scales.axes] == ["layers", "mlp", "embed_blocks"]
+
+
+def test_convert_state_keeps_the_names():
+  """A float32-m state converted to int8 m (and back) has the structure
+  ``tx.init`` gives, names included, and its m within the power map's
+  rounding of the original."""
+  params = _params(Llama.init(key=jax.random.key(0)))
+  grads = jax.tree.map(lambda x: jnp.full_like(x, 0.01), params)
+  float_tx, int8_tx = optax_mini.adam_mini(1e-3), optax_mini.adam_mini(1e-3, mu_dtype=jnp.int8)
+  _, state = float_tx.update(grads, float_tx.init(params), params)
+  converted = optax_mini.convert_state(state, int8_tx, params)
+  structure = jax.tree_util.tree_structure
+  assert structure(converted) == structure(int8_tx.init(params))
+  back = optax_mini.convert_state(converted, float_tx, params)
+  assert structure(back) == structure(state)
+  m, m_back = state[0].mu.lm_head.weight.array, back[0].mu.lm_head.weight.array
+  np.testing.assert_allclose(m_back, m, atol=0.016 * float(jnp.abs(m).max()))
+  int8_tx.update(grads, converted, params)  # the update takes it
