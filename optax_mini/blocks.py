@@ -446,6 +446,24 @@ def _rules(target: str, *patterns: str) -> tuple[Rule, ...]:
   return tuple(Rule(p, target) for p in patterns)
 
 
+#: A normalization layer's scale: a module matching one of ``NORM_MODULES``
+#: and a parameter named one of ``NORM_SCALES``. It has one axis (the
+#: features) in every library; with more, and no layer-stack axis declared,
+#: it is taken for a layer stack nobody declared (``nnx.vmap``/``nnx.scan``,
+#: ``eqx.filter_vmap``, a scanned Linen module), and the partition raises
+#: instead of averaging the layers together.
+NORM_MODULES = ("*norm*", "ln", "ln_*", "*_ln")
+NORM_SCALES = ("scale", "weight", "gamma", "g")
+
+
+def _is_norm_scale(components: Sequence[str]) -> bool:
+  return (
+      len(components) >= 2
+      and any(fnmatch.fnmatchcase(components[-1], p) for p in NORM_SCALES)
+      and any(fnmatch.fnmatchcase(c, p) for c in components[:-1] for p in NORM_MODULES)
+  )
+
+
 #: Parameter names (the last path component) that PyTorch, and libraries
 #: that follow it (Equinox), give a layer's matrices: such a leaf may be the
 #: transpose of the Flax kernel a rule describes (``BlockRules.weight_layout``).
@@ -1282,6 +1300,8 @@ def _claim(
   for index, rule in enumerate(rules.all_rules()):
     if not _pattern_matches(rule.pattern, components):
       continue
+    if index >= len(rules.rules):  # the defaults: a user rule would have settled it
+      _check_not_an_undeclared_stack(components, logical_shape, stack, where)
     target = rule.target
     if isinstance(target, BlockSpec):
       resolved = _Resolved(
@@ -1312,6 +1332,7 @@ def _claim(
     else:
       label = f"{target} [{rule.pattern}]"
     return finish(resolved, label + _read_as(torch_read, named_layout)), index
+  _check_not_an_undeclared_stack(components, logical_shape, stack, where)
   role = "neuron" if nd >= 2 else "tensor"
   fallback = Rule("", role)
   named_layout = None
@@ -1321,6 +1342,26 @@ def _claim(
       fallback, logical_shape, head_dim, rules, where, bool(stack), weight, named_layout
   )
   return finish(resolved, f"{role} (default{_read_as(torch_read, named_layout)})"), None
+
+
+def _check_not_an_undeclared_stack(
+    components: tuple[str, ...], logical_shape: tuple[int, ...], stack: tuple[int, ...], where: str
+) -> None:
+  """Raises if a norm's scale has more than one axis and no layer axis is
+  declared: its tree is most likely a stack of layers (see :data:`NORM_MODULES`),
+  and every kernel in it would have its layers averaged into one block."""
+  if stack or len(logical_shape) < 2 or not _is_norm_scale(components):
+    return
+  module = next(c for c in components[:-1] if any(fnmatch.fnmatchcase(c, p) for p in NORM_MODULES))
+  raise ValueError(
+      f"{where}: shape {logical_shape} is a norm's scale ({module!r}) with {len(logical_shape)} "
+      "axes, where a norm has one: this looks like a stack of layers (nnx.vmap / nnx.scan, "
+      "eqx.filter_vmap, a scanned Linen module) with no layer axis declared, and every "
+      "kernel in it would have its layers averaged together. Declare the stack: "
+      "blocks=optax_mini.BlockRules(stacked={'<path of the stacked layers>': <layer axis>}), "
+      "e.g. stacked={'layers': 0}; or, for a norm that has more than one feature axis, give it "
+      f"a rule: BlockRules(rules=[({module + '/' + components[-1]!r}, 'tensor')])."
+  )
 
 
 def _read_as(torch_read: bool, named_layout: str | None) -> str:

@@ -204,3 +204,60 @@ def test_gemma_gating_whose_shape_cannot_tell_gate_from_input():
   params = {"mlp": {"gating_einsum": jnp.zeros((2, 16, 16))}}
   with pytest.raises(ValueError, match=r"gating_einsum.*\(2, 16, 16\).*o > i"):
     init(params)
+
+
+def _vmapped_nnx_layers(layers=4, dim=16, mlp=64):
+  """An NNX model whose layers are built with ``nnx.vmap`` (for ``nnx.scan``):
+  every leaf gets a leading layer axis, and nothing in the tree says so."""
+  from flax import nnx
+
+  class Layer(nnx.Module):
+    def __init__(self, rngs):
+      self.input_layernorm = nnx.RMSNorm(dim, rngs=rngs)
+      self.gate_proj = nnx.Linear(dim, mlp, use_bias=False, rngs=rngs)
+      self.down_proj = nnx.Linear(mlp, dim, use_bias=False, rngs=rngs)
+
+  @nnx.split_rngs(splits=layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def make(rngs):
+    return Layer(rngs)
+
+  return {"layers": nnx.state(make(nnx.Rngs(0)), nnx.Param)}
+
+
+def test_an_undeclared_layer_stack_raises():
+  """Unstacked, the MLP kernels [layers, in, out] would get one v per output
+  neuron across all layers, silently. A norm scale with a layer axis gives
+  the stack away: the error names it and the fix."""
+  params = _vmapped_nnx_layers()
+  with pytest.raises(ValueError, match=r"\['layers'\]\['input_layernorm'\]\['scale'\].*\(4, 16\).*"
+                     r"stack of layers.*stacked=\{'layers': 0\}"):
+    init(params)
+  # Declared, each layer's neurons get their own v.
+  nu = init(params, blocks=BlockRules(stacked={"layers": 0}))[0].nu
+  assert nu["layers"]["gate_proj"]["kernel"].shape == (4, 64)
+  assert nu["layers"]["input_layernorm"]["scale"].shape == (4,)
+  # A norm that really has two feature axes: its own rule settles it.
+  two_axes = {"norm": {"scale": jnp.ones((4, 16))}}
+  assert init(two_axes, blocks=BlockRules(rules=[("norm/scale", "tensor")]))[0].nu["norm"]["scale"].shape == ()
+
+
+def test_an_undeclared_equinox_stack_raises():
+  """``eqx.filter_vmap``-built layers (stacked for ``lax.scan``), PyTorch
+  layout: a [layers, out, in] weight read as [out, in, in] would keep the
+  layer axis and average the neurons; the stacked norm raises first."""
+  eqx = pytest.importorskip("equinox", reason="equinox is not installed (in the test extra)")
+
+  class Layer(eqx.Module):
+    norm: eqx.nn.RMSNorm
+    up: eqx.nn.Linear
+
+    def __init__(self, key):
+      self.norm, self.up = eqx.nn.RMSNorm(16), eqx.nn.Linear(16, 64, use_bias=False, key=key)
+
+  layers = eqx.filter_vmap(Layer)(jax.random.split(jax.random.key(0), 3))
+  params = {"layers": eqx.filter(layers, eqx.is_inexact_array)}
+  with pytest.raises(ValueError, match=r"norm.*\(3, 16\).*stack of layers"):
+    init(params, blocks=BlockRules(weight_layout="torch"))
+  nu = init(params, blocks=BlockRules(weight_layout="torch", stacked={"layers": 0}))[0].nu
+  assert nu["layers"].up.weight.shape == (3, 64)
