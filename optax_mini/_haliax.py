@@ -240,6 +240,14 @@ def describe_state(params: Any, tree: Any, v_axes: Sequence[Sequence[int]] | Non
   )
 
 
+def like(old: Any, new: Any) -> Any:
+  """``new``'s arrays in ``old``'s tree structure: a state entry computed
+  without names (:func:`strip`) handed back named as it came in."""
+  return jax.tree_util.tree_unflatten(
+      jax.tree_util.tree_structure(old), jax.tree_util.tree_leaves(new)
+  )
+
+
 def _resized(axes: Sequence[Any], shape: Sequence[int]) -> tuple[Any, ...]:
   """``axes`` with ``shape``'s sizes (a split head axis keeps its heads)."""
   return tuple(a if a.size == n else a.resize(n) for a, n in zip(axes, shape, strict=True))

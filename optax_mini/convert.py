@@ -95,10 +95,9 @@ def _convert_mini(source: ScaleByAdamMiniState, target: ScaleByAdamMiniState) ->
           f"{_shapes(new)}, tx.init(params) has {_shapes(want)}."
       )
     mu.append(new)
-  named_mu = jax.tree_util.tree_unflatten(
-      jax.tree_util.tree_structure(target.mu), jax.tree_util.tree_leaves(mu_def.unflatten(mu))
+  return ScaleByAdamMiniState(
+      count=source.count, mu=_haliax.like(target.mu, mu_def.unflatten(mu)), nu=source.nu
   )
-  return ScaleByAdamMiniState(count=source.count, mu=named_mu, nu=source.nu)
 
 
 def convert_state(state: Any, tx: optax.GradientTransformation, params: Any) -> Any:

@@ -674,8 +674,8 @@ def scale_by_adam_mini(
     if state_def == treedef:
       new_mu, new_nu = unflatten(new_mu), unflatten(new_nu)
     else:  # haliax: named as the state came in
-      new_mu = _like(state.mu, jax.tree_util.tree_unflatten(state_def, new_mu))
-      new_nu = _like(state.nu, jax.tree_util.tree_unflatten(state_def, new_nu))
+      new_mu = _haliax.like(state.mu, jax.tree_util.tree_unflatten(state_def, new_mu))
+      new_nu = _haliax.like(state.nu, jax.tree_util.tree_unflatten(state_def, new_nu))
     return unflatten(new_updates), ScaleByAdamMiniState(
         count=count_inc, mu=new_mu, nu=new_nu
     )
@@ -766,13 +766,6 @@ def _leaf_step(g, mu, nu, mean, bc2, inv_bc1, inv_sqrt_bc2, traced_hyper, roundi
   scale = scale.reshape(layout.keepdims_shape)
   u = (m.reshape(layout.view_shape) * scale).reshape(g.shape)
   return u.astype(g.dtype), m_stored, v
-
-
-def _like(old: Any, new: Any) -> Any:
-  """``new``'s arrays in ``old``'s structure (its haliax names)."""
-  return jax.tree_util.tree_unflatten(
-      jax.tree_util.tree_structure(old), jax.tree_util.tree_leaves(new)
-  )
 
 
 def _materialized(x: jax.Array) -> jax.Array:

@@ -293,6 +293,7 @@ def test_readme_levanter_config_trains_with_levanters_trainer(tmp_path):
     config = TrainerConfig(num_train_steps=20, train_batch_size=8, tracker=NoopConfig(),
                            checkpointer=CheckpointerConfig(base_path=str(tmp_path / str(int8))),
                            log_jaxprs=False, log_xla_hlo=False, id=f"adam-mini-int8-{int8}",
+                           log_dir=tmp_path / "logs",
                            require_accelerator=False)
     levanter.initialize(config)
     optimizer = namespace["AdamMiniConfig"](learning_rate=3e-3, int8_first_moment=int8).build(20)
