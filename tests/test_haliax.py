@@ -37,6 +37,11 @@ Heads, HeadSize = hax.Axis("heads", 4), hax.Axis("head_size", 16)
 Layers = hax.Axis("layers", 2)
 
 
+def _linear(In, Out, key):
+  """``hnn.Linear`` as Levanter's Llama makes them: no bias, ``[Out..., In...]``."""
+  return hnn.Linear.init(In=In, Out=Out, key=key, use_bias=False, out_first=True)
+
+
 class Attention(eqx.Module):
   q_proj: hnn.Linear
   k_proj: hnn.Linear
@@ -46,12 +51,11 @@ class Attention(eqx.Module):
   @staticmethod
   def init(*, key):
     kq, kk, kv, ko = jax.random.split(key, 4)
-    linear = lambda In, Out, key: hnn.Linear.init(In=In, Out=Out, key=key, use_bias=False, out_first=True)  # noqa: E731
     return Attention(
-        linear(Embed, (KVHeads, QPerGroup, HeadSize), kq),
-        linear(Embed, (KVHeads, HeadSize), kk),
-        linear(Embed, (KVHeads, HeadSize), kv),
-        linear((Heads, HeadSize), Embed, ko),
+        _linear(Embed, (KVHeads, QPerGroup, HeadSize), kq),
+        _linear(Embed, (KVHeads, HeadSize), kk),
+        _linear(Embed, (KVHeads, HeadSize), kv),
+        _linear((Heads, HeadSize), Embed, ko),
     )
 
   def __call__(self, x):
@@ -78,9 +82,9 @@ class DecoderLayer(eqx.Module):
     ka, kg, ku, kd = jax.random.split(key, 4)
     return DecoderLayer(
         Attention.init(key=ka),
-        hnn.Linear.init(In=Embed, Out=Mlp, key=kg, use_bias=False, out_first=True),
-        hnn.Linear.init(In=Embed, Out=Mlp, key=ku, use_bias=False, out_first=True),
-        hnn.Linear.init(In=Mlp, Out=Embed, key=kd, use_bias=False, out_first=True),
+        _linear(Embed, Mlp, kg),
+        _linear(Embed, Mlp, ku),
+        _linear(Mlp, Embed, kd),
         hnn.RmsNorm.init(Embed, use_bias=False),
         hnn.RmsNorm.init(Embed, use_bias=False),
     )
@@ -106,7 +110,7 @@ class Llama(eqx.Module):
         hnn.Embedding.init(Vocab, Embed, key=ke),
         hnn.Stacked.init(Layers, DecoderLayer)(key=jax.random.split(kl, Layers.size)),
         hnn.RmsNorm.init(Embed, use_bias=False),
-        hnn.Linear.init(In=Embed, Out=Vocab, key=kh, use_bias=False, out_first=True),
+        _linear(Embed, Vocab, kh),
     )
 
   def __call__(self, tokens):

@@ -29,6 +29,11 @@ HERE = pathlib.Path(__file__).parent / "third_party"
 FIXTURES = sorted((HERE / "trees").glob("*.json"))
 
 
+def _component(key) -> str:
+  """A key path entry as the fixtures spell it (DictKey, SequenceKey, GetAttrKey, FlattenedIndexKey)."""
+  return str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key))))
+
+
 def load(path: pathlib.Path) -> dict:
   return json.loads(path.read_text())
 
@@ -57,8 +62,11 @@ def rebuild_haliax(record: dict):
   hnn = hax.nn
   sizes = {n: d for leaf in record["leaves"] for n, d in zip(leaf["axes"], leaf["shape"])}
 
-  def axes(names):
-    out = tuple(hax.Axis(n, sizes[n]) for n in names)
+  def named(names):
+    return tuple(hax.Axis(n, sizes[n]) for n in names)
+
+  def axes(names):  # a module's In/Out: one Axis, or a tuple of them
+    out = named(names)
     return out[0] if len(out) == 1 else out
 
   def at(path):
@@ -72,7 +80,7 @@ def rebuild_haliax(record: dict):
     *where, name, index = leaf["path"]
     assert index == 0, leaf["path"]  # a NamedArray's array
     array = jax.ShapeDtypeStruct(tuple(leaf["shape"]), jnp.dtype(leaf["dtype"]))
-    at(where)[name] = hax.NamedArray(array, tuple(hax.Axis(n, sizes[n]) for n in leaf["axes"]))
+    at(where)[name] = hax.NamedArray(array, named(leaf["axes"]))
   for leaf in record["leaves"]:
     module = leaf.get("module")
     if module is None:
@@ -124,6 +132,10 @@ def _one(c):
 def _positions(c):  # a learned position table: one v per position
   native = c["native"]
   return native["n_positions"] if "n_positions" in native else native["max_position_embeddings"]
+
+
+def _experts(c):
+  return c["num_experts"]
 
 
 def _qkv(c):  # fused q|k|v: q and k per head, v per output neuron
@@ -212,32 +224,26 @@ EXPECTED = {
         ("*/wi_0/kernel", _mlp), ("*/wi_1/kernel", _mlp), ("*/wo/kernel", _d),
         ("*/scale", _one),
     ],
+    "levanter": [
+        # haliax NamedArrays: the array under [0]; the library reads the axis names.
+        ("*/bias/0", None),
+        ("embeddings/token_embeddings/weight/0", _vocab), ("lm_head/weight/0", _vocab),
+        ("embeddings/position_embeddings/weight/0", lambda c: c["native"]["seq_len"]),
+        ("*/q_proj/weight/0", _heads), ("*/k_proj/weight/0", _kv_heads),
+        ("*/v_proj/weight/0", _kv_neurons), ("*/o_proj/weight/0", _d),
+        ("*/gate_proj/weight/0", _mlp), ("*/up_proj/weight/0", _mlp), ("*/down_proj/weight/0", _d),
+        # GPT-2: c_attn's outputs are (qkv, heads, head_size).
+        ("*/c_attn/weight/0", _qkv), ("*/attn/c_proj/weight/0", _d),
+        ("*/mlp/c_fc/weight/0", _mlp), ("*/mlp/c_proj/weight/0", _d),
+        # Mixtral: the router (one v per expert it scores) and each expert's own
+        # MLP neurons (MoELinear weights [experts, ...]).
+        ("*/block_sparse_moe/gate/weight/0", _experts),
+        ("*/experts/w1/weight/0", lambda c: _experts(c) * _mlp(c)),
+        ("*/experts/w3/weight/0", lambda c: _experts(c) * _mlp(c)),
+        ("*/experts/w2/weight/0", lambda c: _experts(c) * _d(c)),
+        ("*norm/weight/0", _one), ("*/ln_*/weight/0", _one),
+    ],
 }
-
-
-def _experts(c):
-  return c["num_experts"]
-
-
-EXPECTED["levanter"] = [
-    # haliax NamedArrays: the array under [0]; the library reads the axis names.
-    ("*/bias/0", None),
-    ("embeddings/token_embeddings/weight/0", _vocab), ("lm_head/weight/0", _vocab),
-    ("embeddings/position_embeddings/weight/0", lambda c: c["native"]["seq_len"]),
-    ("*/q_proj/weight/0", _heads), ("*/k_proj/weight/0", _kv_heads),
-    ("*/v_proj/weight/0", _kv_neurons), ("*/o_proj/weight/0", _d),
-    ("*/gate_proj/weight/0", _mlp), ("*/up_proj/weight/0", _mlp), ("*/down_proj/weight/0", _d),
-    # GPT-2: c_attn's outputs are (qkv, heads, head_size).
-    ("*/c_attn/weight/0", _qkv), ("*/attn/c_proj/weight/0", _d),
-    ("*/mlp/c_fc/weight/0", _mlp), ("*/mlp/c_proj/weight/0", _d),
-    # Mixtral: the router (one v per expert it scores) and each expert's own
-    # MLP neurons (MoELinear weights [experts, ...]).
-    ("*/block_sparse_moe/gate/weight/0", _experts),
-    ("*/experts/w1/weight/0", lambda c: _experts(c) * _mlp(c)),
-    ("*/experts/w3/weight/0", lambda c: _experts(c) * _mlp(c)),
-    ("*/experts/w2/weight/0", lambda c: _experts(c) * _d(c)),
-    ("*norm/weight/0", _one), ("*/ln_*/weight/0", _one),
-]
 
 
 def expected_blocks(record: dict, path: str, shape: tuple[int, ...]) -> int:
@@ -279,7 +285,7 @@ def test_every_leaf_gets_the_official_blocks(fixture):
   wrong = []
   leaves_with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
   for (key_path, leaf), row in zip(leaves_with_path, report.rows):
-    path = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
+    path = "/".join(_component(k) for k in key_path)
     want = expected_blocks(record, path, leaf.shape)
     if row.num_blocks != want:
       wrong.append(f"{path} {leaf.shape}: {row.num_blocks} blocks ({row.role}), expected {want}")
@@ -385,7 +391,7 @@ def test_live_library_builds_the_recorded_tree(fixture, monkeypatch):
   module = importlib.import_module(recorder)
   tree, config = module.build(record["name"])
   rebuilt = {
-      tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path): tuple(x.shape)
+      tuple(_component(k) for k in path): tuple(x.shape)
       for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
   }
   recorded = {tuple(str(c) for c in leaf["path"]): tuple(leaf["shape"]) for leaf in record["leaves"]}
