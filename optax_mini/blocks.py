@@ -1316,7 +1316,7 @@ def _claim(
     literal = index < len(rules.rules) and rule.layout is not None
     named_layout = None
     if named is not None and named.module and not literal:
-      named_layout = _named_layout(named, logical_to_full, target, shape, where)
+      named_layout = _named_layout(named, logical_to_full, target, shape, where, components)
     resolved, torch_read = _resolve(
         rule, logical_shape, head_dim, rules, where, bool(stack), None if literal else weight,
         named_layout,
@@ -1337,7 +1337,7 @@ def _claim(
   fallback = Rule("", role)
   named_layout = None
   if named is not None and named.module and nd >= 2:
-    named_layout = _named_layout(named, logical_to_full, role, shape, where)
+    named_layout = _named_layout(named, logical_to_full, role, shape, where, components)
   resolved, torch_read = _resolve(
       fallback, logical_shape, head_dim, rules, where, bool(stack), weight, named_layout
   )
@@ -1352,14 +1352,15 @@ def _check_not_an_undeclared_stack(
   and every kernel in it would have its layers averaged into one block."""
   if stack or len(logical_shape) < 2 or not _is_norm_scale(components):
     return
-  module = next(c for c in components[:-1] if any(fnmatch.fnmatchcase(c, p) for p in NORM_MODULES))
+  at = next(i for i, c in enumerate(components[:-1]) if any(fnmatch.fnmatchcase(c, p) for p in NORM_MODULES))
+  module, layers = components[at], "/".join(components[:at]) or "<path of the stacked layers>"
   raise ValueError(
       f"{where}: shape {logical_shape} is a norm's scale ({module!r}) with {len(logical_shape)} "
       "axes, where a norm has one: this looks like a stack of layers (nnx.vmap / nnx.scan, "
       "eqx.filter_vmap, a scanned Linen module) with no layer axis declared, and every "
       "kernel in it would have its layers averaged together. Declare the stack: "
-      "blocks=optax_mini.BlockRules(stacked={'<path of the stacked layers>': <layer axis>}), "
-      "e.g. stacked={'layers': 0}; or, for a norm that has more than one feature axis, give it "
+      f"blocks=optax_mini.BlockRules(stacked={{{layers!r}: 0}}) if its layer axis is the first "
+      "(nnx.vmap, eqx.filter_vmap; MaxText's is 1); or, for a norm that has more than one feature axis, give it "
       f"a rule: BlockRules(rules=[({module + '/' + components[-1]!r}, 'tensor')])."
   )
 
@@ -1377,12 +1378,16 @@ def _named_layout(
     target: str,
     shape: tuple[int, ...],
     where: str,
+    components: tuple[str, ...],
 ) -> str:
   """The layout of one layer's haliax weight, from its module's ``In`` and
   ``Out``: inputs are ``i``; outputs are ``o``, or, for a query/key/value or
   fused kernel, what :data:`NAMED_AXIS_LETTERS` says their names are. A
   query/key weight with one unnamed output axis has it flat (``(n h)``,
   cut by ``head_dim``)."""
+  # The weight's own module/name (a NamedArray's array is under its index):
+  # a rule for the module alone would claim its bias too.
+  pattern = "/".join([c for c in components if not c.isdigit()][-2:])
   fused = "," in target
   detailed = fused or target in ("heads", "value")
   groups = []
@@ -1396,7 +1401,7 @@ def _named_layout(
           f"{where}: shape {shape}, the weight of a haliax {named.module} with axes "
           f"{named.names}: axis {name!r} is none of the module's In or Out axes nor "
           "the layer axis of an enclosing Stacked, so its blocks would be a guess. "
-          "Give this leaf a BlockSpec: blocks=optax_mini.BlockRules(rules=[(<pattern>, "
+          f"Give this leaf a BlockSpec: blocks=optax_mini.BlockRules(rules=[({pattern!r}, "
           "BlockSpec(reduce_axes=..., stack_axes=...))]) (axes index the leaf as it is)."
       )
     letter = "o"
@@ -1416,9 +1421,9 @@ def _named_layout(
         f"{named.names}, matched a {target!r} rule, but its output axes {outputs} are "
         "not all named as attention heads, a head's size or fused parts "
         f"(optax_mini.blocks.NAMED_AXIS_LETTERS), so its blocks would be a guess. Give "
-        "this leaf a rule with its layout, e.g. BlockRules(rules=[Rule(<pattern>, "
-        f"{target!r}, layout=...)]), one letter per axis as stored (layer axes included "
-        "only if they are not Stacked's)."
+        f"this leaf a rule with its layout, e.g. BlockRules(rules=[Rule({pattern!r}, "
+        f"{target!r}, layout=...)]), one letter per axis as stored but a Stacked's layer "
+        "axis (i=input; o=output; n=heads; h=head_dim; p=parts)."
     )
   return _layout_text(groups)
 

@@ -351,3 +351,17 @@ def test_levanters_own_mini_gives_the_same_updates():
   assert compared == 9  # q, k, v, o, gate, up, down, embedding, lm_head
   # ... where plain Adam's differ (the comparison can fail).
   assert not np.allclose(u_adam.lm_head.weight.array, u_ours.lm_head.weight.array, rtol=1e-2)
+
+
+def test_heads_named_otherwise_raise_with_a_rule_that_settles_them():
+  """Output axes the name table does not know, under a query rule: an error
+  whose suggested rule (the weight's own pattern, not its module's, which
+  would claim the 2-D bias too) settles it."""
+  groups, per = hax.Axis("groups", 2), hax.Axis("per", 8)
+  params = _params({"q_proj": hnn.Linear.init(In=Embed, Out=(groups, per), key=jax.random.key(0))})
+  with pytest.raises(ValueError, match=r"output axes \['groups', 'per'\].*Rule\('q_proj/weight', 'heads'"):
+    optax_mini.explain(params)
+  rules = optax_mini.BlockRules(rules=[optax_mini.Rule("q_proj/weight", "heads", layout="n h i")])
+  nu = optax_mini.adam_mini(1e-3, blocks=rules).init(params)[0].nu
+  assert nu["q_proj"].weight.array.shape == (groups.size,)
+  assert nu["q_proj"].bias.array.shape == (groups.size, per.size)  # plain Adam
