@@ -382,6 +382,7 @@ class Rule(NamedTuple):
   ``n``  attention heads: kept
   ``h``  ``head_dim``: averaged by ``heads`` (query/key), kept by ``value``
   ``p``  the parts of a fused kernel (``target`` lists them)
+  ``e``  the experts of a mixture-of-experts kernel: kept by every role
   ====  ===========================================================
 
   e.g. ``"i (n h)"`` (a flat ``[in, heads*head_dim]`` query kernel),
@@ -509,6 +510,19 @@ NAMED_AXIS_LETTERS: tuple[tuple[str, str], ...] = (
     ("qkv", "p"), ("kv", "p"),
 )
 
+#: Path components that name a mixture-of-experts module (MaxText's
+#: ``MoeBlock_0``, Gemma 4's ``moe``, ``experts``): the kernels stored on it
+#: directly have the experts first (``e``).
+MOE_MODULES = ("*moe*", "experts")
+
+#: The layouts of MLP (and expert) kernels by rank: ``[in, out]``, a mixture
+#: of experts' ``[experts, in, out]``, a convolution's ``[kh, kw, in, out]``.
+MLP_LAYOUTS = ("i o", "e i o", "i i i o")
+#: The size check on an experts axis: fewer experts than input features. A
+#: kernel that fails it is no ``[experts, in, out]`` (MaxText's fused
+#: ``mlp/wi`` is ``[in, gate|up, out]``) and raises instead.
+EXPERTS_CHECK = "e < i"
+
 # Flax's DenseGeneral/LinearGeneral query/key/value kernels: [in, heads, head_dim].
 _IN_HEADS = "i n h"
 # Einsum kernels with heads first (Gemma in every library): [heads, in, head_dim].
@@ -522,15 +536,33 @@ _HEADS_IN = "n i h"
 DEFAULT_RULES: tuple[Rule, ...] = (
     # Official: any name containing "bias" is plain Adam, checked first.
     *_rules("element", *BIAS_PATTERNS),
-    # Google DeepMind `gemma` (Linen): heads-first einsum kernels, k/v or
-    # q/k/v fused along a leading parts axis, gate/up fused likewise.
+    # Mixture-of-experts weights stored as parameters of the MoE module
+    # itself, experts first: MaxText's MoeBlock wi_0/wi_1/wo [E, in, out],
+    # Gemma 4's moe/linear [E, F, D] and fused gate|up gating_einsum
+    # [E, 2, F, D] (its experts narrow: F < D, so no size check tells
+    # Gemma's two gating layouts apart here). Each expert's neurons are
+    # blocks of their own; the router [in, experts] is one v per expert.
+    *(Rule(f"{module}/gating_einsum", "gate,up", "e p o i") for module in MOE_MODULES),
+    *(
+        Rule(f"{module}/{name}", "neuron", MLP_LAYOUTS, where=EXPERTS_CHECK)
+        for module in MOE_MODULES for name in ("wo", "linear")
+    ),
+    # Google DeepMind `gemma` (Linen) and its NNX ports (tunix): heads-first
+    # einsum kernels, k/v or q/k/v fused along a leading parts axis, gate/up
+    # fused likewise. Gemma 4's global layers that share keys and values
+    # (k_eq_v) have a k_einsum alone, [K, D, H].
     Rule("q_einsum/w", "heads", _HEADS_IN),
+    Rule("k_einsum/w", "heads", _HEADS_IN),
     Rule("kv_einsum/w", "k,v", "p n i h"),
     Rule("qkv_einsum/w", "q,k,v", "p n i h"),
     Rule("attn_vec_einsum/w", "neuron", "n h o"),
     # Gemma 3 stores gate|up as [2, F, D], Gemma 2 as [2, D, F]
     # (transpose_gating_einsum); the MLP widens (F > D), which tells them apart.
     Rule("gating_einsum", "gate,up", ("p o i", "p i o"), where="o > i"),
+    # Gemma 4 (E2B/E4B): the embedder's projection into each layer's input,
+    # [D, layers, per_layer_dim] ("BTD,DNP->BTNP"): one v per output (it
+    # would otherwise match "*embed*", and be cut per input row).
+    Rule("per_layer_model_projection/w", "neuron", "i o o"),
     # keras-hub Gemma/Gemma 3 EinsumDense: heads-first "btd,ndh->btnh".
     Rule("decoder_block_*/attention/query", "heads", _HEADS_IN),
     Rule("decoder_block_*/attention/key", "heads", _HEADS_IN),
@@ -588,9 +620,12 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # unnamed kernels does the same.
     *_rules("neuron", "lm_head", "output", "final_layer", "logits_dense"),
     *_rules("neuron", "o_proj", "wo", "out", "c_proj", "output_proj", "out_proj", "out_lin"),
-    *_rules(
-        "neuron", "mlp", "feed_forward", "gate_proj", "up_proj", "down_proj",
-        "w1", "w2", "w3", "wi", "wi_0", "wi_1", "fc1", "fc2", "c_fc",
+    # A 3-D MLP kernel is a mixture of experts' ([E, in, out]: tunix's
+    # Qwen3-MoE mlp/gate_proj), each expert's neurons their own blocks.
+    *(
+        Rule(name, "neuron", MLP_LAYOUTS, where=EXPERTS_CHECK)
+        for name in ("mlp", "feed_forward", "gate_proj", "up_proj", "down_proj",
+                     "w1", "w2", "w3", "wi", "wi_0", "wi_1", "fc1", "fc2", "c_fc")
     ),
 )
 
@@ -812,15 +847,17 @@ def path_str(path: Sequence[Any]) -> str:
 # Layouts: what each axis of a kernel is, and so which axes a role averages
 
 #: What each role keeps, by layout letter; every other letter is averaged.
+#: Experts (``e``) are kept by every role: each expert's kernel is a layer of
+#: its own, as a layer stack's are.
 _KEEPS = {
-    "element": frozenset("ionhp"),
-    "heads": frozenset("np"),
-    "value": frozenset("onhp"),
-    "neuron": frozenset("op"),
-    "token": frozenset("op"),
-    "tensor": frozenset("p"),
+    "element": frozenset("ionhpe"),
+    "heads": frozenset("npe"),
+    "value": frozenset("onhpe"),
+    "neuron": frozenset("ope"),
+    "token": frozenset("ope"),
+    "tensor": frozenset("pe"),
 }
-_LETTERS = {"i": "input", "o": "output", "n": "heads", "h": "head_dim", "p": "parts"}
+_LETTERS = {"i": "input", "o": "output", "n": "heads", "h": "head_dim", "p": "parts", "e": "experts"}
 
 
 class _Misfit(Exception):
@@ -1423,7 +1460,7 @@ def _named_layout(
         f"(optax_mini.blocks.NAMED_AXIS_LETTERS), so its blocks would be a guess. Give "
         f"this leaf a rule with its layout, e.g. BlockRules(rules=[Rule({pattern!r}, "
         f"{target!r}, layout=...)]), one letter per axis as stored but a Stacked's layer "
-        "axis (i=input; o=output; n=heads; h=head_dim; p=parts)."
+        "axis (i=input; o=output; n=heads; h=head_dim; p=parts; e=experts)."
     )
   return _layout_text(groups)
 

@@ -314,6 +314,22 @@ def test_stacked_layers_maxtext_axis1():
   assert got["pre_self_attention_norm"]["scale"] == (layers,)
 
 
+def test_stacked_mixture_of_experts_maxtext():
+  # MaxText's MoeBlock params [experts, layers, in, out] (its layer axis is 1
+  # on every scanned leaf) and the router [in, layers, experts]: each
+  # expert's neurons per layer.
+  embed, layers, experts, mlp = 16, 3, 4, 32
+  params = {"decoder": {"layers": {"MoeBlock_0": {
+      "wi_0": leaf(experts, layers, embed, mlp),
+      "wo": leaf(experts, layers, mlp, embed),
+      "gate": {"kernel": leaf(embed, layers, experts)},
+  }}}}
+  got = v_shapes(params, blocks=BlockRules(stacked={"decoder/layers": 1}))["decoder"]["layers"]["MoeBlock_0"]
+  assert got["wi_0"] == (experts, layers, mlp)
+  assert got["wo"] == (experts, layers, embed)
+  assert got["gate"]["kernel"] == (layers, experts)
+
+
 def test_blocks_survive_inject_hyperparams():
   params = {"attn": {"v_proj": {"kernel": jnp.ones((8, 4))}}}
   rules = BlockRules(value_as_one_block=True)

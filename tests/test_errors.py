@@ -206,6 +206,18 @@ def test_gemma_gating_whose_shape_cannot_tell_gate_from_input():
     init(params)
 
 
+def test_a_3d_mlp_kernel_that_is_no_experts_raises():
+  # MaxText's fused_mlp kernel is [embed, gate|up, mlp]: read as [experts,
+  # in, out] it would have 2 inputs and 16 "experts". The experts check
+  # (fewer experts than inputs) refuses it, and the error says how to settle it.
+  params = {"mlp": {"wi": {"kernel": jnp.zeros((16, 2, 32))}}}
+  with pytest.raises(ValueError, match=r"wi.*\(16, 2, 32\).*'e < i'.*Rule\("):
+    init(params)
+  rules = optax_mini.BlockRules(rules=[optax_mini.Rule("mlp/wi", "gate,up", "i p o")])
+  state = optax_mini.scale_by_adam_mini(blocks=rules).init(params)
+  assert state.nu["mlp"]["wi"]["kernel"].shape == (2, 32)
+
+
 def _vmapped_nnx_layers(layers=4, dim=16, mlp=64):
   """An NNX model whose layers are built with ``nnx.vmap`` (for ``nnx.scan``):
   every leaf gets a leading layer axis, and nothing in the tree says so."""

@@ -312,3 +312,63 @@ def test_fused_kernels_get_each_parts_blocks():
         blocks=BlockRules(num_heads=n, num_kv_heads=kv))
   with pytest.raises(ValueError, match=r"qkv_proj.*sizes of its q and k/v parts are unknown"):
     optax_mini.block_specs(nest({gqa: np.zeros(shapes[gqa])}), head_dim=h)
+
+
+def test_mixture_of_experts_kernels_keep_their_experts():
+  # Each expert's kernel is a layer of its own: one v per output neuron of
+  # each expert, never averaged across experts. Layouts as the libraries
+  # store them: tunix's Qwen3-MoE [E, D, F] params on mlp, MaxText's MoeBlock
+  # [E, F, D], Gemma 4's moe/gating_einsum [E, 2, F, D] (gate|up; its experts
+  # narrow, F < D) and moe/linear [E, F, D]; the routers [D, E] per expert.
+  e, d, f = 3, 12, 8
+  shapes = {
+      "layer/mlp/gate_proj": (e, d, f),
+      "layer/mlp/down_proj": (e, f, d),
+      "layer/mlp/router/kernel": (d, e),
+      "moeblock_0/wi_0": (e, d, f),
+      "moeblock_0/wo": (e, f, d),
+      "moe/gating_einsum": (e, 2, f, d),
+      "moe/linear": (e, f, d),
+      "moe/router_logits": (d, e),
+  }
+  per_expert_neuron = lambda g2: g2.mean(axis=1, keepdims=True)  # noqa: E731
+  block_mean = {
+      "layer/mlp/gate_proj": per_expert_neuron,
+      "layer/mlp/down_proj": per_expert_neuron,
+      "layer/mlp/router/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+      "moeblock_0/wi_0": per_expert_neuron,
+      "moeblock_0/wo": per_expert_neuron,
+      "moe/gating_einsum": lambda g2: g2.mean(axis=3, keepdims=True),
+      "moe/linear": per_expert_neuron,
+      "moe/router_logits": lambda g2: g2.mean(axis=0, keepdims=True),
+  }
+  expected = {
+      "layer/mlp/gate_proj": (e, f), "layer/mlp/down_proj": (e, d), "layer/mlp/router/kernel": (e,),
+      "moeblock_0/wi_0": (e, f), "moeblock_0/wo": (e, d), "moe/gating_einsum": (e, 2, f),
+      "moe/linear": (e, d), "moe/router_logits": (e,),
+  }
+  check(shapes, block_mean, dict.fromkeys(shapes, True), expected)
+
+
+def test_gemma4_key_only_and_per_layer_projection():
+  # Gemma 4's global layers that share keys and values: k_einsum [K, D, H],
+  # one v per key head; the embedder's per-layer projection [D, L, P]
+  # ("BTD,DNP->BTNP"), one v per output (not per input row, as "embed" in
+  # its path would have it); the per-layer table [V, L, P], one v per token.
+  k, d, h, layers, p, vocab = 2, 12, 8, 3, 4, 10
+  shapes = {
+      "layers/5/attn/k_einsum/w": (k, d, h),
+      "embedder/per_layer_model_projection/w": (d, layers, p),
+      "embedder/per_layer_input_embedding": (vocab, layers, p),
+  }
+  block_mean = {
+      "layers/5/attn/k_einsum/w": lambda g2: g2.mean(axis=(1, 2), keepdims=True),
+      "embedder/per_layer_model_projection/w": lambda g2: g2.mean(axis=0, keepdims=True),
+      "embedder/per_layer_input_embedding": lambda g2: g2.mean(axis=(1, 2), keepdims=True),
+  }
+  expected = {
+      "layers/5/attn/k_einsum/w": (k,),
+      "embedder/per_layer_model_projection/w": (layers, p),
+      "embedder/per_layer_input_embedding": (vocab,),
+  }
+  check(shapes, block_mean, dict.fromkeys(shapes, True), expected)

@@ -224,6 +224,42 @@ EXPECTED = {
         ("*/wi_0/kernel", _mlp), ("*/wi_1/kernel", _mlp), ("*/wo/kernel", _d),
         ("*/scale", _one),
     ],
+    # Flax NNX models (nnx.state(model, nnx.Param)): Llama 3 and Qwen store
+    # query/key/value as [embed, heads, head_dim] Einsum weights 'w'; Gemma as
+    # DeepMind's gemma does. Gemma 4's layers differ in width (global layers'
+    # head size, the kv-shared layers' wider MLP): where they do, a layer's
+    # neurons are read off the leaf as (config, shape).
+    "tunix": [
+        ("embedder/input_embedding", _vocab), ("embedder/per_layer_input_embedding", _vocab),
+        ("embedder/per_layer_model_projection/w",
+         lambda c: c["num_layers"] * c["native"]["per_layer_input_dim"]),
+        ("lm_head/w", _vocab),
+        ("*/attn/q_proj/w", _heads), ("*/attn/k_proj/w", _kv_heads),
+        ("*/attn/v_proj/w", _kv_neurons), ("*/attn/o_proj/w", _d), ("*/attn/*_bias", None),
+        ("*/attn/q_einsum/w", _heads),
+        # [2, K, D, H]: k one per head, v one per output neuron (K * H).
+        ("*/attn/kv_einsum/w", lambda c, shape: shape[1] + shape[1] * shape[3]),
+        # Gemma 4's global layers sharing keys and values: one v per key head.
+        ("*/attn/k_einsum/w", lambda c: c["native"]["num_global_kv_heads"]),
+        ("*/attn/attn_vec_einsum/w", _d),
+        ("*/mlp/gate_proj/kernel", lambda c, shape: shape[-1]),
+        ("*/mlp/up_proj/kernel", lambda c, shape: shape[-1]),
+        ("*/mlp/down_proj/kernel", _d),
+        # Qwen3-MoE: each expert's own neurons; the router, one v per expert.
+        ("*/mlp/gate_proj", lambda c: _experts(c) * _mlp(c)),
+        ("*/mlp/up_proj", lambda c: _experts(c) * _mlp(c)),
+        ("*/mlp/down_proj", lambda c: _experts(c) * _d(c)),
+        ("*/mlp/router/kernel", _experts),
+        # Gemma 4 26B-A4B: experts' gate|up [E, 2, F, D] and down [E, F, D].
+        ("*/moe/gating_einsum", lambda c: _experts(c) * 2 * c["expert_dim"]),
+        ("*/moe/linear", lambda c: _experts(c) * _d(c)),
+        ("*/moe/router_logits", _experts),
+        ("*/moe/per_expert_scale", _one), ("*/moe/router_scale", _one),
+        # Gemma 4 E2B: each layer's input from the per-layer embedding.
+        ("*/per_layer_input_gate/w", lambda c: c["native"]["per_layer_input_dim"]),
+        ("*/per_layer_projection/w", _d),
+        ("*/skip_scale", _one), ("*/scale", _one), ("*norm/w", _one),
+    ],
     "levanter": [
         # haliax NamedArrays: the array under [0]; the library reads the axis names.
         ("*/bias/0", None),
@@ -256,6 +292,8 @@ def expected_blocks(record: dict, path: str, shape: tuple[int, ...]) -> int:
         return math.prod(shape)
       stacked = any(path.startswith(prefix + "/") for prefix in record.get("stacked", {}))
       layers = shape[config["layer_axis"]] if stacked else 1
+      if per_layer.__code__.co_argcount == 2:  # (config, shape): widths that vary by layer
+        return per_layer(config, shape)
       return per_layer(config) * layers
   raise AssertionError(f"{record['name']}: no expectation for leaf {path} {shape}")
 
@@ -263,6 +301,11 @@ def expected_blocks(record: dict, path: str, shape: tuple[int, ...]) -> int:
 def what_the_user_passes(record: dict) -> dict:
   if "stacked_modules" in record:
     return {}  # haliax: the tree names its axes, its heads and its layer stacks
+  if "user_passes" in record:  # what its recorder says a user of that library passes
+    passes = dict(record["user_passes"])
+    if "blocks" in passes:
+      passes["blocks"] = optax_mini.BlockRules(**passes["blocks"])
+    return passes
   config = record["config"]
   kwargs = {"head_dim": config["head_dim"]} if config["head_dim"] is not None else {}
   rules = {}
@@ -344,6 +387,10 @@ def test_fixture_matches_its_config(fixture):
     convs = sum(o * (i * native["kernel_size"] ** 2 + 1) for i, o, _ in native["convs"])
     assert total == convs + sum(o * (i + 1) for i, o in native["linears"])
     return
+  if record["name"].startswith("tunix_gemma4"):
+    matrices = _gemma4_matrices(c)
+    assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
+    return
   attention = c["d_model"] * c["head_dim"] * (2 * c["num_heads"] + 2 * c["num_kv_heads"])
   per_layer_matrices = attention + 3 * c["d_model"] * c["mlp_dim"]
   if any(two_matrix_mlp in record["name"] for two_matrix_mlp in ("gpt2", "gptneo", "bloom", "distilbert")):
@@ -354,6 +401,32 @@ def test_fixture_matches_its_config(fixture):
   matrices = embedding + c["num_layers"] * per_layer_matrices
   # Everything else (norms, biases, position tables) is small.
   assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
+
+
+def _gemma4_matrices(c: dict) -> int:
+  """Gemma 4's matrices from its config, layer by layer (as tunix 0.1.7's
+  Gemma4 builds them): global layers (every len(attention_pattern)-th) use
+  head size global_key_size and, with num_global_kv_heads, one k_einsum for
+  keys and values; the last frac_shared_layers of the layers (which reuse
+  earlier layers' keys and values) widen their MLP to
+  override_kv_shared_ffw_hidden; E2B/E4B add per-layer input embeddings."""
+  n = c["native"]
+  d, heads, vocab, layers = c["d_model"], c["num_heads"], c["vocab_size"], c["num_layers"]
+  pattern, per_layer_dim = n["attention_pattern"], n["per_layer_input_dim"]
+  unshared = int(layers - n["frac_shared_layers"] * layers)
+  total = vocab * d + (vocab + d) * layers * per_layer_dim
+  for i in range(layers):
+    is_global = pattern[i % len(pattern)] == "AttentionType.GLOBAL"
+    head = n["global_key_size"] if is_global else c["head_dim"]
+    kv_heads = n["num_global_kv_heads"] if is_global and n["num_global_kv_heads"] else c["num_kv_heads"]
+    kv = (1 if is_global and n["k_eq_v_global"] else 2) * kv_heads * d * head
+    width = c["mlp_dim"]
+    if i >= unshared and n["override_kv_shared_ffw_hidden"]:
+      width = n["override_kv_shared_ffw_hidden"]
+    total += 2 * heads * d * head + kv + 3 * d * width + 2 * d * per_layer_dim
+    if c.get("num_experts"):
+      total += c["num_experts"] * 3 * d * c["expert_dim"] + d * c["num_experts"]
+  return total
 
 
 # library -> (package, recorder, why a user's environment may lack it: the
@@ -367,6 +440,8 @@ LIVE = {
     "keras-hub": ("keras_hub", "record_keras_hub", "keras-hub installed without its TensorFlow dependency"),
     "gemma": ("gemma", "record_gemma", "Python >= 3.12 and a pinned environment"),
     "maxtext": ("maxtext", "record_maxtext", "Python >= 3.12 and a pinned environment"),
+    "tunix": ("tunix", "record_tunix",
+              "google-tunix 0.1.7 installed without TensorFlow Datasets and grain"),
     "levanter": ("levanter", "record_levanter",
                  "levanter 1.2.dev1644 and its dependencies (ray, wandb, datasets, ...)"),
 }
@@ -425,6 +500,8 @@ def your_model_rows() -> list[str]:
       rules = kwargs["blocks"]
       fields = [f"stacked={record['stacked']}"] if rules.stacked else []
       fields += [f"weight_layout={rules.weight_layout!r}"] if rules.weight_layout else []
+      fields += [f"{name}={getattr(rules, name)}" for name in ("num_heads", "num_kv_heads")
+                 if getattr(rules, name) is not None]
       passed.append(f"`blocks=BlockRules({', '.join(fields)})`")
     passed = ", ".join(passed) or "nothing"
     dtypes = {leaf["dtype"] for leaf in record["leaves"]}
