@@ -401,7 +401,8 @@ class Rule(NamedTuple):
 
   ``where`` is a check on the layout's sizes that the shape must pass, e.g.
   ``"pnh == 3*i"`` (a fused qkv kernel has three times as many outputs as
-  inputs) or ``"o > i"``; a letter stands for the product of its sizes.
+  inputs) or ``"o > i"``; a letter stands for the product of its sizes, and
+  a check naming a letter a candidate layout lacks does not apply to it.
 
   Example:
     >>> from optax_mini import Rule, BlockSpec
@@ -518,10 +519,16 @@ MOE_MODULES = ("*moe*", "experts")
 #: The layouts of MLP (and expert) kernels by rank: ``[in, out]``, a mixture
 #: of experts' ``[experts, in, out]``, a convolution's ``[kh, kw, in, out]``.
 MLP_LAYOUTS = ("i o", "e i o", "i i i o")
-#: The size check on an experts axis: fewer experts than input features. A
-#: kernel that fails it is no ``[experts, in, out]`` (MaxText's fused
-#: ``mlp/wi`` is ``[in, gate|up, out]``) and raises instead.
-EXPERTS_CHECK = "e < i"
+#: LoRA factors by rank: A maps the adapted kernel's inputs (``[in]``, or
+#: an attention output's ``[heads, head_dim]``) to the rank, B the rank to
+#: its outputs (``[out]``, or a query's ``[heads, head_dim]``).
+LORA_A_LAYOUTS = ("i o", "i i o", "i i i o")
+LORA_B_LAYOUTS = ("i o", "i o o", "i o o o")
+#: The size check on an experts axis: no more experts than input features
+#: (DeepSeek-V3: 256 experts of 7168 inputs; Qwen3-Next's down projections
+#: 512 of 512). A kernel that fails it is no ``[experts, in, out]``
+#: (MaxText's fused ``mlp/wi`` is ``[in, gate|up, out]``) and raises instead.
+EXPERTS_CHECK = "e <= i"
 
 # Flax's DenseGeneral/LinearGeneral query/key/value kernels: [in, heads, head_dim].
 _IN_HEADS = "i n h"
@@ -536,6 +543,14 @@ _HEADS_IN = "n i h"
 DEFAULT_RULES: tuple[Rule, ...] = (
     # Official: any name containing "bias" is plain Adam, checked first.
     *_rules("element", *BIAS_PATTERNS),
+    # LoRA adapters: flax's nnx.LoRA (lora_a, lora_b), qwix's (tunix's)
+    # <weight>_lora_a/_lora_b beside the weight they adapt, PEFT's lora_A /
+    # lora_B modules. A is [in..., rank], B [rank, out...]: one v per output,
+    # A's rank directions and B's outputs (the adapted layer's neurons). They
+    # come first: they sit under the names of the layers they adapt
+    # (q_proj/w_lora_a is no [in, heads*head_dim] query kernel).
+    *(Rule(name, "neuron", LORA_A_LAYOUTS) for name in ("lora_a", "*_lora_a")),
+    *(Rule(name, "neuron", LORA_B_LAYOUTS) for name in ("lora_b", "*_lora_b")),
     # Mixture-of-experts weights stored as parameters of the MoE module
     # itself, experts first: MaxText's MoeBlock wi_0/wi_1/wo [E, in, out],
     # Gemma 4's moe/linear [E, F, D] and fused gate|up gating_einsum
@@ -936,7 +951,13 @@ def _parse_where(text: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
 
 
 def _where_holds(text: str, sizes: Mapping[str, int]) -> bool:
+  """Whether the sizes pass the check; a check naming a letter the layout
+  lacks does not apply to it (a rule's ``[in, out]`` candidate beside its
+  ``[experts, in, out]`` one)."""
   op, left, right = _parse_where(text)
+  named = {c for factor in left + right if not factor.isdigit() for c in factor}
+  if not named <= set(sizes):
+    return True
 
   def value(factors):
     out = 1

@@ -330,6 +330,25 @@ def test_stacked_mixture_of_experts_maxtext():
   assert got["gate"]["kernel"] == (layers, experts)
 
 
+def test_lora_factors_get_one_v_per_output():
+  # qwix (tunix) puts <weight>_lora_a/_lora_b beside the weight it adapts:
+  # A [in..., rank] one v per rank direction, B [rank, out...] one per output
+  # of the adapted layer (the query's [heads, head_dim] outputs: per neuron).
+  rank, dim, heads, head_dim = 4, 16, 2, 8
+  params = {"attn": {
+      "q_proj": {"w_lora_a": leaf(dim, rank), "w_lora_b": leaf(rank, heads, head_dim)},
+      "o_proj": {"w_lora_a": leaf(heads, head_dim, rank), "w_lora_b": leaf(rank, dim)},
+  }}
+  got = v_shapes(params, blocks=BlockRules(num_heads=heads))["attn"]
+  assert got["q_proj"] == {"w_lora_a": (rank,), "w_lora_b": (heads, head_dim)}
+  assert got["o_proj"] == {"w_lora_a": (rank,), "w_lora_b": (dim,)}
+  # PEFT's adapters in a PyTorch checkpoint: lora_A [rank, in], lora_B [out, rank].
+  peft = {"model.layers.0.self_attn.q_proj.lora_A.default.weight": leaf(rank, dim),
+          "model.layers.0.self_attn.q_proj.lora_B.default.weight": leaf(heads * head_dim, rank)}
+  got = v_shapes(peft, head_dim=head_dim, blocks=BlockRules(weight_layout="torch"))
+  assert list(got.values()) == [(rank,), (heads * head_dim,)]
+
+
 def test_blocks_survive_inject_hyperparams():
   params = {"attn": {"v_proj": {"kernel": jnp.ones((8, 4))}}}
   rules = BlockRules(value_as_one_block=True)

@@ -209,9 +209,9 @@ def test_gemma_gating_whose_shape_cannot_tell_gate_from_input():
 def test_a_3d_mlp_kernel_that_is_no_experts_raises():
   # MaxText's fused_mlp kernel is [embed, gate|up, mlp]: read as [experts,
   # in, out] it would have 2 inputs and 16 "experts". The experts check
-  # (fewer experts than inputs) refuses it, and the error says how to settle it.
+  # (no more experts than inputs) refuses it, and the error says how to settle it.
   params = {"mlp": {"wi": {"kernel": jnp.zeros((16, 2, 32))}}}
-  with pytest.raises(ValueError, match=r"wi.*\(16, 2, 32\).*'e < i'.*Rule\("):
+  with pytest.raises(ValueError, match=r"wi.*\(16, 2, 32\).*'e <= i'.*Rule\("):
     init(params)
   rules = optax_mini.BlockRules(rules=[optax_mini.Rule("mlp/wi", "gate,up", "i p o")])
   state = optax_mini.scale_by_adam_mini(blocks=rules).init(params)

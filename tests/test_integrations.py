@@ -414,6 +414,67 @@ def test_nnx_optimizer_matches_plain_transform_and_reference():
   assert_matches_reference(params0, NNX_LAYOUT, grads, updates, plain_final, **hyperparams)
 
 
+LORA_RANK = 4
+
+
+class NnxLoraModel(NnxModel):
+  """NnxModel with LoRA adapters on the query and output projections
+  (``nnx.LoRALinear``: the base kernel plus ``lora/lora_a [in, rank]`` and
+  ``lora/lora_b [rank, out]``), fine-tuned with ``wrt=nnx.LoRAParam``."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    super().__init__(rngs)
+    lora = dict(lora_rank=LORA_RANK, use_bias=False, rngs=rngs)
+    self.self_attn.q_proj = nnx.LoRALinear(DIM, HEADS * HEAD_DIM, **lora)
+    self.self_attn.o_proj = nnx.LoRALinear(HEADS * HEAD_DIM, DIM, **lora)
+    for proj in (self.self_attn.q_proj, self.self_attn.o_proj):  # B starts at 0
+      proj.lora.lora_b[...] = 0.1 * jax.random.normal(jax.random.key(3), proj.lora.lora_b.shape)
+
+
+# A LoRA factor's blocks are its outputs: A's rank directions, B's outputs
+# (the adapted layer's neurons), whatever layer it adapts: the query's A is no
+# [in, heads*head_dim] kernel.
+LORA_LAYOUT = {
+    "self_attn": {
+        name: {"lora": {"lora_a": RefBlocks(axes=(0,)), "lora_b": RefBlocks(axes=(0,))}}
+        for name in ("q_proj", "o_proj")
+    },
+}
+
+
+def test_nnx_lora_fine_tuning_matches_reference():
+  hyperparams = dict(HYPERPARAMS, learning_rate=3e-2)
+  steps = 4
+  tx = optax_mini.adam_mini(**hyperparams, head_dim=HEAD_DIM)
+  model = NnxLoraModel(nnx.Rngs(0))
+  frozen = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.LoRAParam)))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)
+  lora0 = nnx.to_pure_dict(nnx.state(model, nnx.LoRAParam))
+  expected = expected_nu_shapes(lora0, LORA_LAYOUT)
+  assert expected["self_attn"]["q_proj"]["lora"] == {"lora_a": (LORA_RANK,), "lora_b": (HEADS * HEAD_DIM,)}
+  assert jax.tree.map(jnp.shape, nnx.to_pure_dict(optimizer.opt_state[0].nu)) == expected
+
+  @nnx.jit
+  def train_step(model, optimizer):
+    diff = nnx.DiffState(0, nnx.LoRAParam)
+    loss, grads = nnx.value_and_grad(nnx_loss, argnums=diff)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  losses = [float(train_step(model, optimizer)) for _ in range(steps)]
+  assert losses[-1] < losses[0]
+  after = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.LoRAParam)))
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, after, frozen)))  # base weights untouched
+
+  # The same steps on the adapters' pure arrays, against the float64 reference.
+  template = NnxLoraModel(nnx.Rngs(0))
+  graphdef, lora_state, rest = nnx.split(template, nnx.LoRAParam, ...)
+  grad = jax.jit(jax.grad(lambda p: nnx_loss(nnx.merge(graphdef, p, rest))))
+  grads, updates, final, _ = run_optimizer(tx, nnx.to_pure_dict(lora_state), lambda p, t: grad(p), steps)
+  assert max_relative_difference(nnx.to_pure_dict(nnx.state(model, nnx.LoRAParam)), final) <= 1e-6
+  assert_matches_reference(lora0, LORA_LAYOUT, grads, updates, final, **hyperparams)
+
+
 # ---------------------------------------------------------------------------
 # (d) A dataclass pytree with HF module names as fields
 
