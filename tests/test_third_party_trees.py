@@ -18,6 +18,7 @@ import importlib
 import json
 import math
 import pathlib
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -226,9 +227,9 @@ EXPECTED = {
     ],
     # Flax NNX models (nnx.state(model, nnx.Param)): Llama 3 and Qwen store
     # query/key/value as [embed, heads, head_dim] Einsum weights 'w'; Gemma as
-    # DeepMind's gemma does. Gemma 4's layers differ in width (global layers'
-    # head size, the kv-shared layers' wider MLP): where they do, a layer's
-    # neurons are read off the leaf as (config, shape).
+    # DeepMind's gemma does. Gemma 4's layers differ (global layers' head size
+    # and key heads, the kv-shared layers' wider MLP): where they do, the
+    # count is (config, layer index) -> blocks, from _tunix_layer.
     "tunix": [
         ("embedder/input_embedding", _vocab), ("embedder/per_layer_input_embedding", _vocab),
         ("embedder/per_layer_model_projection/w",
@@ -238,12 +239,12 @@ EXPECTED = {
         ("*/attn/v_proj/w", _kv_neurons), ("*/attn/o_proj/w", _d), ("*/attn/*_bias", None),
         ("*/attn/q_einsum/w", _heads),
         # [2, K, D, H]: k one per head, v one per output neuron (K * H).
-        ("*/attn/kv_einsum/w", lambda c, shape: shape[1] + shape[1] * shape[3]),
+        ("*/attn/kv_einsum/w", lambda c, i: _tunix_layer(c, i).kv_heads * (1 + _tunix_layer(c, i).head)),
         # Gemma 4's global layers sharing keys and values: one v per key head.
-        ("*/attn/k_einsum/w", lambda c: c["native"]["num_global_kv_heads"]),
+        ("*/attn/k_einsum/w", lambda c, i: _tunix_layer(c, i).kv_heads),
         ("*/attn/attn_vec_einsum/w", _d),
-        ("*/mlp/gate_proj/kernel", lambda c, shape: shape[-1]),
-        ("*/mlp/up_proj/kernel", lambda c, shape: shape[-1]),
+        ("*/mlp/gate_proj/kernel", lambda c, i: _tunix_layer(c, i).mlp),
+        ("*/mlp/up_proj/kernel", lambda c, i: _tunix_layer(c, i).mlp),
         ("*/mlp/down_proj/kernel", _d),
         # Qwen3-MoE: each expert's own neurons; the router, one v per expert.
         ("*/mlp/gate_proj", lambda c: _experts(c) * _mlp(c)),
@@ -292,8 +293,8 @@ def expected_blocks(record: dict, path: str, shape: tuple[int, ...]) -> int:
         return math.prod(shape)
       stacked = any(path.startswith(prefix + "/") for prefix in record.get("stacked", {}))
       layers = shape[config["layer_axis"]] if stacked else 1
-      if per_layer.__code__.co_argcount == 2:  # (config, shape): widths that vary by layer
-        return per_layer(config, shape)
+      if per_layer.__code__.co_argcount == 2:  # (config, layer index): layers that differ
+        return per_layer(config, int(path.split("/")[1]))
       return per_layer(config) * layers
   raise AssertionError(f"{record['name']}: no expectation for leaf {path} {shape}")
 
@@ -403,27 +404,45 @@ def test_fixture_matches_its_config(fixture):
   assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
 
 
-def _gemma4_matrices(c: dict) -> int:
-  """Gemma 4's matrices from its config, layer by layer (as tunix 0.1.7's
-  Gemma4 builds them): global layers (every len(attention_pattern)-th) use
+class _Layer(NamedTuple):
+  head: int  # a head's size
+  kv_heads: int
+  keys_are_values: bool  # one k_einsum for both
+  mlp: int  # the MLP's width
+
+
+def _tunix_layer(c: dict, i: int) -> _Layer:
+  """Layer ``i`` of a tunix Gemma, from its config (as tunix 0.1.7's Gemma4
+  builds them): Gemma 4's global layers (every len(attention_pattern)-th) use
   head size global_key_size and, with num_global_kv_heads, one k_einsum for
   keys and values; the last frac_shared_layers of the layers (which reuse
   earlier layers' keys and values) widen their MLP to
-  override_kv_shared_ffw_hidden; E2B/E4B add per-layer input embeddings."""
+  override_kv_shared_ffw_hidden. Earlier Gemmas' layers are all alike."""
   n = c["native"]
+  plain = _Layer(c["head_dim"], c["num_kv_heads"], False, c["mlp_dim"])
+  if "attention_pattern" not in n:
+    return plain
+  pattern, layers = n["attention_pattern"], c["num_layers"]
+  is_global = pattern[i % len(pattern)] == "AttentionType.GLOBAL"
+  shared = i >= int(layers - n["frac_shared_layers"] * layers)
+  return _Layer(
+      n["global_key_size"] if is_global else plain.head,
+      n["num_global_kv_heads"] if is_global and n["num_global_kv_heads"] else plain.kv_heads,
+      is_global and n["k_eq_v_global"],
+      n["override_kv_shared_ffw_hidden"] if shared and n["override_kv_shared_ffw_hidden"] else plain.mlp,
+  )
+
+
+def _gemma4_matrices(c: dict) -> int:
+  """Gemma 4's matrices from its config, layer by layer (:func:`_tunix_layer`);
+  E2B/E4B add per-layer input embeddings."""
   d, heads, vocab, layers = c["d_model"], c["num_heads"], c["vocab_size"], c["num_layers"]
-  pattern, per_layer_dim = n["attention_pattern"], n["per_layer_input_dim"]
-  unshared = int(layers - n["frac_shared_layers"] * layers)
+  per_layer_dim = c["native"]["per_layer_input_dim"]
   total = vocab * d + (vocab + d) * layers * per_layer_dim
   for i in range(layers):
-    is_global = pattern[i % len(pattern)] == "AttentionType.GLOBAL"
-    head = n["global_key_size"] if is_global else c["head_dim"]
-    kv_heads = n["num_global_kv_heads"] if is_global and n["num_global_kv_heads"] else c["num_kv_heads"]
-    kv = (1 if is_global and n["k_eq_v_global"] else 2) * kv_heads * d * head
-    width = c["mlp_dim"]
-    if i >= unshared and n["override_kv_shared_ffw_hidden"]:
-      width = n["override_kv_shared_ffw_hidden"]
-    total += 2 * heads * d * head + kv + 3 * d * width + 2 * d * per_layer_dim
+    layer = _tunix_layer(c, i)
+    kv = (1 if layer.keys_are_values else 2) * layer.kv_heads * d * layer.head
+    total += 2 * heads * d * layer.head + kv + 3 * d * layer.mlp + 2 * d * per_layer_dim
     if c.get("num_experts"):
       total += c["num_experts"] * 3 * d * c["expert_dim"] + d * c["num_experts"]
   return total

@@ -61,15 +61,12 @@ MODELS = {
   "tunix_gemma4_26b_a4b": ("gemma4", "gemma4_26b_a4b", "Gemma4"),
 }
 
-# What a user passes for each, by model family. Llama/Qwen store query/key/
+# The families whose users pass the head counts: Llama/Qwen store query/key/
 # value as [embed, heads, head_dim] Einsum weights under plain names
-# (q_proj/w), which could as well be heads-first: the head counts settle it.
-# Gemma's are named (q_einsum, kv_einsum, k_einsum) and need nothing; its
-# global layers' keys are wider than head_dim (Gemma 4: global_key_size).
-_PASSES = {
-  "llama3": "heads", "qwen2": "heads", "qwen3": "heads",
-  "gemma": "nothing", "gemma3": "nothing", "gemma4": "nothing",
-}
+# (q_proj/w), which could as well be heads-first. Gemma's are named
+# (q_einsum, kv_einsum, k_einsum) and need nothing; its global layers' keys
+# are wider than head_dim (Gemma 4: global_key_size), so it passes no head_dim.
+_PASS_HEAD_COUNTS = frozenset({"llama3", "qwen2", "qwen3"})
 
 _NOTES = {
   "llama3": (
@@ -153,9 +150,9 @@ def _standard_config(family: str, cfg) -> dict:
   return out
 
 
-def _user_passes(family: str, cfg) -> dict:
-  if _PASSES[family] == "heads":
-    return {"blocks": {"num_heads": int(cfg.num_heads), "num_kv_heads": int(cfg.num_kv_heads)}}
+def _user_passes(family: str, config: dict) -> dict:
+  if family in _PASS_HEAD_COUNTS:
+    return {"blocks": {"num_heads": config["num_heads"], "num_kv_heads": config["num_kv_heads"]}}
   return {}
 
 
@@ -219,7 +216,7 @@ def record(name: str) -> dict:
       "tree = nnx.state(model, nnx.Param).to_pure_dict()"
     ),
     "notes": _NOTES[family],
-    "user_passes": _user_passes(family, _config(name)[1]),
+    "user_passes": _user_passes(family, config),
     "config": config,
     "leaves": leaves,
   }
