@@ -1135,6 +1135,7 @@ def _resolve(
     stacked: bool = False,
     weight: str | None = None,
     named_layout: str | None = None,
+    own: str = "",
 ) -> tuple[_Resolved, bool]:
   """The blocks ``rule`` gives one layer's leaf, and whether they come from
   the transposed (PyTorch) reading of its layout; or a ``ValueError`` saying
@@ -1143,8 +1144,10 @@ def _resolve(
   ``weight``: the leaf's name if PyTorch names a layer's matrix so
   (:data:`WEIGHT_NAMES`): it may be stored transposed
   (``BlockRules.weight_layout``). ``named_layout``: the layout its haliax
-  module names (:func:`_named_layout`), the only one tried."""
+  module names (:func:`_named_layout`), the only one tried. ``own``: the
+  pattern the errors suggest a rule for (:func:`_own_pattern`)."""
   target, nd = rule.target, len(logical_shape)
+  own = own or rule.pattern
   role = _role(target, rules)
   candidates = _layout_candidates(rule.layout) or _default_layouts(role, nd)
   if role == "tensor" and target == "value":
@@ -1195,13 +1198,13 @@ def _resolve(
         "each and they give different blocks, so the partition would be a guess. "
         "Settle it with the model's head counts, blocks=optax_mini.BlockRules("
         "num_heads=<query heads>, num_kv_heads=<key/value heads>), or give this "
-        f"leaf a rule with its layout, e.g. BlockRules(rules=[Rule({rule.pattern!r}, "
+        f"leaf a rule with its layout, e.g. BlockRules(rules=[Rule({own!r}, "
         f"{target!r}, layout={next(iter(fits))!r})])."
     )
   if not candidates:
     raise ValueError(
         f"{head}, which knows {'[in, heads*head_dim] and [in, heads, head_dim] kernels' if role == 'heads' else 'no layout of this rank'} "
-        f"only. Give it its own rule, e.g. blocks=BlockRules(rules=[({rule.pattern!r}, "
+        f"only. Give it its own rule, e.g. blocks=BlockRules(rules=[({own!r}, "
         "BlockSpec(reduce_axes=...))]) or a Rule with a layout."
     )
   if any(reason == "needs head_dim" for _, reason in misfits):
@@ -1212,14 +1215,14 @@ def _resolve(
         "attention head needs the head size. Pass head_dim=<size of one head> (e.g. "
         f"head_dim={_example_head_dim(size)}) to adam_mini / scale_by_adam_mini / "
         "explain, or override this leaf with "
-        f"blocks=BlockRules(rules=[({rule.pattern!r}, 'neuron')])."
+        f"blocks=BlockRules(rules=[({own!r}, 'neuron')])."
     )
   reasons = "; ".join(f"as {layout!r}: {reason}" for layout, reason in misfits)
   settings = f"head_dim={head_dim}, num_heads={rules.num_heads}, num_kv_heads={rules.num_kv_heads}"
   raise ValueError(
       f"{head}, but fits none of its layouts ({letters}): {reasons} (with {settings}). "
       "Check head_dim / BlockRules(num_heads=..., num_kv_heads=...), or give this "
-      f"leaf a rule with its layout, e.g. BlockRules(rules=[Rule({rule.pattern!r}, "
+      f"leaf a rule with its layout, e.g. BlockRules(rules=[Rule({own!r}, "
       f"{target!r}, layout=...)]) or a BlockSpec."
   )
 
@@ -1377,7 +1380,7 @@ def _claim(
       named_layout = _named_layout(named, logical_to_full, target, shape, where, components)
     resolved, torch_read = _resolve(
         rule, logical_shape, head_dim, rules, where, bool(stack), None if literal else weight,
-        named_layout,
+        named_layout, _own_pattern(components),
     )
     if fused:
       label = f"fused {target.replace(',', '|')} [{rule.pattern}]"
@@ -1397,7 +1400,8 @@ def _claim(
   if named is not None and named.module and nd >= 2:
     named_layout = _named_layout(named, logical_to_full, role, shape, where, components)
   resolved, torch_read = _resolve(
-      fallback, logical_shape, head_dim, rules, where, bool(stack), weight, named_layout
+      fallback, logical_shape, head_dim, rules, where, bool(stack), weight, named_layout,
+      _own_pattern(components),
   )
   return finish(resolved, f"{role} (default{_read_as(torch_read, named_layout)})"), None
 
@@ -1423,6 +1427,14 @@ def _check_not_an_undeclared_stack(
   )
 
 
+def _own_pattern(components: tuple[str, ...]) -> str:
+  """The pattern an error suggests for a leaf's own rule: its module and name
+  (``q_proj/w``, ``mlp/wi/kernel`` -> ``wi/kernel``). A rule for the name
+  that matched (``mlp``, ``q_proj``) would claim its siblings too: the
+  module's bias, every kernel under ``mlp``."""
+  return "/".join([c for c in components if not c.isdigit()][-2:])
+
+
 def _read_as(torch_read: bool, named_layout: str | None) -> str:
   """How :func:`optax_mini.explain` labels a leaf's reading."""
   if named_layout is not None:
@@ -1443,9 +1455,7 @@ def _named_layout(
   fused kernel, what :data:`NAMED_AXIS_LETTERS` says their names are. A
   query/key weight with one unnamed output axis has it flat (``(n h)``,
   cut by ``head_dim``)."""
-  # The weight's own module/name (a NamedArray's array is under its index):
-  # a rule for the module alone would claim its bias too.
-  pattern = "/".join([c for c in components if not c.isdigit()][-2:])
+  pattern = _own_pattern(components)  # (a NamedArray's array is under its index)
   fused = "," in target
   detailed = fused or target in ("heads", "value")
   groups = []
