@@ -530,6 +530,13 @@ LORA_B_LAYOUTS = ("i o", "i o o", "i o o o")
 #: (MaxText's fused ``mlp/wi`` is ``[in, gate|up, out]``) and raises instead.
 EXPERTS_CHECK = "e <= i"
 
+#: Names of learned position tables (HF's ViT and DINOv2
+#: ``position_embeddings``, big_vision's ``pos_embedding``, ``pos_embed``,
+#: ``posembed_input``), and their layouts by rank: every axis but the last
+#: (the features) indexes positions, so each position is a block of its own.
+POSITION_TABLES = ("*pos_emb*", "*posemb*", "*position_emb*")
+POSITION_TABLE_LAYOUTS = ("o i", "o o i", "o o o i")
+
 # Flax's DenseGeneral/LinearGeneral query/key/value kernels: [in, heads, head_dim].
 _IN_HEADS = "i n h"
 # Einsum kernels with heads first (Gemma in every library): [heads, in, head_dim].
@@ -623,6 +630,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         Rule(f"{name}{'/*' * depth}/kernel", "neuron")
         for name in ("*embed*", "*embd*") for depth in range(3)
     ),
+    # Learned position tables: one v per position, whatever leads it (ViT's
+    # [1, positions, dim], a 2-D grid's [1, height, width, dim]).
+    *(Rule(name, "token", POSITION_TABLE_LAYOUTS) for name in POSITION_TABLES),
     # One v per token: embedding tables are [vocab, dim]. Official: any name
     # containing "embed", "embd" or "wte".
     *_rules("token", "*embed*", "*embd*", "wte", "wpe"),
@@ -912,16 +922,22 @@ def _layout_candidates(layout: Any) -> tuple[str, ...]:
   return (layout,) if isinstance(layout, str) else tuple(layout)
 
 
-def _default_layouts(role: str, nd: int) -> tuple[str, ...]:
-  """The usual layouts of a role's kernels of rank ``nd`` (Flax: ``[in, out]``)."""
+def _default_layouts(role: str, shape: tuple[int, ...]) -> tuple[str, ...]:
+  """The usual layouts of a role's kernels of ``shape`` (Flax: ``[in, out]``).
+
+  A table's rows are its first axis, but for leading axes of size one: a
+  ``[1, positions, dim]`` table (ViT's, broadcast over the batch) keeps them
+  and has one row per position, a ``[1, 1, dim]`` class token one row."""
+  nd = len(shape)
+  if role == "token":
+    ones = next((a for a, size in enumerate(shape[: nd - 2]) if size != 1), max(nd - 2, 0))
+    return ("o" * (ones + 1) + "i" * (nd - 1 - ones),)
   if role in ("heads", "value") and nd == 3:
     return (_IN_HEADS, _HEADS_IN)
   if role == "heads":
     return ("i (n h)",) if nd == 2 else ()
   if role == "value":
     return ("i" + "o" * (nd - 1),)
-  if role == "token":
-    return ("o" + "i" * (nd - 1),)
   if role == "neuron":
     return ("i" * (nd - 1) + "o",)
   return (("i" if role == "tensor" else "o") * nd,)
@@ -1149,9 +1165,9 @@ def _resolve(
   target, nd = rule.target, len(logical_shape)
   own = own or rule.pattern
   role = _role(target, rules)
-  candidates = _layout_candidates(rule.layout) or _default_layouts(role, nd)
+  candidates = _layout_candidates(rule.layout) or _default_layouts(role, logical_shape)
   if role == "tensor" and target == "value":
-    candidates = _default_layouts("tensor", nd)
+    candidates = _default_layouts("tensor", logical_shape)
   if named_layout is not None:
     candidates, weight = (named_layout,), None
   transposed: set[str] = set()

@@ -372,3 +372,43 @@ def test_gemma4_key_only_and_per_layer_projection():
       "embedder/per_layer_input_embedding": (vocab,),
   }
   check(shapes, block_mean, dict.fromkeys(shapes, True), expected)
+
+
+def test_vision_position_tables_and_class_tokens():
+  # ViT (HF Flax, DINOv2): position_embeddings [1, positions, d] broadcast
+  # over the batch, one v per position (not one for the whole table, which
+  # reading its leading 1 as the token axis gives); big_vision's
+  # posembed_input/pos_embedding likewise; a 2-D grid [1, height, width, d]
+  # (ViTDet, SAM) per grid position; a [1, 1, d] class token and a [1, d]
+  # mask token are one token each; a soft prompt [1, tokens, d] under an
+  # embedding name one v per token; the patch projection a conv kernel, one
+  # v per output channel.
+  d, positions, side, prompt = 8, 5, 3, 4
+  shapes = {
+      "embeddings/position_embeddings": (1, positions, d),
+      "posembed_input/pos_embedding": (1, positions, d),
+      "backbone/pos_embed": (1, side, side + 1, d),
+      "embeddings/cls_token": (1, 1, d),
+      "embeddings/mask_token": (1, d),
+      "prompt_embedding": (1, prompt, d),
+      "embeddings/patch_embeddings/projection/kernel": (2, 2, 3, d),
+  }
+  block_mean = {
+      "embeddings/position_embeddings": lambda g2: g2.mean(axis=2, keepdims=True),
+      "posembed_input/pos_embedding": lambda g2: g2.mean(axis=2, keepdims=True),
+      "backbone/pos_embed": lambda g2: g2.mean(axis=3, keepdims=True),
+      "embeddings/cls_token": lambda g2: g2.mean(keepdims=True),
+      "embeddings/mask_token": lambda g2: g2.mean(keepdims=True),
+      "prompt_embedding": lambda g2: g2.mean(axis=2, keepdims=True),
+      "embeddings/patch_embeddings/projection/kernel": lambda g2: g2.mean(axis=(0, 1, 2), keepdims=True),
+  }
+  expected = {
+      "embeddings/position_embeddings": (1, positions),
+      "posembed_input/pos_embedding": (1, positions),
+      "backbone/pos_embed": (1, side, side + 1),
+      "embeddings/cls_token": (1, 1),
+      "embeddings/mask_token": (1,),
+      "prompt_embedding": (1, prompt),
+      "embeddings/patch_embeddings/projection/kernel": (d,),
+  }
+  check(shapes, block_mean, dict.fromkeys(shapes, True), expected)

@@ -38,6 +38,8 @@ NAMES = (
     "hf_flax_bloom_560m",
     "hf_flax_gptneo_125m",
     "hf_flax_distilbert",
+    "hf_flax_vit_base",
+    "hf_flax_dinov2_small",
 )
 
 # name -> (model class, config class, config kwargs)
@@ -112,6 +114,30 @@ _SPECS = {
         "DistilBertConfig",
         dict(vocab_size=30522, dim=768, n_layers=6, n_heads=12, hidden_dim=3072, max_position_embeddings=512),
     ),
+    # google/vit-base-patch16-224 (ImageNet-1k classifier)
+    "hf_flax_vit_base": (
+        "FlaxViTForImageClassification",
+        "ViTConfig",
+        dict(
+            hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+            image_size=224, patch_size=16, num_channels=3, num_labels=1000,
+        ),
+    ),
+    # facebook/dinov2-small (the backbone, as fine-tuned)
+    "hf_flax_dinov2_small": (
+        "FlaxDinov2Model",
+        "Dinov2Config",
+        dict(
+            hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4,
+            image_size=518, patch_size=14, num_channels=3, layerscale_value=1.0,
+        ),
+    ),
+}
+
+# Image models take pixels [batch, height, width, channels], not token ids.
+_INPUT_SHAPES = {
+    "hf_flax_vit_base": (1, 224, 224, 3),
+    "hf_flax_dinov2_small": (1, 518, 518, 3),
 }
 
 _NOTES = {
@@ -182,8 +208,27 @@ _NOTES["distilbert"] = (
 )
 
 
+_NOTES["vit"] = (
+    "vit/embeddings/cls_token [1, 1, D] and position_embeddings [1, (image/patch)**2 + 1, D] are raw "
+    "self.param leaves ('self.position_embeddings = self.param(\"position_embeddings\", ..., "
+    "(1, num_patches + 1, self.config.hidden_size))', added to every image's patch sequence); "
+    "patch_embeddings/projection is an nn.Conv kernel [patch, patch, channels, D]. "
+    "vit/encoder/layer/'i'/attention/attention/{query,key,value}/kernel [D, D] (nn.Dense [in, out], "
+    "heads split by 'reshape(hidden_states.shape[:2] + (self.config.num_attention_heads, head_dim))'), "
+    "attention/output/dense, intermediate/dense [D, 3072], output/dense [3072, D], "
+    "layernorm_before/layernorm_after; classifier/kernel [D, num_labels]. No pooler."
+)
+_NOTES["dinov2"] = (
+    "As ViT (embeddings/cls_token [1, 1, D], position_embeddings [1, (518/14)**2 + 1, D], "
+    "patch_embeddings/projection conv kernel), plus embeddings/mask_token [1, D]; "
+    "encoder/layer/'i'/attention/attention/{query,key,value}/kernel [D, D], attention/output/dense, "
+    "norm1/norm2, layer_scale1/layer_scale2 'lambda1' [D], mlp/fc1 [D, 4D], mlp/fc2 [4D, D]; "
+    "final layernorm. FlaxDinov2Model: no classifier."
+)
+
+
 def _family(name: str) -> str:
-    for fam in ("llama", "mistral", "gemma", "gpt2", "bloom", "gptneo", "distilbert"):
+    for fam in ("llama", "mistral", "gemma", "gpt2", "bloom", "gptneo", "distilbert", "vit", "dinov2"):
         if fam in name:
             return fam
     raise KeyError(name)
@@ -208,11 +253,22 @@ _MHA_FIELDS = {
     "gptneo": ("hidden_size", "num_layers", "num_heads", "intermediate_size"),
     "distilbert": ("dim", "n_layers", "n_heads", "hidden_dim"),
 }
+# Vision transformers: no vocabulary, patches of an image instead.
+_VISION = ("vit", "dinov2")
 
 
 def config_fields(family: str, cfg) -> dict:
     """The standard config fields (FORMAT.md) of a transformers config;
     families not in ``_MHA_FIELDS`` are Llama-like (GQA, ``head_dim``)."""
+    if family in _VISION:
+        d, heads = cfg.hidden_size, cfg.num_attention_heads
+        mlp = getattr(cfg, "intermediate_size", None) or int(d * cfg.mlp_ratio)
+        return dict(
+            vocab_size=None, d_model=d, num_layers=cfg.num_hidden_layers, num_heads=heads,
+            num_kv_heads=heads, head_dim=d // heads, mlp_dim=mlp, tied_embeddings=False,
+            image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=cfg.num_channels,
+            num_labels=cfg.num_labels if family == "vit" else None,
+        )
     if family in _MHA_FIELDS:
         width, layers, heads_name, mlp = _MHA_FIELDS[family]
         d, heads = getattr(cfg, width), getattr(cfg, heads_name)
@@ -236,13 +292,17 @@ def _standard_config(name: str, cfg) -> dict:
     return config_fields(_family(name), cfg)
 
 
+def _input_shape(name: str) -> tuple[int, ...]:
+    return _INPUT_SHAPES.get(name, INPUT_SHAPE)
+
+
 def _make_model(name: str):
     import transformers
 
     model_cls, config_cls, kwargs = _SPECS[name]
     config = getattr(transformers, config_cls)(**kwargs)
     # _do_init=False: the constructor only runs jax.eval_shape, nothing is allocated.
-    model = getattr(transformers, model_cls)(config, input_shape=INPUT_SHAPE, _do_init=False)
+    model = getattr(transformers, model_cls)(config, input_shape=_input_shape(name), _do_init=False)
     return model, config
 
 
@@ -255,7 +315,7 @@ def build(name: str):
     import jax
 
     model, config = _make_model(name)
-    init_fn = functools.partial(model.init_weights, input_shape=INPUT_SHAPE)
+    init_fn = functools.partial(model.init_weights, input_shape=_input_shape(name))
     params = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
     # flax >= 0.7 returns a plain dict; older ones a FrozenDict -> normalise.
     try:
@@ -308,9 +368,9 @@ def record(name: str) -> dict:
             f"python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}, "
             f"{PIP_INSTALL}"
         ),
-        "model": f"transformers.{model_cls}(transformers.{config_cls}({kw}), input_shape={INPUT_SHAPE}, _do_init=False)",
+        "model": f"transformers.{model_cls}(transformers.{config_cls}({kw}), input_shape={_input_shape(name)}, _do_init=False)",
         "how": (
-            "jax.eval_shape(functools.partial(model.init_weights, input_shape=(1, 8)), "
+            f"jax.eval_shape(functools.partial(model.init_weights, input_shape={_input_shape(name)}), "
             "jax.random.PRNGKey(0))  # == module.init(...)['params'] == model.params structure"
         ),
         "notes": _NOTES[_family(name)],
