@@ -435,8 +435,11 @@ def _pattern_matches(pattern: str, components: tuple[str, ...]) -> bool:
 
 
 #: Path components that name a bias: plain Adam, and no weight decay (the
-#: official code checks "bias" first, for both).
-BIAS_PATTERNS = ("bias", "*_bias")
+#: official code checks "bias" first, for both). Keras calls a normalization
+#: layer's bias ``beta``, Haiku ``offset``; Swin's and BEiT's relative
+#: position tables are ``relative_position_bias_table`` (a bias to the
+#: attention logits, and "bias" to the official substring match).
+BIAS_PATTERNS = ("bias", "*_bias", "beta", "offset", "*_bias_table")
 
 
 def is_bias(components: Sequence[str]) -> bool:
@@ -519,6 +522,19 @@ MOE_MODULES = ("*moe*", "experts")
 #: The layouts of MLP (and expert) kernels by rank: ``[in, out]``, a mixture
 #: of experts' ``[experts, in, out]``, a convolution's ``[kh, kw, in, out]``.
 MLP_LAYOUTS = ("i o", "e i o", "i i i o")
+#: Depthwise convolution kernels (Keras' ``DepthwiseConv2D`` and
+#: ``SeparableConv2D``'s ``depthwise_kernel``, EfficientNet's ``dwconv``,
+#: ConvNeXt's ``dwconv``): Keras lays them out ``[kh, kw, in, multiplier]``,
+#: each input channel's filters its own outputs, so both last axes index
+#: output channels; Flax's grouped ``[kh, kw, 1, in * multiplier]`` reads the
+#: same way (its second-to-last axis has size one).
+DEPTHWISE_KERNELS = ("depthwise_kernel", "*depthwise*/kernel", "*dwconv*/kernel", "*dw_conv*/kernel")
+DEPTHWISE_LAYOUTS = ("i o", "i o o", "i i o o", "i i i o o")
+#: Keras' transposed convolutions (``Conv2DTranspose``, named
+#: ``conv2d_transpose`` by default) store ``[kh, kw, out, in]`` (Flax's
+#: ``ConvTranspose``: ``[kh, kw, in, out]``, the default reading).
+KERAS_CONV_TRANSPOSE = ("conv1d_transpose*/kernel", "conv2d_transpose*/kernel", "conv3d_transpose*/kernel")
+KERAS_CONV_TRANSPOSE_LAYOUTS = ("i o i", "i i o i", "i i i o i")
 #: LoRA factors by rank: A maps the adapted kernel's inputs (``[in]``, or
 #: an attention output's ``[heads, head_dim]``) to the rank, B the rank to
 #: its outputs (``[out]``, or a query's ``[heads, head_dim]``).
@@ -558,6 +574,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # (q_proj/w_lora_a is no [in, heads*head_dim] query kernel).
     *(Rule(name, "neuron", LORA_A_LAYOUTS) for name in ("lora_a", "*_lora_a")),
     *(Rule(name, "neuron", LORA_B_LAYOUTS) for name in ("lora_b", "*_lora_b")),
+    # Convolutions whose output channels are not (only) the last axis.
+    *(Rule(name, "neuron", DEPTHWISE_LAYOUTS) for name in DEPTHWISE_KERNELS),
+    *(Rule(name, "neuron", KERAS_CONV_TRANSPOSE_LAYOUTS) for name in KERAS_CONV_TRANSPOSE),
     # Mixture-of-experts weights stored as parameters of the MoE module
     # itself, experts first: MaxText's MoeBlock wi_0/wi_1/wo [E, in, out],
     # Gemma 4's moe/linear [E, F, D] and fused gate|up gating_einsum

@@ -412,3 +412,47 @@ def test_vision_position_tables_and_class_tokens():
       "embeddings/patch_embeddings/projection/kernel": (d,),
   }
   check(shapes, block_mean, dict.fromkeys(shapes, True), expected)
+
+
+def test_keras_and_haiku_vision_layers():
+  # Keras' LayerNorm/BatchNorm bias is `beta`, Haiku's `offset`, Swin's
+  # relative_position_bias_table a bias to the logits: plain Adam, no decay
+  # (the official "bias"). Keras' depthwise kernels [kh, kw, in, multiplier]
+  # (DepthwiseConv2D, EfficientNet's dwconv, SeparableConv2D's
+  # depthwise_kernel): one v per output channel, (in, multiplier); Flax's
+  # grouped [kh, kw, 1, channels] the same. Keras' Conv2DTranspose
+  # [kh, kw, out, in]: one v per output channel (axis 2); Flax's
+  # ConvTranspose [kh, kw, in, out] per its last axis.
+  c, m, o = 6, 2, 4
+  shapes = {
+      "vit_encoder/ln/beta": (c,),
+      "transformer/layer_norm/offset": (c,),
+      "stage_0/blocks_0/attn/relative_position_bias_table": (9, 3),
+      "block2a_/block2a_dwconv2/kernel": (3, 3, c, 1),
+      "block2_sepconv1/depthwise_kernel": (3, 3, c, m),
+      "convnext/dwconv/kernel": (3, 3, 1, c),
+      "mask_decoder/conv2d_transpose/kernel": (2, 2, o, c),
+      "decoder/ConvTranspose_0/kernel": (2, 2, c, o),
+  }
+  block_mean = {
+      "vit_encoder/ln/beta": lambda g2: g2,
+      "transformer/layer_norm/offset": lambda g2: g2,
+      "stage_0/blocks_0/attn/relative_position_bias_table": lambda g2: g2,
+      "block2a_/block2a_dwconv2/kernel": lambda g2: g2.mean(axis=(0, 1), keepdims=True),
+      "block2_sepconv1/depthwise_kernel": lambda g2: g2.mean(axis=(0, 1), keepdims=True),
+      "convnext/dwconv/kernel": lambda g2: g2.mean(axis=(0, 1), keepdims=True),
+      "mask_decoder/conv2d_transpose/kernel": lambda g2: g2.mean(axis=(0, 1, 3), keepdims=True),
+      "decoder/ConvTranspose_0/kernel": lambda g2: g2.mean(axis=(0, 1, 2), keepdims=True),
+  }
+  decay = {k: len(s) >= 2 and "bias" not in k for k, s in shapes.items()}
+  expected = {
+      "vit_encoder/ln/beta": (c,),
+      "transformer/layer_norm/offset": (c,),
+      "stage_0/blocks_0/attn/relative_position_bias_table": (9, 3),
+      "block2a_/block2a_dwconv2/kernel": (c, 1),
+      "block2_sepconv1/depthwise_kernel": (c, m),
+      "convnext/dwconv/kernel": (1, c),
+      "mask_decoder/conv2d_transpose/kernel": (o,),
+      "decoder/ConvTranspose_0/kernel": (o,),
+  }
+  check(shapes, block_mean, decay, expected)
