@@ -617,6 +617,15 @@ DEFAULT_RULES: tuple[Rule, ...] = (
                        "selfattention_*", "multiheadattention_*")
         for name, role in (("query", "heads"), ("key", "heads"), ("value", "value"))
     ),
+    # Keras' MultiHeadAttention (keras-hub's ViT names it mha): [in, heads,
+    # head_dim] EinsumDense kernels ("abc,cde->abde"); Haiku's of the same
+    # name keeps them flat, [in, heads*head_dim].
+    *(
+        Rule(f"{module}/{name}", role, (_IN_HEADS, flat))
+        for module in ("mha", "multi_head_attention", "multi_head_attention_*")
+        for name, role, flat in (("query", "heads", "i (n h)"), ("key", "heads", "i (n h)"),
+                                 ("value", "value", "i o"))
+    ),
     # HF Flax GPT-2: FlaxConv1D kernels are [out, in]; c_attn is q|k|v fused
     # along the output. The size checks catch a [in, out] Dense port.
     Rule("c_attn", "q,k,v", "(p n h) i", where="pnh == 3*i"),

@@ -456,3 +456,33 @@ def test_keras_and_haiku_vision_layers():
       "decoder/ConvTranspose_0/kernel": (o,),
   }
   check(shapes, block_mean, decay, expected)
+
+
+def test_keras_and_haiku_multi_head_attention():
+  # Keras' MultiHeadAttention (keras-hub's ViT: mha) keeps [in, heads,
+  # head_dim] kernels; Haiku's (multi_head_attention) flat [in, heads*head_dim]:
+  # query/key one v per head, value one per output neuron, with head_dim only.
+  d, n, h = 12, 3, 4
+  shapes = {
+      "vit_encoder/transformer_block_0/mha/query/kernel": (d, n, h),
+      "vit_encoder/transformer_block_0/mha/value/kernel": (d, n, h),
+      "transformer/multi_head_attention/key/w": (d, n * h),
+      "transformer/multi_head_attention/value/w": (d, n * h),
+  }
+  block_mean = {
+      "vit_encoder/transformer_block_0/mha/query/kernel": lambda g2: g2.mean(axis=(0, 2), keepdims=True),
+      "vit_encoder/transformer_block_0/mha/value/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+      "transformer/multi_head_attention/key/w": lambda g2: g2.reshape(d, n, h).mean(axis=(0, 2), keepdims=True).repeat(h, 2).reshape(1, n * h),
+      "transformer/multi_head_attention/value/w": lambda g2: g2.mean(axis=0, keepdims=True),
+  }
+  expected = {
+      "vit_encoder/transformer_block_0/mha/query/kernel": (n,),
+      "vit_encoder/transformer_block_0/mha/value/kernel": (n, h),
+      "transformer/multi_head_attention/key/w": (n,),
+      "transformer/multi_head_attention/value/w": (n * h,),
+  }
+  params, grads = random_case(shapes)
+  ref, _ = numpy_adam_mini(params, grads, block_mean, dict.fromkeys(shapes, True))
+  ours, nu = run_ours(nest(params), [nest(g) for g in grads], head_dim=h)
+  assert {k: v.shape for k, v in flat(nu).items()} == expected
+  assert_close(flat(ours), ref)

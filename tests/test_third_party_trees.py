@@ -187,6 +187,12 @@ EXPECTED = {
         ("*/feedforward_gate_dense/kernel", _mlp), ("*/feedforward_intermediate_dense/kernel", _mlp),
         ("*/feedforward_output_dense/kernel", _d),
         ("*/scale", _one),
+        # ViT: the class token one token, the position table one v per
+        # position; LayerNormalization's beta a bias, gamma a scale.
+        ("vit_patching_and_embedding/class_token", _one),
+        ("*/patch_embedding/kernel", _d), ("*/position_embedding/embeddings", _image_positions),
+        ("*/mlp/dense_1/kernel", _mlp), ("*/mlp/dense_2/kernel", _d),
+        ("*/gamma", _one), ("*/beta", None), ("*/bias", None),
     ],
     "gemma": [
         ("*embedder/input_embedding", _vocab),

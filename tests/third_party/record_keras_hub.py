@@ -135,6 +135,21 @@ _SPECS = {
         ),
         "Gemma 2B (full published config)",
     ),
+    # ViT-B/16 (keras-hub preset "vit_base_patch16_224_imagenet" shapes), the
+    # backbone: class token, a [197, 768] position table (patches + class).
+    "keras_hub_vit_base": (
+        "ViTBackbone",
+        dict(
+            name="vit_backbone",  # fixed so get_config() is stable across builds
+            image_shape=(224, 224, 3),
+            patch_size=16,
+            num_layers=12,
+            num_heads=12,
+            hidden_dim=768,
+            mlp_dim=3072,
+        ),
+        "ViT-B/16 (full published config, backbone)",
+    ),
 }
 
 NAMES = tuple(_SPECS)
@@ -205,11 +220,22 @@ _NOTES_GEMMA3 = (
 )
 
 
+_NOTES_VIT = (
+    "vit_patching_and_embedding/class_token [1, 1, D] (one token), patch_embedding/kernel a Conv2D "
+    "kernel [16, 16, 3, D], position_embedding/embeddings [num_patches + 1, D] (a keras Embedding); "
+    "vit_encoder/transformer_block_i/mha/{query,key,value}/kernel [D, heads, head_dim] (keras "
+    "MultiHeadAttention's EinsumDense), attention_output/kernel [heads, head_dim, D], "
+    "mlp/dense_1 [D, mlp_dim], mlp/dense_2 [mlp_dim, D]; LayerNormalization gamma/beta (ln_1, ln_2, "
+    "final ln). No classifier (the backbone)."
+)
+
+
 def _notes(cls_name):
     return {
         "LlamaBackbone": _NOTES_LLAMA,
         "GemmaBackbone": _NOTES_GEMMA,
         "Gemma3Backbone": _NOTES_GEMMA3,
+        "ViTBackbone": _NOTES_VIT,
     }[cls_name]
 
 
@@ -230,7 +256,7 @@ def _import_keras():
 
 def _standard_config(cls_name, kw):
     d_model = kw["hidden_dim"]
-    heads = kw["num_query_heads"]
+    heads = kw.get("num_query_heads")
     if cls_name == "LlamaBackbone":
         head_dim = d_model // heads
         mlp_dim = kw["intermediate_dim"]
@@ -239,6 +265,15 @@ def _standard_config(cls_name, kw):
         head_dim = kw["head_dim"]
         mlp_dim = kw["intermediate_dim"] // 2
         tied = True
+    elif cls_name == "ViTBackbone":
+        return {
+            "vocab_size": None, "d_model": d_model, "num_layers": kw["num_layers"],
+            "num_heads": kw["num_heads"], "num_kv_heads": kw["num_heads"],
+            "head_dim": d_model // kw["num_heads"], "mlp_dim": kw["mlp_dim"],
+            "tied_embeddings": False, "scanned": False, "layer_axis": None,
+            "image_size": kw["image_shape"][0], "patch_size": kw["patch_size"],
+            "num_channels": kw["image_shape"][2], "num_labels": None,
+        }
     elif cls_name == "Gemma3Backbone":
         head_dim = kw["head_dim"]
         mlp_dim = kw["intermediate_dim"]  # gate_dim_reduction=1
