@@ -16,7 +16,7 @@ __all__ = ["adam_mini", "default_weight_decay_mask"]
 
 
 def default_weight_decay_mask(
-    params: Any, *, head_dim: int | None = None, blocks: blocks_lib.Blocks = None
+    params: Any, *, head_dim: blocks_lib.HeadDim = None, blocks: blocks_lib.Blocks = None
 ) -> Any:
   """Decay kernels and embeddings; not biases, norm scales or scalars.
 
@@ -52,7 +52,7 @@ def adam_mini(
     weight_decay: optax.ScalarOrSchedule = 1e-4,
     mask: Union[Any, Callable[[optax.Params], Any]] | None = None,
     *,
-    head_dim: int | None = None,
+    head_dim: blocks_lib.HeadDim = None,
     mu_dtype: Any | None = None,
     blocks: blocks_lib.Blocks = None,
     partition_specs: Any = None,
@@ -84,7 +84,10 @@ def adam_mini(
       with two or more axes, not counting layer-stack axes
       (:func:`default_weight_decay_mask`), as the official implementation does.
     head_dim: size of one attention head, needed for flat
-      ``[in, heads*head_dim]`` query/key kernels. Static: under
+      ``[in, heads*head_dim]`` query/key kernels; for a model whose towers
+      have heads of different sizes, a mapping from path patterns to sizes,
+      ``{"vision_encoder": 72, "decoder": 128}`` (first match wins; a leaf
+      none matches has no head size). Static: under
       ``optax.inject_hyperparams`` pass ``static_args=('head_dim',)``.
     mu_dtype: dtype of the first moment (``None``: the parameters' dtype).
       ``jnp.bfloat16`` quarters the state of float32 AdamW; ``jnp.int8``

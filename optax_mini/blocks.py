@@ -60,6 +60,7 @@ from optax_mini import _haliax
 
 __all__ = [
     "ROLES",
+    "HeadDim",
     "DEFAULT_RULES",
     "PART_ROLES",
     "Part",
@@ -72,6 +73,11 @@ __all__ = [
 ]
 
 ROLES = ("element", "heads", "token", "value", "neuron", "tensor")
+
+#: ``head_dim``: one head size for the whole model, or one per tower, as a
+#: mapping from path patterns (matched as :class:`Rule` patterns, first match
+#: wins) to sizes: ``{"vision_encoder": 72, "decoder": 128}``.
+HeadDim = Union[int, Mapping[str, Union[int, None]], None]
 # Roles that describe a kernel; they claim only leaves with >= 2 logical axes.
 _KERNEL_ROLES = frozenset({"heads", "token", "value", "neuron"})
 
@@ -1317,7 +1323,7 @@ def block_spec_for(
     path: Sequence[Any],
     leaf: Any,
     *,
-    head_dim: int | None = None,
+    head_dim: HeadDim = None,
     blocks: BlockRules | None = None,
 ) -> BlockSpec:
   """The :class:`BlockSpec` the rules give one leaf, and so its blocks.
@@ -1326,7 +1332,8 @@ def block_spec_for(
     path: the leaf's key path (from ``jax.tree_util.tree_flatten_with_path``)
       or already-normalised string components.
     leaf: an array or anything with ``.shape``.
-    head_dim: size of one attention head, for flat query/key kernels.
+    head_dim: size of one attention head, for flat query/key kernels, or
+      one per tower (:data:`HeadDim`).
     blocks: a :class:`BlockRules`, or ``None`` for the defaults.
 
   Returns:
@@ -1341,6 +1348,7 @@ def block_spec_for(
     ('heads [k_proj]', (2,))
   """
   rules = blocks if isinstance(blocks, BlockRules) else BlockRules()
+  head_dim = check_head_dim(head_dim)
   shape = tuple(int(d) for d in np.shape(leaf))
   if path and all(isinstance(c, str) for c in path):
     components = tuple(c.lower() for c in path)
@@ -1361,6 +1369,16 @@ def _spec_for(
   return _claim(components, shape, head_dim, rules, where)[0]
 
 
+def _leaf_head_dim(head_dim: Any, components: tuple[str, ...]) -> int | None:
+  """A leaf's head size: ``head_dim`` itself, or, given per tower as
+  ``(pattern, size)`` pairs, the first pair whose pattern matches the leaf
+  (``None`` if none does: its heads, if any, must then be settled by its
+  layout or raise)."""
+  if not isinstance(head_dim, tuple):
+    return head_dim
+  return next((size for pattern, size in head_dim if _pattern_matches(pattern, components)), None)
+
+
 def _claim(
     components: tuple[str, ...],
     shape: tuple[int, ...],
@@ -1377,6 +1395,7 @@ def _claim(
   array: an enclosing ``Stacked``'s layer axis is a stack axis (unless
   ``BlockRules.stacked`` says otherwise), and the weight of a module that
   names its ``In`` and ``Out`` axes is laid out as they say."""
+  head_dim = _leaf_head_dim(head_dim, components)
   ndim = len(shape)
   weight = components[-1] if _is_weight_name(components) else None
   stack = _stack_axes_for(components, ndim, rules.stacked, where)
@@ -1540,15 +1559,35 @@ def _named_layout(
   return _layout_text(groups)
 
 
-def check_head_dim(head_dim: Any) -> int | None:
-  """Validates ``head_dim``: a positive Python int or ``None``."""
+def check_head_dim(head_dim: Any) -> int | tuple[tuple[str, int | None], ...] | None:
+  """Validates ``head_dim``: a positive Python int, ``None``, or a mapping
+  from path patterns to those (a model whose towers have heads of different
+  sizes), returned as a tuple of ``(pattern, size)`` pairs (hashable)."""
+  if head_dim is None:
+    return None
+  if isinstance(head_dim, Mapping) or (
+      isinstance(head_dim, tuple) and all(isinstance(x, tuple) and len(x) == 2 for x in head_dim)
+  ):
+    pairs = tuple(head_dim.items()) if isinstance(head_dim, Mapping) else head_dim
+    for pattern, _ in pairs:
+      if not isinstance(pattern, str) or not pattern.strip("/"):
+        raise ValueError(
+            f"head_dim={dict(pairs)!r}: keys are path patterns (strings, as in a Rule: "
+            f"'image_encoder', 'vision_encoder/*/query'), got {pattern!r}."
+        )
+    return tuple((pattern, _check_one_head_dim(size)) for pattern, size in pairs)
+  return _check_one_head_dim(head_dim)
+
+
+def _check_one_head_dim(head_dim: Any) -> int | None:
   if head_dim is None:
     return None
   if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)):
     raise ValueError(
         f"head_dim must be a positive Python int (or None), got {head_dim!r} of "
-        f"type {type(head_dim).__name__}. It fixes shapes, so it cannot be a "
-        "traced value: under optax.inject_hyperparams pass "
+        f"type {type(head_dim).__name__}, or a mapping from path patterns to "
+        "those ({'vision_encoder': 72, 'decoder': 128}). It fixes shapes, so it "
+        "cannot be a traced value: under optax.inject_hyperparams pass "
         "static_args=('head_dim',)."
     )
   if head_dim <= 0:
@@ -1580,7 +1619,7 @@ def _as_block_rules(blocks: Blocks) -> BlockRules | None:
 def block_specs(
     params: Any,
     *,
-    head_dim: int | None = None,
+    head_dim: HeadDim = None,
     blocks: Blocks = None,
 ) -> Any:
   """A pytree of :class:`BlockSpec`, one per leaf of ``params``.
@@ -1588,7 +1627,8 @@ def block_specs(
   Args:
     params: the parameter (or gradient) pytree; leaves need only ``.shape``
       (``jax.ShapeDtypeStruct`` works).
-    head_dim: size of one attention head, for flat query/key kernels.
+    head_dim: size of one attention head, for flat query/key kernels, or
+      one per tower (:data:`HeadDim`).
     blocks: ``None`` (the default rules), a :class:`BlockRules`, a list of
       ``(pattern, target)`` rules, or a pytree of :class:`BlockSpec` with the
       structure of ``params`` (each spec is checked against its leaf).

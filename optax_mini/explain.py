@@ -153,7 +153,7 @@ def state_bytes(tx: optax.GradientTransformation, params: Any) -> int:
 def explain(
     params: Any,
     *,
-    head_dim: int | None = None,
+    head_dim: blocks_lib.HeadDim = None,
     blocks: blocks_lib.Blocks = None,
     mask: Union[Any, Callable[[Any], Any]] | None = None,
     mu_dtype: Any | None = None,

@@ -405,7 +405,7 @@ def scale_by_adam_mini(
     eps_root: jax.typing.ArrayLike = 0.0,
     mu_dtype: Any | None = None,
     *,
-    head_dim: int | None = None,
+    head_dim: blocks_lib.HeadDim = None,
     blocks: blocks_lib.Blocks = None,
     partition_specs: Any = None,
     mu_code: str = quantize_lib.DEFAULT_CODE,
@@ -481,7 +481,9 @@ def scale_by_adam_mini(
       dtypes raise, as do floats narrower than 16 bits (float8: unscaled,
       most momenta would round to 0).
     head_dim: size of one attention head, needed by flat
-      ``[in, heads*head_dim]`` query/key kernels. A shape, so static: under
+      ``[in, heads*head_dim]`` query/key kernels, or a mapping from path
+      patterns to sizes for towers whose heads differ
+      (:data:`optax_mini.blocks.HeadDim`). A shape, so static: under
       ``optax.inject_hyperparams`` pass ``static_args=('head_dim',)``.
     blocks: ``None`` (default rules), a :class:`~optax_mini.BlockRules`, a list
       of ``(pattern, role_or_spec)`` rules, or a pytree of

@@ -273,3 +273,23 @@ def test_an_undeclared_equinox_stack_raises():
     init(params, blocks=BlockRules(weight_layout="torch"))
   nu = init(params, blocks=BlockRules(weight_layout="torch", stacked={"layers": 0}))[0].nu
   assert nu["layers"].up.weight.shape == (3, 64)
+
+
+def test_head_dim_per_tower_leaves_the_rest_without_one():
+  # A flat query kernel that no pattern of the mapping matches has no head
+  # size: it raises, naming the leaf, instead of taking another tower's.
+  params = {"vision": {"q_proj": {"kernel": jnp.zeros((16, 16))}},
+            "text": {"q_proj": {"kernel": jnp.zeros((16, 32))}}}
+  with pytest.raises(ValueError, match=r"\['text'\]\['q_proj'\]\['kernel'\].*head_dim="):
+    init(params, head_dim={"vision": 4})
+  tx = optax_mini.adam_mini(1e-3, head_dim={"vision": 8, "text": 4})
+  state = tx.init(params)
+  nu = state[0].nu
+  assert (nu["text"]["q_proj"]["kernel"].shape, nu["vision"]["q_proj"]["kernel"].shape) == ((8,), (2,))
+
+
+@pytest.mark.parametrize("head_dim", [{"": 4}, {3: 4}, {"vision": 0}, {"vision": "4"}])
+def test_head_dim_mapping_that_is_not_one(head_dim):
+  params = {"vision": {"q_proj": {"kernel": jnp.zeros((16, 16))}}}
+  with pytest.raises(ValueError, match="head_dim"):
+    init(params, head_dim=head_dim)

@@ -486,3 +486,43 @@ def test_keras_and_haiku_multi_head_attention():
   ours, nu = run_ours(nest(params), [nest(g) for g in grads], head_dim=h)
   assert {k: v.shape for k, v in flat(nu).items()} == expected
   assert_close(flat(ours), ref)
+
+
+def test_head_dim_per_tower():
+  # A vision tower with heads of 6 beside a text decoder with heads of 4
+  # (PaliGemma 2's SigLIP, 72, beside Gemma 2's 128): head_dim as a mapping
+  # from path patterns to sizes, first match wins. The heads-first einsum
+  # needs none (no pattern matches it: its head size comes from its shape).
+  d, vision_heads, vision_h, text_heads, text_h = 12, 2, 6, 3, 4
+  shapes = {
+      "image_encoder/block_0/attn/query_proj/kernel": (d, vision_heads * vision_h),
+      "image_encoder/block_0/attn/key_proj/kernel": (d, vision_heads * vision_h),
+      "decoder/layer_0/self_attn/q_proj/kernel": (d, text_heads * text_h),
+      "decoder/layer_0/attn/q_einsum/w": (text_heads, d, text_h),
+  }
+
+  def per_head(n, h):
+    return lambda g2: g2.reshape(d, n, h).mean(axis=(0, 2), keepdims=True).repeat(h, 2).reshape(1, n * h)
+
+  block_mean = {
+      "image_encoder/block_0/attn/query_proj/kernel": per_head(vision_heads, vision_h),
+      "image_encoder/block_0/attn/key_proj/kernel": per_head(vision_heads, vision_h),
+      "decoder/layer_0/self_attn/q_proj/kernel": per_head(text_heads, text_h),
+      "decoder/layer_0/attn/q_einsum/w": lambda g2: g2.mean(axis=(1, 2), keepdims=True),
+  }
+  expected = {
+      "image_encoder/block_0/attn/query_proj/kernel": (vision_heads,),
+      "image_encoder/block_0/attn/key_proj/kernel": (vision_heads,),
+      "decoder/layer_0/self_attn/q_proj/kernel": (text_heads,),
+      "decoder/layer_0/attn/q_einsum/w": (text_heads,),
+  }
+  params, grads = random_case(shapes)
+  ref, _ = numpy_adam_mini(params, grads, block_mean, dict.fromkeys(shapes, True))
+  head_dim = {"image_encoder": vision_h, "self_attn": text_h}
+  ours, nu = run_ours(nest(params), [nest(g) for g in grads], head_dim=head_dim)
+  assert {k: v.shape for k, v in flat(nu).items()} == expected
+  assert_close(flat(ours), ref)
+  # One head size for both towers cuts the vision heads wrong where it
+  # divides them (12 / 4 = 3 "heads"): the reason for the mapping.
+  one = optax_mini.explain(nest(params), head_dim=text_h)
+  assert {r.path: r.num_blocks for r in one.rows}["['image_encoder']['block_0']['attn']['key_proj']['kernel']"] == 3
