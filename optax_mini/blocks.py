@@ -645,6 +645,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # Other fused qkv kernels, [in, q | k | v]: the parts' sizes need head
     # counts unless the model is multi-head (BlockRules(num_heads=...)).
     *(Rule(name, "q,k,v", "i (p n h)") for name in ("qkv_proj", "qkv", "wqkv")),
+    # keras-hub's Swin: multi-head, q|k|v of the model's width each.
+    Rule("attention_qkv", "q,k,v", "i (p n h)", where="pnh == 3*i"),
     Rule("gate_up_proj", "gate,up", "i (p o)"),
     # PyTorch nn.MultiheadAttention: q|k|v along the output of in_proj_weight
     # [3*embed, embed], i.e. a transposed [in, q | k | v] (WEIGHT_NAMES).

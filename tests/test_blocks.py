@@ -152,6 +152,16 @@ def test_gpt2_fused_qkv_gets_each_parts_blocks():
   assert specs["c_proj"]["kernel"].reduce_axes == (1,)  # [out, in]: keep out
 
 
+def test_swin_attention_qkv_gets_each_parts_blocks():
+  # keras-hub's Swin: attention_qkv Dense [in, 3 * in], reshaped to
+  # (3, heads, head_dim) ("ops.reshape(qkv, (B_, N, 3, self.num_heads, -1))").
+  params = {"stage_0": {"blocks_0": {"attn": {"attention_qkv": {"kernel": leaf(24, 72), "bias": leaf(72)}}}}}
+  spec = optax_mini.block_specs(params, head_dim=8)["stage_0"]["blocks_0"]["attn"]["attention_qkv"]
+  assert [p.name for p in spec["kernel"].parts] == ["q", "k", "v"]
+  assert spec["kernel"].layout((24, 72)).num_blocks == 3 + 3 + 24  # q, k per head; v per neuron
+  assert spec["bias"].v_shape((72,)) == (72,)
+
+
 def test_gpt2_names_on_an_in_out_kernel_raise_instead_of_guessing():
   # A Dense port ([in, out]) under GPT-2's names fails the [out, in] check.
   params = {"h": {"0": {"attn": {"c_attn": {"kernel": leaf(16, 48)}}}}}

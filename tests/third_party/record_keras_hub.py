@@ -330,14 +330,15 @@ def build(name):
     cls_name, kw, _ = _SPECS[name]
     backbone = _build_backbone(name)
     tree = {}
-    seen = {}
-    for i, v in enumerate(backbone.trainable_variables):
-        parts = v.path.split("/")
-        key = tuple(parts)
-        if key in seen:
-            # Shared path: disambiguate the leaf with the variable's index.
-            parts = parts[:-1] + [f"{parts[-1]}#{i}"]
-        seen[key] = i
+    variables = [(v.path, v) for v in backbone.trainable_variables]
+    if len({path for path, _ in variables}) < len(variables):
+        # Two towers share paths (CLIP, SigLIP): key every variable by its
+        # top-level layer too, as the README tells users to.
+        variables = [
+            (f"{layer.name}/{v.path}", v) for layer in backbone.layers for v in layer.trainable_variables
+        ]
+    for path, v in variables:
+        parts = path.split("/")
         node = tree
         for p in parts[:-1]:
             node = node.setdefault(p, {})
