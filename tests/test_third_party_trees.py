@@ -135,8 +135,16 @@ def _positions(c):  # a learned position table: one v per position
   return native["n_positions"] if "n_positions" in native else native["max_position_embeddings"]
 
 
+def _patches(c):
+  return (c["image_size"] // c["patch_size"]) ** 2
+
+
 def _image_positions(c):  # a ViT's: one per patch, and the class token's
-  return (c["image_size"] // c["patch_size"]) ** 2 + 1
+  return _patches(c) + 1
+
+
+def _tower(tower, field):  # a count from one tower's config
+  return lambda c: c[tower][field]
 
 
 def _experts(c):
@@ -187,6 +195,16 @@ EXPECTED = {
         ("*/feedforward_gate_dense/kernel", _mlp), ("*/feedforward_intermediate_dense/kernel", _mlp),
         ("*/feedforward_output_dense/kernel", _d),
         ("*/scale", _one),
+        # PaliGemma's SigLIP tower (heads of 72 beside the decoder's 256).
+        ("image_encoder/*/query_proj/kernel", _tower("vision", "num_heads")),
+        ("image_encoder/*/key_proj/kernel", _tower("vision", "num_heads")),
+        ("image_encoder/*/value_proj/kernel", _tower("vision", "d_model")),
+        ("image_encoder/*/out_proj/kernel", _tower("vision", "d_model")),
+        ("image_encoder/*/mlp_dense_1/kernel", _tower("vision", "mlp_dim")),
+        ("image_encoder/*/mlp_dense_2/kernel", _tower("vision", "d_model")),
+        ("image_encoder/*/embedding_conv/kernel", _tower("vision", "d_model")),
+        ("image_encoder/*/position_embedding/embeddings", lambda c: _patches(c["vision"])),
+        ("image_classifier/kernel", _d),
         # ViT: the class token one token, the position table one v per
         # position; LayerNormalization's beta a bias, gamma a scale.
         ("vit_patching_and_embedding/class_token", _one),
@@ -414,6 +432,17 @@ def test_fixture_matches_its_config(fixture):
     patch = c["patch_size"] ** 2 * c["num_channels"] * c["d_model"]
     matrices = (patch + c["num_layers"] * per_layer + _image_positions(c) * c["d_model"]
                 + c["d_model"] * (c["num_labels"] or 0))
+    assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
+    return
+  if "vision" in c:  # a vision tower beside the decoder: add its matrices
+    v = c["vision"]
+    vision = (v["patch_size"] ** 2 * v["num_channels"] * v["d_model"] + _patches(v) * v["d_model"]
+              + v["num_layers"] * (4 * v["d_model"] ** 2 + 2 * v["d_model"] * v["mlp_dim"])
+              + v["d_model"] * c["d_model"])
+    decoder = c["vocab_size"] * c["d_model"] + c["num_layers"] * (
+        c["d_model"] * c["head_dim"] * (2 * c["num_heads"] + 2 * c["num_kv_heads"])
+        + 3 * c["d_model"] * c["mlp_dim"])
+    matrices = vision + decoder
     assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
     return
   if record["name"].startswith("tunix_gemma4"):

@@ -150,6 +150,34 @@ _SPECS = {
         ),
         "ViT-B/16 (full published config, backbone)",
     ),
+    # PaliGemma 3B at 224 pixels: a SigLIP So400m/14 vision tower (1152 wide,
+    # 16 heads of 72) beside a Gemma 2B decoder (heads of 256). One head_dim
+    # cannot serve both: the user passes the vision tower's alone.
+    "keras_hub_pali_gemma_3b_224": (
+        "PaliGemmaBackbone",
+        dict(
+            name="pali_gemma_backbone",  # fixed so get_config() is stable across builds
+            vocabulary_size=257152,
+            image_size=224,
+            num_layers=18,
+            num_query_heads=8,
+            num_key_value_heads=1,
+            hidden_dim=2048,
+            intermediate_dim=32768,
+            head_dim=256,
+            vit_patch_size=14,
+            vit_num_heads=16,
+            vit_hidden_dim=1152,
+            vit_num_layers=27,
+            vit_intermediate_dim=4304,
+        ),
+        "PaliGemma 3B, 224 px (SigLIP So400m/14 + Gemma 2B widths)",
+    ),
+}
+
+# What the user passes where the config's head_dim is not it (FORMAT.md).
+_USER_PASSES = {
+    "keras_hub_pali_gemma_3b_224": {"head_dim": {"image_encoder": 72}},
 }
 
 NAMES = tuple(_SPECS)
@@ -230,12 +258,26 @@ _NOTES_VIT = (
 )
 
 
+_NOTES_PALI_GEMMA = (
+    "The decoder is keras-hub's Gemma (decoder_block_i/attention/{query,key,value} heads-first "
+    "EinsumDense kernels [heads, D, 256], ffw_gating/ffw_gating_2 [D, intermediate_dim // 2], "
+    "ffw_linear, token_embedding/embeddings tied). The vision tower, image_encoder "
+    "(pali_gemma_vit.py): encoder_embeddings/embedding_conv [14, 14, 3, 1152], "
+    "position_embedding/embeddings [(224 / 14)**2, 1152] (no class token), "
+    "encoder_block_i/multi_head_attention/{query,key,value,out}_proj Dense kernels [1152, 1152] "
+    "(heads split by 'ops.reshape(x, (batch, seq, self.num_heads, self.head_dim))', head_dim = "
+    "1152 // 16 = 72), mlp_dense_1 [1152, 4304], mlp_dense_2, layer_norm_1/2 and "
+    "encoder_layer_norm gamma/beta; image_classifier [1152, 2048] projects into the decoder."
+)
+
+
 def _notes(cls_name):
     return {
         "LlamaBackbone": _NOTES_LLAMA,
         "GemmaBackbone": _NOTES_GEMMA,
         "Gemma3Backbone": _NOTES_GEMMA3,
         "ViTBackbone": _NOTES_VIT,
+        "PaliGemmaBackbone": _NOTES_PALI_GEMMA,
     }[cls_name]
 
 
@@ -265,6 +307,19 @@ def _standard_config(cls_name, kw):
         head_dim = kw["head_dim"]
         mlp_dim = kw["intermediate_dim"] // 2
         tied = True
+    elif cls_name == "PaliGemmaBackbone":
+        vit = kw["vit_hidden_dim"]
+        return {
+            "vocab_size": kw["vocabulary_size"], "d_model": d_model, "num_layers": kw["num_layers"],
+            "num_heads": heads, "num_kv_heads": kw["num_key_value_heads"], "head_dim": kw["head_dim"],
+            "mlp_dim": kw["intermediate_dim"] // 2, "tied_embeddings": True, "scanned": False,
+            "layer_axis": None,
+            "vision": {
+                "d_model": vit, "num_layers": kw["vit_num_layers"], "num_heads": kw["vit_num_heads"],
+                "head_dim": vit // kw["vit_num_heads"], "mlp_dim": kw["vit_intermediate_dim"],
+                "image_size": kw["image_size"], "patch_size": kw["vit_patch_size"], "num_channels": 3,
+            },
+        }
     elif cls_name == "ViTBackbone":
         return {
             "vocab_size": None, "d_model": d_model, "num_layers": kw["num_layers"],
@@ -401,6 +456,7 @@ def record(name):
         ),
         "config": config,
         "notes": _notes(cls_name),
+        **({"user_passes": _USER_PASSES[name]} if name in _USER_PASSES else {}),
         "leaves": leaves,
     }
 
