@@ -632,6 +632,13 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         for name, role, flat in (("query", "heads", "i (n h)"), ("key", "heads", "i (n h)"),
                                  ("value", "value", "i o"))
     ),
+    # T5 (HF, bonsai's UMT5, and their PyTorch checkpoints): q, k, v, o
+    # under SelfAttention / EncDecAttention, flat [d_model, heads*d_kv].
+    *(
+        Rule(f"{module}/{name}", role)
+        for module in ("selfattention", "encdecattention")
+        for name, role in (("q", "heads"), ("k", "heads"), ("v", "value"), ("o", "neuron"))
+    ),
     # HF Flax GPT-2: FlaxConv1D kernels are [out, in]; c_attn is q|k|v fused
     # along the output. The size checks catch a [in, out] Dense port.
     Rule("c_attn", "q,k,v", "(p n h) i", where="pnh == 3*i"),

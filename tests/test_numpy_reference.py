@@ -526,3 +526,37 @@ def test_head_dim_per_tower():
   # divides them (12 / 4 = 3 "heads"): the reason for the mapping.
   one = optax_mini.explain(nest(params), head_dim=text_h)
   assert {r.path: r.num_blocks for r in one.rows}["['image_encoder']['block_0']['attn']['key_proj']['kernel']"] == 3
+
+
+def test_t5_attention_names():
+  # T5 (HF, bonsai's UMT5): SelfAttention/EncDecAttention q, k, v, o, flat
+  # [d_model, heads*d_kv] ("self.q(h).reshape(b, -1, n, c)"): q and k one v
+  # per head, v per output neuron, o per output neuron.
+  d, n, h = 12, 3, 4
+  shapes = {
+      "encoder/block/0/layer/0/SelfAttention/q/kernel": (d, n * h),
+      "decoder/block/0/layer/1/EncDecAttention/k/kernel": (d, n * h),
+      "decoder/block/0/layer/1/EncDecAttention/v/kernel": (d, n * h),
+      "encoder/block/0/layer/0/SelfAttention/o/kernel": (n * h, d),
+  }
+
+  def per_head(g2):
+    return g2.reshape(d, n, h).mean(axis=(0, 2), keepdims=True).repeat(h, 2).reshape(1, n * h)
+
+  block_mean = {
+      "encoder/block/0/layer/0/SelfAttention/q/kernel": per_head,
+      "decoder/block/0/layer/1/EncDecAttention/k/kernel": per_head,
+      "decoder/block/0/layer/1/EncDecAttention/v/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+      "encoder/block/0/layer/0/SelfAttention/o/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+  }
+  expected = {
+      "encoder/block/0/layer/0/SelfAttention/q/kernel": (n,),
+      "decoder/block/0/layer/1/EncDecAttention/k/kernel": (n,),
+      "decoder/block/0/layer/1/EncDecAttention/v/kernel": (n * h,),
+      "encoder/block/0/layer/0/SelfAttention/o/kernel": (d,),
+  }
+  params, grads = random_case(shapes)
+  ref, _ = numpy_adam_mini(params, grads, block_mean, dict.fromkeys(shapes, True))
+  ours, nu = run_ours(nest(params), [nest(g) for g in grads], head_dim=h)
+  assert {k: v.shape for k, v in flat(nu).items()} == expected
+  assert_close(flat(ours), ref)
