@@ -651,7 +651,14 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("query_key_value", "q,k,v", "i (n p h)", where="nph == 3*i"),
     # Other fused qkv kernels, [in, q | k | v]: the parts' sizes need head
     # counts unless the model is multi-head (BlockRules(num_heads=...)).
-    *(Rule(name, "q,k,v", "i (p n h)") for name in ("qkv_proj", "qkv", "wqkv")),
+    *(Rule(name, "q,k,v", "i (p n h)") for name in ("qkv_proj", "qkv")),
+    # wqkv: InternLM2's (attention/wqkv, in PyTorch checkpoints and EasyDeL)
+    # repeats (q, k, v) per key/value head, its query heads first; MPT's
+    # (attn/Wqkv) and Phi's (mixer/Wqkv) are [q | k | v] runs. Elsewhere the
+    # name could be either, so the shape must settle it or it raises.
+    Rule("attention/wqkv", "q,k,v", "i (n p h)"),
+    *(Rule(f"{module}/wqkv", "q,k,v", "i (p n h)") for module in ("attn", "mixer")),
+    Rule("wqkv", "q,k,v", ("i (p n h)", "i (n p h)")),
     # keras-hub's Swin: multi-head, q|k|v of the model's width each.
     Rule("attention_qkv", "q,k,v", "i (p n h)", where="pnh == 3*i"),
     Rule("gate_up_proj", "gate,up", "i (p o)"),
@@ -1065,7 +1072,7 @@ def _fit(
     if unknown:
       # [q | k | v] runs with head counts given: the parts' sizes come from
       # them (_fit_parts), not from equal thirds.
-      uneven = group.startswith("p") and unknown == ["n"]
+      uneven = "p" in group and unknown == ["n"]
       if extent % factor and uneven and rules.num_heads is None:
         raise _Misfit(
             "the sizes of its q and k/v parts are unknown (they differ under "
@@ -1154,6 +1161,27 @@ def _fit_parts(groups, sizes, shape, names, roles, rules, where) -> _Resolved:
       )
   outer_counts = [sizes[part_axis][c] for c in outer if c == "n"]
   counts = {c for c in (rules.num_heads, rules.num_kv_heads) if c is not None}
+  grouped = None  # query heads per key/value head, if they interleave so
+  if outer == "n" and inner == "h" and "q" in names and len(names) > 1:
+    # (q, k, v) repeated per head: under grouped-query attention per
+    # key/value head, its query heads first (InternLM2's wqkv,
+    # "(h gs d)" with gs = 2 + query heads per group).
+    kv = rules.num_kv_heads if rules.num_kv_heads is not None else rules.num_heads
+    if rules.num_heads is None and where is None:
+      raise _Misfit(
+          "the sizes of its q and k/v parts are unknown (under grouped-query attention "
+          "each key/value head's query heads come first)"
+      )
+    if rules.num_heads is not None and kv != rules.num_heads:
+      h = sizes[part_axis]["h"]
+      grouped = rules.num_heads // kv
+      part_sizes = [grouped * h if n == "q" else h for n in names]
+      if kv * sum(part_sizes) != shape[part_axis] or grouped * kv != rules.num_heads:
+        raise _Misfit(
+            f"{kv} key/value heads, each after {grouped} query heads of {h}, do not add "
+            f"up to its axis of size {shape[part_axis]}"
+        )
+      outer_counts = [kv]
   if counts and any(n not in counts for n in outer_counts):
     raise _Misfit(f"its heads axis has {outer_counts} heads, not {sorted(counts)}")
   per_part = []
@@ -1163,7 +1191,7 @@ def _fit_parts(groups, sizes, shape, names, roles, rules, where) -> _Resolved:
     if all(kept_inner):
       head_dim = None
     elif not any(kept_inner):
-      head_dim = size
+      head_dim = size if grouped is None else sizes[part_axis]["h"]
     elif inner == "nh":
       head_dim = sizes[part_axis]["h"]
     else:

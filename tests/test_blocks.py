@@ -162,6 +162,26 @@ def test_swin_attention_qkv_gets_each_parts_blocks():
   assert spec["bias"].v_shape((72,)) == (72,)
 
 
+def test_wqkv_is_read_as_its_library_stores_it_or_raises():
+  # InternLM2's attention/wqkv repeats (q.., k, v) per key/value head; MPT's
+  # attn/Wqkv and Phi's mixer/Wqkv are [q | k | v] runs; anywhere else the
+  # name could be either, and the two give different blocks.
+  rules = BlockRules(num_heads=4, num_kv_heads=4)
+  intern = {"layers": {"0": {"attention": {"wqkv": {"kernel": leaf(32, 96)}}}}}
+  spec = optax_mini.block_specs(intern, head_dim=8, blocks=rules)["layers"]["0"]["attention"]["wqkv"]["kernel"]
+  assert [(p.name, p.size) for p in spec.parts] == [("q", 8), ("k", 8), ("v", 8)]  # repeated per head
+  mpt = {"blocks": {"0": {"attn": {"Wqkv": {"kernel": leaf(32, 96)}}}}}
+  spec = optax_mini.block_specs(mpt, head_dim=8, blocks=rules)["blocks"]["0"]["attn"]["Wqkv"]["kernel"]
+  assert [(p.name, p.size) for p in spec.parts] == [("q", 32), ("k", 32), ("v", 32)]
+  other = {"layer": {"wqkv": {"kernel": leaf(32, 96)}}}
+  with pytest.raises(ValueError, match=r"'i \(p n h\)' or 'i \(n p h\)'"):
+    optax_mini.block_specs(other, head_dim=8, blocks=rules)
+  # InternLM2's PyTorch checkpoint: the transpose, [(kv (groups + 2) head_dim), in].
+  torch = {"model": {"layers": {"0": {"attention": {"wqkv": {"weight": leaf((2 * 4 + 4) * 8, 32)}}}}}}
+  report = optax_mini.explain(torch, head_dim=8, blocks=BlockRules(weight_layout="torch", num_heads=8, num_kv_heads=2))
+  assert report.num_v == 8 + 2 + 2 * 8
+
+
 def test_gpt2_names_on_an_in_out_kernel_raise_instead_of_guessing():
   # A Dense port ([in, out]) under GPT-2's names fails the [out, in] check.
   params = {"h": {"0": {"attn": {"c_attn": {"kernel": leaf(16, 48)}}}}}

@@ -560,3 +560,35 @@ def test_t5_attention_names():
   ours, nu = run_ours(nest(params), [nest(g) for g in grads], head_dim=h)
   assert {k: v.shape for k, v in flat(nu).items()} == expected
   assert_close(flat(ours), ref)
+
+
+def test_internlm2_wqkv_grouped_per_key_value_head():
+  # InternLM2's wqkv (PyTorch checkpoints, EasyDeL): the output is
+  # (kv_heads, groups + 2, head_dim), each key/value head's query heads
+  # first ('rearrange(qkv, "b q (h gs d) -> b q h gs d", gs=2 + groups)'):
+  # every query and key head one v, every value neuron one.
+  d, q_heads, kv_heads, h = 10, 4, 2, 3
+  groups = q_heads // kv_heads
+  width = kv_heads * (groups + 2) * h
+
+  def block_mean(g2):
+    out = np.empty_like(g2[:1])
+    col = g2.mean(axis=0, keepdims=True)
+    for j in range(kv_heads):
+      base = j * (groups + 2) * h
+      for head in range(groups + 1):  # the group's query heads, then its key head
+        lo = base + head * h
+        out[:, lo : lo + h] = col[:, lo : lo + h].mean()
+      lo = base + (groups + 1) * h
+      out[:, lo : lo + h] = col[:, lo : lo + h]  # its value neurons
+    return out
+
+  shapes = {"model/layers/0/attention/wqkv/kernel": (d, width)}
+  params, grads = random_case(shapes)
+  ref, _ = numpy_adam_mini(params, grads, {k: block_mean for k in shapes}, dict.fromkeys(shapes, True))
+  ours, nu = run_ours(nest(params), [nest(g) for g in grads], head_dim=h,
+                      blocks=optax_mini.BlockRules(num_heads=q_heads, num_kv_heads=kv_heads))
+  assert_close(flat(ours), ref)
+  report = optax_mini.explain(nest(params), head_dim=h,
+                              blocks=optax_mini.BlockRules(num_heads=q_heads, num_kv_heads=kv_heads))
+  assert report.num_v == q_heads + kv_heads + kv_heads * h
