@@ -648,6 +648,11 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("mlp/c_proj", "neuron", ("o i", "i o"), where="o < i"),
     Rule("attn/c_proj", "neuron", "o i"),
     # HF Flax BLOOM (GPT-NeoX alike): q, k, v interleaved per head.
+    # EasyDeL's GPT-NeoX (attention/query_key_value/kernel) splits the same
+    # name into [q | k | v] runs ("jnp.split(qkv, 3, axis=-1)"), where HF's
+    # (and its PyTorch checkpoints' weight) interleave per head: a Flax
+    # kernel there may be either, so it raises unless a rule says which.
+    Rule("attention/query_key_value/kernel", "q,k,v", ("i (p n h)", "i (n p h)"), where="nph == 3*i"),
     Rule("query_key_value", "q,k,v", "i (n p h)", where="nph == 3*i"),
     # Other fused qkv kernels, [in, q | k | v]: the parts' sizes need head
     # counts unless the model is multi-head (BlockRules(num_heads=...)).
@@ -1280,13 +1285,19 @@ def _resolve(
     )
   if len(distinct) > 1:
     layouts = " or ".join(repr(x) for x in fits)
+    # Layouts that differ only in the order of one axis's factors ([q | k | v]
+    # runs or (q, k, v) per head) fit any head counts alike.
+    orders_only = len({tuple(frozenset(g) for g in _parse_layout(x)) for x in fits}) == 1
+    counts = "" if orders_only else (
+        "Settle it with the model's head counts, blocks=optax_mini.BlockRules("
+        "num_heads=<query heads>, num_kv_heads=<key/value heads>), or give this "
+        "leaf a rule with its layout"
+    )
     raise ValueError(
         f"{head}, whose layout could be {layouts} ({letters}); the shape fits "
         "each and they give different blocks, so the partition would be a guess. "
-        "Settle it with the model's head counts, blocks=optax_mini.BlockRules("
-        "num_heads=<query heads>, num_kv_heads=<key/value heads>), or give this "
-        f"leaf a rule with its layout, e.g. BlockRules(rules=[Rule({own!r}, "
-        f"{target!r}, layout={next(iter(fits))!r})])."
+        f"{counts or 'Give this leaf a rule with its layout (how its library splits it)'}, "
+        f"e.g. BlockRules(rules=[Rule({own!r}, {target!r}, layout={next(iter(fits))!r})])."
     )
   if not candidates:
     raise ValueError(

@@ -182,6 +182,21 @@ def test_wqkv_is_read_as_its_library_stores_it_or_raises():
   assert report.num_v == 8 + 2 + 2 * 8
 
 
+def test_gpt_neox_query_key_value_kernel_raises_but_its_checkpoint_does_not():
+  # EasyDeL's GPT-NeoX splits attention/query_key_value/kernel into
+  # [q | k | v] runs, HF's interleaves (q, k, v) per head: for a Flax kernel
+  # there both fit any head counts (the error says so, and does not send the
+  # user to them). HF's PyTorch checkpoint (a weight) is HF's layout.
+  kernel = {"gpt_neox": {"layers": {"0": {"attention": {"query_key_value": {"kernel": leaf(32, 96)}}}}}}
+  with pytest.raises(ValueError, match=r"'i \(p n h\)' or 'i \(n p h\)'") as err:
+    optax_mini.block_specs(kernel, head_dim=8)
+  assert "num_heads" not in str(err.value)
+  weight = {"gpt_neox": {"layers": {"0": {"attention": {"query_key_value": {"weight": leaf(96, 32)}}}}}}
+  spec = optax_mini.block_specs(weight, head_dim=8, blocks=BlockRules(weight_layout="torch"))
+  parts = spec["gpt_neox"]["layers"]["0"]["attention"]["query_key_value"]["weight"].parts
+  assert [(p.name, p.size) for p in parts] == [("q", 8), ("k", 8), ("v", 8)]  # per head
+
+
 def test_gpt2_names_on_an_in_out_kernel_raise_instead_of_guessing():
   # A Dense port ([in, out]) under GPT-2's names fails the [out, in] check.
   params = {"h": {"0": {"attn": {"c_attn": {"kernel": leaf(16, 48)}}}}}
