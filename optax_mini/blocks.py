@@ -647,12 +647,12 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("mlp/c_fc", "neuron", ("o i", "i o"), where="o > i"),
     Rule("mlp/c_proj", "neuron", ("o i", "i o"), where="o < i"),
     Rule("attn/c_proj", "neuron", "o i"),
-    # HF Flax BLOOM (GPT-NeoX alike): q, k, v interleaved per head.
-    # EasyDeL's GPT-NeoX (attention/query_key_value/kernel) splits the same
-    # name into [q | k | v] runs ("jnp.split(qkv, 3, axis=-1)"), where HF's
-    # (and its PyTorch checkpoints' weight) interleave per head: a Flax
-    # kernel there may be either, so it raises unless a rule says which.
+    # EasyDeL's GPT-NeoX (attention/query_key_value/kernel) splits its qkv
+    # into [q | k | v] runs ("jnp.split(qkv, 3, axis=-1)"), where HF's (and
+    # its PyTorch checkpoints' weight) interleave per head: a Flax kernel
+    # there may be either, so it raises unless a rule says which.
     Rule("attention/query_key_value/kernel", "q,k,v", ("i (p n h)", "i (n p h)"), where="nph == 3*i"),
+    # HF Flax BLOOM (GPT-NeoX alike): q, k, v interleaved per head.
     Rule("query_key_value", "q,k,v", "i (n p h)", where="nph == 3*i"),
     # Other fused qkv kernels, [in, q | k | v]: the parts' sizes need head
     # counts unless the model is multi-head (BlockRules(num_heads=...)).
