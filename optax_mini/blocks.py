@@ -632,6 +632,13 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         for name, role, flat in (("query", "heads", "i (n h)"), ("key", "heads", "i (n h)"),
                                  ("value", "value", "i o"))
     ),
+    # MaxText's multi-head latent attention (DeepSeek): wq_b [q_lora_rank,
+    # heads, qk_head_dim] per head; wkv_b [kv_lora_rank, heads, nope + v]
+    # holds each head's key (nope) and value parts, whose sizes differ by
+    # model: one v per (head, output neuron), never across heads (the
+    # default reading averaged the heads together).
+    Rule("wq_b", "heads", ("i n h", "i o")),
+    Rule("wkv_b", "value", ("i n o", "i o")),
     # T5 (HF, bonsai's UMT5, and their PyTorch checkpoints): q, k, v, o
     # under SelfAttention / EncDecAttention, flat [d_model, heads*d_kv].
     *(

@@ -592,3 +592,31 @@ def test_internlm2_wqkv_grouped_per_key_value_head():
   report = optax_mini.explain(nest(params), head_dim=h,
                               blocks=optax_mini.BlockRules(num_heads=q_heads, num_kv_heads=kv_heads))
   assert report.num_v == q_heads + kv_heads + kv_heads * h
+
+
+def test_maxtext_multi_head_latent_attention():
+  # MaxText's MLA (DeepSeek), scanned ([in, layers, ...]): wq_b
+  # [q_lora_rank, heads, qk_head_dim] one v per head; wkv_b [kv_lora_rank,
+  # heads, nope + v] one per (head, output neuron): never across heads;
+  # wkv_a [embed, kv_lora_rank + rope] per neuron; out [heads, v, embed].
+  rank, layers, n, qk, nope, v, emb = 6, 2, 3, 5, 2, 4, 8
+  shapes = {
+      "decoder/layers/self_attention/wq_b/kernel": (rank, layers, n, qk),
+      "decoder/layers/self_attention/wkv_b/kernel": (rank, layers, n, nope + v),
+      "decoder/layers/self_attention/wkv_a/kernel": (emb, layers, rank + 1),
+      "decoder/layers/self_attention/out/kernel": (n, layers, v, emb),
+  }
+  block_mean = {
+      "decoder/layers/self_attention/wq_b/kernel": lambda g2: g2.mean(axis=(0, 3), keepdims=True),
+      "decoder/layers/self_attention/wkv_b/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+      "decoder/layers/self_attention/wkv_a/kernel": lambda g2: g2.mean(axis=0, keepdims=True),
+      "decoder/layers/self_attention/out/kernel": lambda g2: g2.mean(axis=(0, 2), keepdims=True),
+  }
+  expected = {
+      "decoder/layers/self_attention/wq_b/kernel": (layers, n),
+      "decoder/layers/self_attention/wkv_b/kernel": (layers, n, nope + v),
+      "decoder/layers/self_attention/wkv_a/kernel": (layers, rank + 1),
+      "decoder/layers/self_attention/out/kernel": (layers, emb),
+  }
+  check(shapes, block_mean, dict.fromkeys(shapes, True), expected,
+        blocks=optax_mini.BlockRules(stacked={"decoder/layers": 1}))
