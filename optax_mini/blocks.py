@@ -1442,6 +1442,30 @@ def _claim(
     where: str,
     named: _haliax.AxisNames | None = None,
 ) -> tuple[BlockSpec, int | None]:
+  try:
+    return _claim_leaf(components, shape, head_dim, rules, where, named)
+  except ValueError as e:
+    declared = [pattern for pattern, _ in rules.stacked]
+    if not declared or named is not None or _stack_axes_for(components, len(shape), rules.stacked, where):
+      raise
+    # A leaf of a layer stack that no declared pattern matches is read as
+    # one layer, its layer axis taken for a kernel axis: say so.
+    raise ValueError(
+        f"{e} Note: BlockRules.stacked declares layer stacks ({', '.join(map(repr, declared))}) "
+        "and none matches this leaf; if it is a stack of layers too (MaxText's DeepSeek "
+        "keeps decoder/dense_layers and decoder/moe_layers), add its pattern, e.g. "
+        "stacked={'decoder/*layers': 1}."
+    ) from None
+
+
+def _claim_leaf(
+    components: tuple[str, ...],
+    shape: tuple[int, ...],
+    head_dim: int | None,
+    rules: BlockRules,
+    where: str,
+    named: _haliax.AxisNames | None = None,
+) -> tuple[BlockSpec, int | None]:
   """The leaf's spec and the index (in ``rules.all_rules()``) of the rule
   that claimed it, ``None`` for the fallback; the index lets
   :func:`warn_unclaimed_rules` find user rules that claimed nothing.

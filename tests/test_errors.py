@@ -293,3 +293,18 @@ def test_head_dim_mapping_that_is_not_one(head_dim):
   params = {"vision": {"q_proj": {"kernel": jnp.zeros((16, 16))}}}
   with pytest.raises(ValueError, match="head_dim"):
     init(params, head_dim=head_dim)
+
+
+def test_a_stack_no_declared_pattern_matches_is_named():
+  # MaxText's DeepSeek keeps its layers in decoder/dense_layers and
+  # decoder/moe_layers ([in, layers, out]); a user who declares MaxText's
+  # usual decoder/layers gets the error for the unmatched leaf, and a note
+  # that no declared stack matched it.
+  params = {"decoder": {"dense_layers": {"mlp": {"wi_0": {"kernel": jnp.zeros((64, 1, 96))}}},
+                        "moe_layers": {"self_attention": {"out": {"kernel": jnp.zeros((4, 2, 16, 64))}}}}}
+  with pytest.raises(ValueError, match=r"dense_layers.*none matches this leaf.*decoder/\*layers"):
+    init(params, blocks=BlockRules(stacked={"decoder/layers": 1}))
+  state = init(params, blocks=BlockRules(stacked={"decoder/*layers": 1}))
+  nu = state[0].nu["decoder"]
+  assert nu["dense_layers"]["mlp"]["wi_0"]["kernel"].shape == (1, 96)  # per layer, per neuron
+  assert nu["moe_layers"]["self_attention"]["out"]["kernel"].shape == (2, 64)
