@@ -528,6 +528,11 @@ MOE_MODULES = ("*moe*", "experts")
 #: The layouts of MLP (and expert) kernels by rank: ``[in, out]``, a mixture
 #: of experts' ``[experts, in, out]``, a convolution's ``[kh, kw, in, out]``.
 MLP_LAYOUTS = ("i o", "e i o", "i i i o")
+#: Path components that name a convolution (Flax's ``Conv_0``, ``conv1``,
+#: ``patch_conv``): a 3-D kernel under one is ``[k, in, out]``, one v per
+#: output channel, whatever its sizes (the default reading of an unknown
+#: 3-D kernel is otherwise checked: see :func:`_check_default_is_sure`).
+CONV_MODULES = ("*conv*",)
 #: Depthwise convolution kernels (Keras' ``DepthwiseConv2D`` and
 #: ``SeparableConv2D``'s ``depthwise_kernel``, EfficientNet's ``dwconv``,
 #: ConvNeXt's ``dwconv``): Keras lays them out ``[kh, kw, in, multiplier]``,
@@ -1545,7 +1550,54 @@ def _claim_leaf(
       fallback, logical_shape, head_dim, rules, where, bool(stack), weight, named_layout,
       _own_pattern(components),
   )
+  if named_layout is None:
+    _check_default_is_sure(components, logical_shape, torch_read, where, bool(stack))
   return finish(resolved, f"{role} (default{_read_as(torch_read, named_layout)})"), None
+
+
+def _check_default_is_sure(
+    components: tuple[str, ...], logical_shape: tuple[int, ...], torch_read: bool, where: str,
+    stacked: bool,
+) -> None:
+  """Raises where the default (one v per output neuron, the last axis) is a
+  guess: a 3-D kernel under a name no rule knows, read ``[in..., out]``,
+  would average an attention projection's heads (flax's DenseGeneral
+  ``[in, heads, head_dim]``, heads-first ``[heads, in, head_dim]``) or a
+  mixture's experts (``[experts, in, out]``) together. It is taken as
+  ``[in..., out]`` where that is the usual reading: under a convolution's
+  name (:data:`CONV_MODULES`), or where the last axis is the largest (an
+  attention output ``[heads, head_dim, out]``, a widening convolution), but
+  not under an experts' module (:data:`MOE_MODULES`)."""
+  if len(logical_shape) != 3 or any(
+      fnmatch.fnmatchcase(c, p) for c in components for p in CONV_MODULES
+  ):
+    return
+  view = logical_shape[::-1] if torch_read else logical_shape
+  experts = next(
+      (c for c in components for p in MOE_MODULES if fnmatch.fnmatchcase(c, p)), None
+  )
+  if experts is None and view[-1] >= max(view[:-1]):
+    return
+  own = _own_pattern(components)
+  why = (
+      f"it sits under {experts!r}, a mixture of experts' module"
+      if experts is not None else
+      f"its last axis ({view[-1]}) is not its largest"
+  )
+  shown = f"shape {logical_shape}" + (" (one layer's)" if stacked else "")
+  stored = " (a PyTorch-layout weight: rules read it reversed, as a Flax kernel)" if torch_read else ""
+  raise ValueError(
+      f"{where}: {shown} matched no rule, and the default reading, a 3-D kernel "
+      f"[in, in, out]{stored} with one v per output neuron (the last axis), is a guess: "
+      f"{why}, so it may be an attention projection ([in, heads, head_dim] as flax's "
+      "DenseGeneral stores it, or heads-first [heads, in, head_dim]) or a mixture of "
+      "experts' [experts, in, out], whose heads or experts that reading would average "
+      "together. Say what it is with a rule: a query/key, one v per head, "
+      f"blocks=optax_mini.BlockRules(rules=[Rule({own!r}, 'heads', layout='i n h')]) "
+      "(heads-first: layout='n i h'); a value, one v per output neuron, "
+      f"Rule({own!r}, 'value', layout='i n h'); experts, Rule({own!r}, 'neuron', "
+      f"layout='e i o'); a convolution or any [in, in, out] kernel, Rule({own!r}, 'neuron')."
+  )
 
 
 def _check_not_an_undeclared_stack(

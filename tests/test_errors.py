@@ -308,3 +308,76 @@ def test_a_stack_no_declared_pattern_matches_is_named():
   nu = state[0].nu["decoder"]
   assert nu["dense_layers"]["mlp"]["wi_0"]["kernel"].shape == (1, 96)  # per layer, per neuron
   assert nu["moe_layers"]["self_attention"]["out"]["kernel"].shape == (2, 64)
+
+
+def _dense_general_attention(name="to_q", dim=32, heads=4, head_dim=8):
+  """A Flax Linen block with a DenseGeneral query projection under a name no
+  rule knows: its kernel is [in, heads, head_dim]."""
+  import flax.linen as nn
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      q = nn.DenseGeneral(features=(heads, head_dim), use_bias=False, name=name)(x)
+      return nn.DenseGeneral(features=dim, axis=(-2, -1), use_bias=False, name="to_out")(q)
+
+  return Block().init(jax.random.key(0), jnp.zeros((1, 3, dim)))["params"]
+
+
+def test_an_unknown_3d_kernel_that_may_hold_heads_is_an_error_not_a_guess():
+  params = _dense_general_attention()
+  assert params["to_q"]["kernel"].shape == (32, 4, 8)
+  with pytest.raises(ValueError) as err:
+    init(params)
+  msg = str(err.value)
+  assert "['to_q']['kernel']" in msg and "(32, 4, 8)" in msg
+  assert "matched no rule" in msg and "not its largest" in msg
+  assert "Rule('to_q/kernel', 'heads', layout='i n h')" in msg  # the fix, to copy
+  # The rule the error gives: one v per head (4 heads, from the config above);
+  # the attention output [heads, head_dim, out] keeps the default, per output.
+  rules = BlockRules(rules=[optax_mini.Rule("to_q/kernel", "heads", layout="i n h")])
+  nu = init(params, blocks=rules)[0].nu
+  assert nu["to_q"]["kernel"].shape == (4,)
+  assert nu["to_out"]["kernel"].shape == (32,)
+  with pytest.raises(ValueError, match=r"\['to_q'\]\['kernel'\].*\(32, 4, 8\).*matched no rule"):
+    optax_mini.explain(params)
+
+
+@pytest.mark.parametrize(
+    "params, leaf",
+    [
+        # Heads-first [heads, in, head_dim] (Gemma's einsum layout) under another name.
+        ({"attn": {"wq_heads": jnp.zeros((4, 32, 8))}}, "wq_heads"),
+        # A mixture's up projection [experts, in, out]: the last axis is the
+        # largest, but under an experts' module the default would average experts.
+        ({"moe_block": {"w_up": jnp.zeros((8, 32, 64))}}, "w_up"),
+        # A PyTorch-layout weight [out, in, k]... read as [k, in, out] = [4, 32, 8].
+        ({"proj": {"weight": jnp.zeros((8, 32, 4))}}, "weight"),
+    ],
+)
+def test_other_unknown_3d_kernels_that_the_default_would_guess(params, leaf):
+  blocks = BlockRules(weight_layout="torch") if leaf == "weight" else None
+  with pytest.raises(ValueError, match=rf"\['{leaf}'\].*matched no rule.*Rule\("):
+    init(params, blocks=blocks)
+
+
+def test_the_rule_an_experts_error_suggests_keeps_each_experts_neurons():
+  params = {"moe_block": {"w_up": jnp.zeros((8, 32, 64))}}
+  rules = BlockRules(rules=[optax_mini.Rule("moe_block/w_up", "neuron", layout="e i o")])
+  assert init(params, blocks=rules)[0].nu["moe_block"]["w_up"].shape == (8, 64)
+
+
+def test_unknown_3d_kernels_whose_default_is_the_usual_reading_still_work():
+  import flax.linen as nn
+
+  # A 1-D convolution to one channel ([k, in, out] = [7, 32, 1], a vocoder's
+  # last layer): named as a convolution, one v per output channel.
+  conv = nn.Conv(features=1, kernel_size=(7,)).init(jax.random.key(0), jnp.zeros((1, 20, 32)))
+  assert conv["params"]["kernel"].shape == (7, 32, 1)
+  nu = init({"Conv_0": conv["params"]})[0].nu
+  assert nu["Conv_0"]["kernel"].shape == (1,)
+  # An attention output [heads, head_dim, out] and a widening [k, in, out]
+  # under names no rule knows: the last axis is the largest, one v per output.
+  params = {"attn_merge": {"w": jnp.zeros((4, 8, 32))}, "filt": {"w": jnp.zeros((3, 16, 64))}}
+  nu = init(params)[0].nu
+  assert nu["attn_merge"]["w"].shape == (32,) and nu["filt"]["w"].shape == (64,)
