@@ -257,6 +257,21 @@ EXPECTED = {
     ],
     "maxtext": [
         ("*token_embedder/embedding", _vocab), ("*logits_dense/kernel", _vocab),
+        # DeepSeek's multi-head latent attention: the low-rank query wq_a
+        # [d, q_lora] and the compressed keys/values with the shared rope key
+        # wkv_a [d, kv_lora + rope] one v per output; wq_b [q_lora, heads,
+        # qk_head] one per head; wkv_b [kv_lora, heads, nope + v] holds each
+        # head's key and value parts, one v per (head, output), never across heads.
+        ("*/wq_a/kernel", lambda c: c["q_lora_rank"]),
+        ("*/wkv_a/kernel", lambda c: c["kv_lora_rank"] + c["qk_rope_head_dim"]),
+        ("*/wq_b/kernel", _heads),
+        ("*/wkv_b/kernel", lambda c: c["num_heads"] * (c["qk_nope_head_dim"] + c["v_head_dim"])),
+        # DeepSeek's MoE: the router one v per expert, each routed expert's
+        # neurons their own, the shared experts one MLP of shared * moe width.
+        ("*/MoeBlock_0/gate/kernel", _experts),
+        ("*/MoeBlock_0/wi_[01]", lambda c: _experts(c) * c["moe_mlp_dim"]),
+        ("*/MoeBlock_0/wo", lambda c: _experts(c) * _d(c)),
+        ("*/shared_experts/wi_[01]/kernel", lambda c: c["shared_experts"] * c["moe_mlp_dim"]),
         ("*/query/kernel", _heads), ("*/key/kernel", _kv_heads), ("*/value/kernel", _kv_neurons),
         ("*/out/kernel", _d),
         ("*/wi_0/kernel", _mlp), ("*/wi_1/kernel", _mlp), ("*/wo/kernel", _d),
@@ -445,6 +460,10 @@ def test_fixture_matches_its_config(fixture):
     matrices = vision + decoder
     assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
     return
+  if c.get("kv_lora_rank"):  # DeepSeek: latent attention, dense then MoE layers
+    matrices = _deepseek_matrices(c)
+    assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
+    return
   if record["name"].startswith("tunix_gemma4"):
     matrices = _gemma4_matrices(c)
     assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
@@ -459,6 +478,21 @@ def test_fixture_matches_its_config(fixture):
   matrices = embedding + c["num_layers"] * per_layer_matrices
   # Everything else (norms, biases, position tables) is small.
   assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
+
+
+def _deepseek_matrices(c: dict) -> int:
+  """DeepSeek-V2/V3's matrices from its config (the papers' parameter count)."""
+  d, heads = c["d_model"], c["num_heads"]
+  rope, nope, v = c["qk_rope_head_dim"], c["qk_nope_head_dim"], c["v_head_dim"]
+  query = (d * c["q_lora_rank"] + c["q_lora_rank"] * heads * (nope + rope) if c["q_lora_rank"]
+           else d * heads * (nope + rope))
+  attention = (query + d * (c["kv_lora_rank"] + rope) + c["kv_lora_rank"] * heads * (nope + v)
+               + heads * v * d)
+  dense = c["first_num_dense_layers"]
+  moe = c["num_layers"] - dense
+  experts = c["num_experts"] + c["shared_experts"]
+  return (2 * c["vocab_size"] * d + c["num_layers"] * attention + dense * 3 * d * c["mlp_dim"]
+          + moe * (experts * 3 * d * c["moe_mlp_dim"] + d * c["num_experts"]))
 
 
 class _Layer(NamedTuple):
@@ -574,7 +608,8 @@ def your_model_rows() -> list[str]:
     passed = [f"`head_dim={kwargs['head_dim']}`"] if "head_dim" in kwargs else []
     if "blocks" in kwargs:
       rules = kwargs["blocks"]
-      fields = [f"stacked={record['stacked']}"] if rules.stacked else []
+      stacked = {pattern: axes[0] if len(axes) == 1 else axes for pattern, axes in rules.stacked}
+      fields = [f"stacked={stacked}"] if stacked else []
       fields += [f"weight_layout={rules.weight_layout!r}"] if rules.weight_layout else []
       fields += [f"{name}={getattr(rules, name)}" for name in ("num_heads", "num_kv_heads")
                  if getattr(rules, name) is not None]

@@ -22,7 +22,13 @@ what the model-building import path needs)::
         grain==0.2.18 drjax==0.2.1 jaxtyping==0.3.11 pillow==12.3.0 \\
         tiktoken==0.14.0 sentencepiece==0.2.2
 
-Run: ``python tests/third_party/record_maxtext.py`` (writes ``trees/maxtext_*.json``).
+Run: ``python tests/third_party/record_maxtext.py [fixture ...]`` (writes ``trees/maxtext_*.json``;
+all of them without arguments).
+
+DeepSeek (``decoder_block: deepseek``) scans two layer stacks,
+``decoder/dense_layers`` and ``decoder/moe_layers`` (``STACKED`` is per model),
+and its records add the MLA / MoE sizes to ``config`` and say what its users
+pass (``user_passes``).
 """
 
 from __future__ import annotations
@@ -40,13 +46,35 @@ MODELS = {
     "maxtext_llama2_7b": "llama2-7b",
     "maxtext_gemma2_2b": "gemma2-2b",
     "maxtext_mistral_7b": "mistral-7b",
+    # DeepSeek (decoder_block "deepseek", MLA attention, MoE): V2-Lite without
+    # q_lora (one ``query`` kernel), and DeepSeek-V3 with q_lora (``wq_a`` /
+    # ``q_norm`` / ``wq_b``; its sizes all differ, where MaxText's
+    # deepseek3-tiny has emb = mlp_dim = moe_mlp_dim and could not tell a
+    # wrong axis from the right one).
+    "maxtext_deepseek2_16b": "deepseek2-16b",
+    "maxtext_deepseek3_671b": "deepseek3-671b",
 }
 NAMES = tuple(MODELS)
 
-#: Every leaf under ``decoder/layers`` is stacked, its layer axis at 1
-#: (``param_scan_axis``), norms ``[emb, layers]`` included; the embedding,
-#: the final norm and ``logits_dense`` are not stacked.
-STACKED = {"decoder/layers": 1}
+#: Fixture name -> ``{prefix: layer axis}`` of its scanned layer stacks: every
+#: leaf under a prefix carries that stack's layer axis at 1 (``param_scan_axis``),
+#: norms ``[emb, layers]`` included; the embedding, the final norm and
+#: ``logits_dense`` are not stacked. Llama/Gemma2/Mistral scan one stack,
+#: ``decoder/layers``; DeepSeek scans two, the first ``first_num_dense_layers``
+#: dense layers and the MoE layers after them (logical axis names
+#: ``dense_layers`` / ``moe_layers``, the prefixes' last component).
+_ONE_STACK = {"decoder/layers": 1}
+_DEEPSEEK_STACKS = {"decoder/dense_layers": 1, "decoder/moe_layers": 1}
+STACKED = {
+    name: (_DEEPSEEK_STACKS if model.startswith("deepseek") else _ONE_STACK) for name, model in MODELS.items()
+}
+
+#: What a MaxText DeepSeek user passes to ``adam_mini`` / ``explain``: one glob
+#: for both layer stacks (the MLA head sizes are in the kernels' shapes).
+USER_PASSES = {
+    name: {"blocks": {"stacked": {"decoder/*layers": 1}}} for name, model in MODELS.items()
+    if model.startswith("deepseek")
+}
 
 INSTALL = (
     "pip install --no-deps maxtext==0.2.5 && pip install jax==0.11.1 jaxlib==0.11.1 flax==0.12.9 "
@@ -64,6 +92,22 @@ NATIVE_FIELDS = (
     "scan_layers", "param_scan_axis", "weight_dtype", "dtype", "fused_qkv", "fused_mlp", "attention",
     "sliding_window_size", "attn_logits_soft_cap", "final_logits_soft_cap", "use_post_attn_norm",
     "use_post_ffw_norm", "rope_max_timescale", "enable_dropout", "max_target_length", "per_device_batch_size",
+)
+
+#: More MaxText fields kept under ``config["native"]`` for DeepSeek (MLA and MoE)
+#: records only, so the older records stay as they were.
+DEEPSEEK_NATIVE_FIELDS = (
+    "attention_type", "first_num_dense_layers", "num_experts", "num_experts_per_tok", "shared_experts",
+    "base_moe_mlp_dim", "moe_mlp_dim", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+    "v_head_dim", "routed_scaling_factor", "routed_score_func", "routed_bias", "routed_bias_update_rate",
+    "sparse_matmul", "megablox", "capacity_factor", "rope_type", "max_position_embeddings",
+)
+
+#: Top-level ``config`` fields of a DeepSeek record (MaxText's own names, except
+#: ``moe_mlp_dim`` = MaxText's ``moe_mlp_dim``, i.e. ``base_moe_mlp_dim``).
+DEEPSEEK_CONFIG_FIELDS = (
+    "num_experts", "num_experts_per_tok", "shared_experts", "moe_mlp_dim", "first_num_dense_layers",
+    "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
 )
 
 NOTES = (
@@ -97,6 +141,46 @@ NOTES = (
     "Per-leaf logical axis names are in 'logical_axes'; 'stacked' is the BlockRules(stacked=) pattern."
 )
 
+DEEPSEEK_NOTES = (
+    "Verified in maxtext 0.2.5 source and by recording. Tree = variables['params'] of "
+    "jax.eval_shape(TransformerLinen.init) (maxtext_utils.get_abstract_param), LogicallyPartitioned boxes "
+    "unboxed; identical paths/shapes to nnx.to_pure_dict(nnx.state(create_nnx_abstract_model(...), nnx.Param)). "
+    "No 'params' prefix in the recorded paths. decoder_block='deepseek' (models/deepseek.py, "
+    "layers/nnx_decoders.py). "
+    "Two scanned stacks (scan_layers=True, param_scan_axis=1): decoder/dense_layers (the first "
+    "first_num_dense_layers layers, dense MLP) and decoder/moe_layers (the other num_decoder_layers - "
+    "first_num_dense_layers, MoE); every leaf under either carries its layer axis at index 1, logical name "
+    "'dense_layers' / 'moe_layers' inserted at 1, norm scales included ([n] -> [n, layers]). 'stacked' lists "
+    "both prefixes; a user passes BlockRules(stacked={'decoder/*layers': 1}) ('user_passes'). Not stacked: "
+    "token_embedder/embedding [vocab, emb], decoder/decoder_norm/scale [emb], decoder/logits_dense/kernel "
+    "[emb, vocab] (logits_via_embedding=false). "
+    "MLA attention (layers/attention_mla.py, attention_type='mla'), per layer: qk head dim = qk_nope_head_dim "
+    "+ qk_rope_head_dim (config head_dim here; MaxText's own head_dim field, in native, is unused by MLA). "
+    "Without q_lora (q_lora_rank=0, deepseek2-16b): self_attention/query/kernel [emb, q_heads, qk_head_dim] "
+    "('embed_attn','q_heads','kv'). With q_lora (deepseek3-*): wq_a/kernel [emb, q_lora_rank] "
+    "('embed_attn','q_lora_up_proj'), q_norm/scale [q_lora_rank] (RMSNorm on the low-rank query), "
+    "wq_b/kernel [q_lora_rank, q_heads, qk_head_dim] ('q_lora','q_heads','kv'); a query head's last axis is "
+    "[nope (qk_nope_head_dim) | rope (qk_rope_head_dim)]. wkv_a/kernel [emb, kv_lora_rank + qk_rope_head_dim] "
+    "('embed_attn','kv_lora_up_proj'): its outputs are the compressed kv latent (first kv_lora_rank, then "
+    "kv_norm) and ONE rope key shared by all heads (last qk_rope_head_dim). kv_norm/scale [kv_lora_rank]. "
+    "wkv_b/kernel [kv_lora_rank, kv_heads, qk_nope_head_dim + v_head_dim] ('kv_lora','kv_heads','kv_head_dim'): "
+    "per head, the last axis is split at qk_nope_head_dim into the head's key (nope part) and its value "
+    "(jnp.split(..., [qk_nope_head_dim], axis=-1)). out/kernel [heads, v_head_dim, emb] ('heads','kv','embed_attn'). "
+    "No attention biases. "
+    "Dense layers' MLP (linears.MlpBlock): mlp/wi_0, mlp/wi_1 [emb, mlp_dim] ('embed','mlp'), mlp/wo "
+    "[mlp_dim, emb]. MoE layers (moe.RoutedAndSharedMoE, module DeepSeekMoeBlock_0): the router "
+    "MoeBlock_0/gate/kernel [emb, num_experts] ('embed_router', None) (GateLogit); routed experts as raw "
+    "params, no 'kernel' level: MoeBlock_0/wi_0, MoeBlock_0/wi_1 [num_experts, emb, moe_mlp_dim] "
+    "('exp','embed_moe','mlp_moe'), MoeBlock_0/wo [num_experts, moe_mlp_dim, emb] ('exp','mlp_moe','embed_moe'); "
+    "scanned the layer axis is still at 1: [experts, layers, emb, moe_mlp]. Shared experts "
+    "DeepSeekMoeBlock_0/shared_experts/{wi_0,wi_1,wo}/kernel, an MlpBlock of width shared_experts * "
+    "moe_mlp_dim ([emb, shared_experts*moe_mlp_dim] / [shared_experts*moe_mlp_dim, emb]). The routing bias "
+    "(routed_bias=true in deepseek3-*) is not a parameter: for model names starting deepseek3/deepseek4/kimi-k2 "
+    "GateLogit keeps it as a MoEBiasVar (updated by the load-balancing rule, not by the optimizer), so it is "
+    "not in the tree; deepseek2-16b has routed_bias=false. Norms: RMSNorm scale, logical ('norm',). "
+    "Per-leaf logical axis names are in 'logical_axes'."
+)
+
 
 def _jsonable(value):
   if value is None or isinstance(value, (bool, int, float, str)):
@@ -121,6 +205,10 @@ def _model_name(name: str) -> str:
   if name in MODELS.values():
     return name
   raise ValueError(f"unknown MaxText model {name!r}; known: {sorted(MODELS)}")
+
+
+def _fixture_name(name: str) -> str:
+  return name if name in MODELS else next(k for k, v in MODELS.items() if v == name)
 
 
 def _argv(model_name: str) -> list:
@@ -182,23 +270,36 @@ def _nnx_params(config, mesh):
   }
 
 
+def _is_deepseek(config) -> bool:
+  return str(_jsonable(config.decoder_block)) == "deepseek"
+
+
 def _config_dict(config) -> dict:
   layers = int(config.num_decoder_layers)
   if str(_jsonable(config.decoder_block)) == "gemma2":
     layers *= 2  # one scanned Gemma2DecoderLayer = a local and a global layer
-  return {
+  deepseek = _is_deepseek(config)
+  # MLA: a query/key head is qk_nope_head_dim + qk_rope_head_dim wide (values
+  # v_head_dim); MaxText's head_dim field is not used by its MLA layers.
+  head_dim = int(config.qk_nope_head_dim) + int(config.qk_rope_head_dim) if deepseek else int(config.head_dim)
+  out = {
       "vocab_size": int(config.vocab_size),
       "d_model": int(config.emb_dim),
       "num_layers": layers,
       "num_heads": int(config.num_query_heads),
       "num_kv_heads": int(config.num_kv_heads),
-      "head_dim": int(config.head_dim),
+      "head_dim": head_dim,
       "mlp_dim": int(config.mlp_dim),
       "tied_embeddings": bool(config.logits_via_embedding),
       "scanned": bool(config.scan_layers),
       "layer_axis": int(config.param_scan_axis) if config.scan_layers else None,
-      "native": {f: _jsonable(getattr(config, f, None)) for f in NATIVE_FIELDS},
   }
+  native_fields = NATIVE_FIELDS
+  if deepseek:
+    out.update({f: _jsonable(getattr(config, f, None)) for f in DEEPSEEK_CONFIG_FIELDS})
+    native_fields += DEEPSEEK_NATIVE_FIELDS
+  out["native"] = {f: _jsonable(getattr(config, f, None)) for f in native_fields}
+  return out
 
 
 def build(name: str):
@@ -227,15 +328,19 @@ def record(name: str) -> dict:
   nnx_tree = _nnx_params(config, mesh)
   if linen != nnx_tree:
     raise AssertionError(f"{name}: Linen init and NNX Param state differ:\n{linen}\n{nnx_tree}")
-  for leaf in leaves:  # the stacked layer axis is where MaxText names it
+  stacks = STACKED[_fixture_name(name)]
+  layer_names = {prefix.rsplit("/", 1)[-1] for prefix in stacks}  # 'layers', 'dense_layers', 'moe_layers'
+  for leaf in leaves:  # each stacked layer axis is where MaxText names it
     axes = names[tuple(leaf["path"])]
-    stacked = leaf["path"][:2] == ["decoder", "layers"]
-    assert ("layers" in axes) == stacked, (leaf, axes)
-    if stacked:
-      assert axes.index("layers") == STACKED["decoder/layers"], (leaf, axes)
+    path = "/".join(leaf["path"])
+    prefix = next((p for p in stacks if path.startswith(p + "/")), None)
+    assert layer_names.isdisjoint(axes) == (prefix is None), (leaf, axes)
+    if prefix is not None:
+      assert axes.index(prefix.rsplit("/", 1)[-1]) == stacks[prefix], (leaf, axes)
   versions = {p: metadata.version(p) for p in ("maxtext", "jax", "jaxlib", "flax")}
+  fixture = _fixture_name(name)
   return {
-      "name": name if name in MODELS else next(k for k, v in MODELS.items() if v == name),
+      "name": fixture,
       "library": "maxtext",
       "library_version": versions["maxtext"],
       "recorded_with": (
@@ -256,9 +361,10 @@ def record(name: str) -> dict:
           "model_creation_utils.create_nnx_abstract_model(config, mesh)[1], nnx.Param))"
       ),
       "config": _config_dict(config),
-      "stacked": dict(STACKED),
+      "stacked": dict(stacks),
+      **({"user_passes": USER_PASSES[fixture]} if fixture in USER_PASSES else {}),
       "logical_axes": {"/".join(leaf["path"]): list(names[tuple(leaf["path"])]) for leaf in leaves},
-      "notes": NOTES,
+      "notes": DEEPSEEK_NOTES if _is_deepseek(config) else NOTES,
       "leaves": leaves,
   }
 
@@ -280,4 +386,6 @@ def main(names=NAMES) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  import sys  # pylint: disable=import-outside-toplevel
+
+  main(tuple(sys.argv[1:]) or NAMES)
