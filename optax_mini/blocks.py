@@ -703,6 +703,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # One v per token: embedding tables are [vocab, dim]. Official: any name
     # containing "embed", "embd" or "wte".
     *_rules("token", "*embed*", "*embd*", "wte", "wpe"),
+    # Codebooks are tables too: wav2vec2's quantizer codevectors [1, groups *
+    # entries, dim / groups], one v per code vector.
+    Rule("codevectors", "token", POSITION_TABLE_LAYOUTS),
     # Values: one v per output neuron, i.e. only the input axis is averaged
     # ([in, heads, head_dim] -> [heads, head_dim]).
     *_rules("value", "v_proj", "wv", "value", "value_proj", "v_lin"),

@@ -644,3 +644,38 @@ def test_distilbert_attention_names():
   got = v_shapes({"attention": attn}, head_dim=head_dim)["attention"]
   assert got == {"q_lin": {"kernel": (heads,)}, "k_lin": {"kernel": (heads,)},
                  "v_lin": {"kernel": (d,)}, "out_lin": {"kernel": (d,)}}
+
+
+def test_wav2vec2_codebook_and_convolutions():
+  """HF Flax wav2vec2, built from a small config: the quantizer's codebook
+  [1, groups * entries, dim / groups] gets one v per code vector (as an
+  embedding table per token; the default read it per column, averaging the
+  code vectors together), its convolutions one per output channel."""
+  transformers = pytest.importorskip(
+      "transformers", reason="transformers (the test extra) builds the live wav2vec2 tree")
+  import functools
+
+  if not hasattr(transformers, "FlaxWav2Vec2ForPreTraining"):
+    pytest.skip("this transformers has no Flax models (5.x dropped them; the test extra pins 4.57.6)")
+  config = transformers.Wav2Vec2Config(
+      hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+      conv_dim=(32, 48), conv_stride=(5, 2), conv_kernel=(10, 3), num_codevector_groups=2,
+      num_codevectors_per_group=24, codevector_dim=40, proj_codevector_dim=24,
+      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+      do_stable_layer_norm=True, feat_extract_norm="layer",
+  )
+  model = transformers.FlaxWav2Vec2ForPreTraining(config, _do_init=False)
+  params = jax.eval_shape(
+      functools.partial(model.init_weights, input_shape=(1, 4000)), jax.random.key(0))
+  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+  got = v_shapes(params, head_dim=64 // 4)
+  codes = config.num_codevector_groups * config.num_codevectors_per_group
+  assert params["quantizer"]["codevectors"].shape == (1, codes, 40 // 2)
+  assert got["quantizer"]["codevectors"] == (1, codes)
+  convs = got["wav2vec2"]["feature_extractor"]["conv_layers"]
+  assert [convs[str(i)]["conv"]["kernel"] for i in range(2)] == [(32,), (48,)]
+  # The grouped positional convolution, weight-normed and stored as PyTorch
+  # does ([out, in / groups, k]): one v per output channel.
+  assert got["wav2vec2"]["encoder"]["pos_conv_embed"]["conv"]["weight_v"] == (64,)
+  layer = got["wav2vec2"]["encoder"]["layers"]["0"]["attention"]
+  assert layer["q_proj"]["kernel"] == (4,) and layer["v_proj"]["kernel"] == (64,)
