@@ -588,6 +588,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # Convolutions whose output channels are not (only) the last axis.
     *(Rule(name, "neuron", DEPTHWISE_LAYOUTS) for name in DEPTHWISE_KERNELS),
     *(Rule(name, "neuron", KERAS_CONV_TRANSPOSE_LAYOUTS) for name in KERAS_CONV_TRANSPOSE),
+    # keras-hub's Qwen3.5 (Gated DeltaNet): the short depthwise convolution
+    # linear_attn/conv1d_kernel [channels, k] (PyTorch's [channels, 1, k]):
+    # one v per channel.
+    Rule("linear_attn/conv1d_kernel", "neuron", ("o i", "o i i")),
     # Mixture-of-experts weights stored as parameters of the MoE module
     # itself, experts first: MaxText's MoeBlock wi_0/wi_1/wo [E, in, out],
     # Gemma 4's moe/linear [E, F, D] and fused gate|up gating_einsum
@@ -599,6 +603,12 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         Rule(f"{module}/{name}", "neuron", MLP_LAYOUTS, where=EXPERTS_CHECK)
         for module in MOE_MODULES for name in ("wo", "linear")
     ),
+    # keras-hub's Mixtral: experts/expert_feedforward_{gate,intermediate,
+    # output}_dense [E, in, out]; its GPT-OSS: experts/gate_up_proj [E, in,
+    # 2F] (gate and up interleaved; per output neuron either way) and
+    # experts/down_proj.
+    Rule("experts/expert_feedforward_*", "neuron", MLP_LAYOUTS, where=EXPERTS_CHECK),
+    Rule("experts/gate_up_proj", "gate,up", "e i (o p)", where=EXPERTS_CHECK),
     # Google DeepMind `gemma` (Linen) and its NNX ports (tunix): heads-first
     # einsum kernels, k/v or q/k/v fused along a leading parts axis, gate/up
     # fused likewise. Gemma 4's global layers that share keys and values
@@ -628,15 +638,34 @@ DEFAULT_RULES: tuple[Rule, ...] = (
                        "selfattention_*", "multiheadattention_*")
         for name, role in (("query", "heads"), ("key", "heads"), ("value", "value"))
     ),
-    # Keras' MultiHeadAttention (keras-hub's ViT names it mha): [in, heads,
-    # head_dim] EinsumDense kernels ("abc,cde->abde"); Haiku's of the same
-    # name keeps them flat, [in, heads*head_dim].
+    # Keras' MultiHeadAttention (keras-hub's ViT names it mha, its
+    # TransformerDecoder cross_attention): [in, heads, head_dim] EinsumDense
+    # kernels ("abc,cde->abde"); Haiku's of the same name keeps them flat,
+    # [in, heads*head_dim].
     *(
         Rule(f"{module}/{name}", role, (_IN_HEADS, flat))
-        for module in ("mha", "multi_head_attention", "multi_head_attention_*")
+        for module in ("mha", "multi_head_attention", "multi_head_attention_*", "cross_attention")
         for name, role, flat in (("query", "heads", "i (n h)"), ("key", "heads", "i (n h)"),
                                  ("value", "value", "i o"))
     ),
+    # keras-hub's Bloom and Falcon: query_dense/key_dense/value_dense
+    # EinsumDense kernels [in, heads, head_dim] (flat elsewhere).
+    *(
+        Rule(name, role, (_IN_HEADS, flat))
+        for name, role, flat in (("query_dense", "heads", "i (n h)"), ("key_dense", "heads", "i (n h)"),
+                                 ("value_dense", "value", "i o"))
+    ),
+    # keras-hub's XLNet (rel_attn): query, key, value and the positional
+    # keys' encoding [in, heads, head_dim]; its output "ibnd,hnd->ibh" is
+    # [out, heads, head_dim]; segment_encoding [segments, heads, head_dim]
+    # one v per (segment, head).
+    *(
+        Rule(f"rel_attn/{name}", role, _IN_HEADS)
+        for name, role in (("query", "heads"), ("key", "heads"), ("encoding", "heads"),
+                           ("value", "value"))
+    ),
+    Rule("rel_attn/attention_output", "neuron", "o i i"),
+    Rule("segment_encoding", "token", "o o i"),
     # MaxText's multi-head latent attention (DeepSeek): wq_b [q_lora_rank,
     # heads, qk_head_dim] per head; wkv_b [kv_lora_rank, heads, nope + v]
     # holds each head's key (nope) and value parts, whose sizes differ by
@@ -665,7 +694,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # there may be either, so it raises unless a rule says which.
     Rule("attention/query_key_value/kernel", "q,k,v", ("i (p n h)", "i (n p h)"), where="nph == 3*i"),
     # HF Flax BLOOM (GPT-NeoX alike): q, k, v interleaved per head.
-    Rule("query_key_value", "q,k,v", "i (n p h)", where="nph == 3*i"),
+    # keras-hub's GPT-NeoX keeps it [in, heads, 3 * head_dim], split per head.
+    Rule("query_key_value", "q,k,v", ("i (n p h)", "i n (p h)"), where="nph == 3*i"),
     # Other fused qkv kernels, [in, q | k | v]: the parts' sizes need head
     # counts unless the model is multi-head (BlockRules(num_heads=...)).
     *(Rule(name, "q,k,v", "i (p n h)") for name in ("qkv_proj", "qkv")),
