@@ -539,7 +539,8 @@ CONV_MODULES = ("*conv*",)
 #: each input channel's filters its own outputs, so both last axes index
 #: output channels; Flax's grouped ``[kh, kw, 1, in * multiplier]`` reads the
 #: same way (its second-to-last axis has size one).
-DEPTHWISE_KERNELS = ("depthwise_kernel", "*depthwise*/kernel", "*dwconv*/kernel", "*dw_conv*/kernel")
+DEPTHWISE_KERNELS = ("depthwise_kernel", "*depthwise*/kernel", "*dwconv*/kernel", "*dw_conv*/kernel",
+                     "*_dw/kernel", "attn/*_down_conv/kernel")
 DEPTHWISE_LAYOUTS = ("i o", "i o o", "i i o o", "i i i o o")
 #: Keras' transposed convolutions (``Conv2DTranspose``, named
 #: ``conv2d_transpose`` by default) store ``[kh, kw, out, in]`` (Flax's
@@ -644,10 +645,31 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # [in, heads*head_dim].
     *(
         Rule(f"{module}/{name}", role, (_IN_HEADS, flat))
-        for module in ("mha", "multi_head_attention", "multi_head_attention_*", "cross_attention")
+        for module in ("mha", "multi_head_attention", "multi_head_attention_*", "cross_attention",
+                       # keras-hub: DINOv2's attention/attention, Moonshine's,
+                       # T5Gemma2's merged_attention, VideoPrism's pooling
+                       # attention, SigLIP's self_attn and its pooling
+                       # head's attention.
+                       "attention/attention", "moonshine_multi_head_attention*",
+                       "merged_attention", "pooling_attention", "self_attn", "head/attention")
         for name, role, flat in (("query", "heads", "i (n h)"), ("key", "heads", "i (n h)"),
                                  ("value", "value", "i o"))
     ),
+    # keras-hub's Gemma 4 vision tower: heads-first EinsumDense under
+    # attention/{query,key,value}/dense ("bsd,qdh->bsqh").
+    Rule("attention/query/dense", "heads", _HEADS_IN),
+    Rule("attention/key/dense", "heads", _HEADS_IN),
+    Rule("attention/value/dense", "value", _HEADS_IN),
+    # keras-hub's Gemma 3n audio: the relative positions' keys, flat
+    # [in, heads*head_dim] (it would otherwise match "*embed*").
+    Rule("relative_position_embedding/pos_proj", "heads"),
+    # keras-hub: SigLIP's attention-pooling probe [1, 1, dim] (an unnamed
+    # weight of its head) and VideoPrism's pooling queries [queries, dim]:
+    # one v per query, as a class token's; RWKV-7's per-head bonus r_k
+    # [heads, head_dim] one per head.
+    Rule("head/variable", "token", "o o i"),
+    Rule("pooling_attention_query", "token", "o i"),
+    Rule("rwkv_time_mix/r_k", "token", "o i"),
     # keras-hub's Bloom and Falcon: query_dense/key_dense/value_dense
     # EinsumDense kernels [in, heads, head_dim] (flat elsewhere).
     *(
@@ -714,6 +736,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("in_proj_weight", "q,k,v", "i (p n h)", where="pnh == 3*i"),
     # One v per head. Flat [in, heads*head_dim] kernels need head_dim.
     # query_proj/key_proj: Equinox's MultiheadAttention; q_lin/k_lin: DistilBERT.
+    # keras-hub's RoFormerV2 and ESM (q_dense_layer), T5 (query_projector),
+    # RWKV-7 (receptance, its query): flat [in, heads*head_dim].
+    *_rules("heads", "q_dense_layer", "k_dense_layer", "query_projector", "key_projector",
+            "receptance"),
     *_rules("heads", "q_proj", "k_proj", "wq", "wk", "query", "key", "query_proj", "key_proj",
             "q_lin", "k_lin"),
     # keras-hub's untied output projection is [d_model, vocab]: one v per
@@ -1034,10 +1060,10 @@ def _default_layouts(role: str, shape: tuple[int, ...]) -> tuple[str, ...]:
     return ("o" * (ones + 1) + "i" * (nd - 1 - ones),)
   if role in ("heads", "value") and nd == 3:
     return (_IN_HEADS, _HEADS_IN)
-  if role == "heads":
-    return ("i (n h)",) if nd == 2 else ()
-  if role == "value":
-    return ("i" + "o" * (nd - 1),)
+  if role == "heads":  # flat, or a 1x1 convolution's [1, 1, in, heads*head_dim]
+    return {2: ("i (n h)",), 4: ("i i i (n h)",)}.get(nd, ())
+  if role == "value":  # a 1x1 convolution's [1, 1, in, out]: one v per output
+    return ("i i i o",) if nd == 4 else ("i" + "o" * (nd - 1),)
   if role == "neuron":
     return ("i" * (nd - 1) + "o",)
   return (("i" if role == "tensor" else "o") * nd,)
@@ -1346,7 +1372,7 @@ def _resolve(
     )
   if not candidates:
     raise ValueError(
-        f"{head}, which knows {'[in, heads*head_dim] and [in, heads, head_dim] kernels' if role == 'heads' else 'no layout of this rank'} "
+        f"{head}, which knows {'[in, heads*head_dim], [in, heads, head_dim] and 1x1-convolution [1, 1, in, heads*head_dim] kernels' if role == 'heads' else 'no layout of this rank'} "
         f"only. Give it its own rule, e.g. blocks=BlockRules(rules=[({own!r}, "
         "BlockSpec(reduce_axes=...))]) or a Rule with a layout."
     )

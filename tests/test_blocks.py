@@ -679,3 +679,41 @@ def test_wav2vec2_codebook_and_convolutions():
   assert got["wav2vec2"]["encoder"]["pos_conv_embed"]["conv"]["weight_v"] == (64,)
   layer = got["wav2vec2"]["encoder"]["layers"]["0"]["attention"]
   assert layer["q_proj"]["kernel"] == (4,) and layer["v_proj"]["kernel"] == (64,)
+
+
+def test_keras_hub_layouts_known_by_name():
+  """keras-hub layouts that the live test (tests/test_keras_hub_models.py)
+  does not build: Gemma 4's vision tower keeps heads-first q/k/v under
+  attention/{query,key,value}/dense ("bsd,qdh->bsqh"); Gemma 3n's audio
+  relative positions' keys pos_proj [in, heads*head_dim]; VideoPrism's
+  pooling queries [queries, dim] and pooling attention [in, heads, head_dim];
+  Moonshine's and T5Gemma2's attention [in, heads, head_dim]."""
+  vision = {name: {"dense": {"kernel": leaf(4, 32, 8)}} for name in ("query", "key", "value")}
+  params = {
+      "image_encoder": {"encoder_block_0": {"attention": vision}},
+      "audio": {"relative_position_embedding": {"pos_proj": {"kernel": leaf(16, 16)}}},
+      "video_pooler": {"pooling_attention_query": leaf(3, 32),
+                       "pooling_attention": {"query": {"kernel": leaf(32, 4, 8)}}},
+      "moonshine_multi_head_attention_0": {"key": {"kernel": leaf(32, 4, 8)}},
+      "merged_attention": {"value": {"kernel": leaf(32, 2, 8)}},
+  }
+  got = v_shapes(params, head_dim={"audio": 8})
+  attention = got["image_encoder"]["encoder_block_0"]["attention"]
+  assert attention["query"]["dense"]["kernel"] == (4,)  # per head, heads first
+  assert attention["value"]["dense"]["kernel"] == (4, 8)  # per output neuron
+  assert got["audio"]["relative_position_embedding"]["pos_proj"]["kernel"] == (2,)
+  assert got["video_pooler"]["pooling_attention_query"] == (3,)
+  assert got["video_pooler"]["pooling_attention"]["query"]["kernel"] == (4,)
+  assert got["moonshine_multi_head_attention_0"]["key"]["kernel"] == (4,)
+  assert got["merged_attention"]["value"]["kernel"] == (2, 8)
+
+
+def test_one_by_one_convolution_attention_kernels():
+  """1x1 convolutions as attention projections (keras-hub's MobileNetV5,
+  [1, 1, in, out]): a query kernel one v per head (head_dim cuts its
+  output), a value kernel one per output channel."""
+  params = {"attn": {"query_proj": {"kernel": leaf(1, 1, 32, 32)},
+                     "value_proj": {"kernel": leaf(1, 1, 32, 8)}}}
+  got = v_shapes(params, head_dim=8)["attn"]
+  assert got["query_proj"]["kernel"] == (4,)
+  assert got["value_proj"]["kernel"] == (8,)
