@@ -45,7 +45,27 @@ def _mobilenet_v5(models):
       use_msfa=False)
 
 
-# name -> (build(keras_hub.models), what the user passes, {path suffix: blocks per leaf})
+def _clip(models):
+  # Towers with different head counts: 6 heads of 8 (vision), 4 of 8 (text).
+  vision = models.CLIPVisionEncoder(
+      patch_size=4, hidden_dim=48, num_layers=1, num_heads=6, intermediate_dim=64,
+      image_shape=(16, 16, 3))
+  text = models.CLIPTextEncoder(
+      vocabulary_size=50, embedding_dim=32, hidden_dim=32, num_layers=1, num_heads=4,
+      intermediate_dim=64, max_sequence_length=8)
+  return models.CLIPBackbone(vision, text, projection_dim=24)
+
+
+# The README's rules for CLIP's [in, heads, head_dim] attention, whose towers'
+# head counts differ.
+_IN_HEADS_RULES = optax_mini.BlockRules(rules=[
+    optax_mini.Rule("attention/query/kernel", "heads", "i n h"),
+    optax_mini.Rule("attention/key/kernel", "heads", "i n h"),
+    optax_mini.Rule("attention/value/kernel", "value", "i n h"),
+])
+
+# name -> (build(keras_hub.models), what the user passes, {path suffix: blocks per leaf
+# (a set: the blocks of each leaf that path ends)})
 CASES = {
     "Bloom": (
         _decoder("BloomBackbone", num_heads=HEADS),
@@ -146,6 +166,15 @@ CASES = {
          "self_attn/value/kernel": 32, "head/attention/query/kernel": 4,
          "head/attention/value/kernel": 32},
     ),
+    "CLIP": (
+        _clip,
+        {"blocks": _IN_HEADS_RULES},
+        # Each tower's own: {vision's, text's}.
+        {"encoder_block_0/attention/query/kernel": {6, 4},
+         "encoder_block_0/attention/key/kernel": {6, 4},
+         "encoder_block_0/attention/value/kernel": {48, 32},
+         "encoder_block_0/attention/attention_output/kernel": {48, 32}},
+    ),
     "MobileNetV5": (
         _mobilenet_v5,
         {"head_dim": 8},
@@ -195,4 +224,5 @@ def test_keras_hub_backbone_blocks(keras_hub, name):
     for suffix in want:
       if path.endswith(suffix.lower()):
         got.setdefault(suffix, set()).add(row.num_blocks)
-  assert got == {suffix: {blocks} for suffix, blocks in want.items()}
+  assert got == {suffix: blocks if isinstance(blocks, set) else {blocks}
+                 for suffix, blocks in want.items()}
