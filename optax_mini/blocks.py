@@ -429,11 +429,13 @@ class Rule(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def _pattern_matches(pattern: str, components: tuple[str, ...]) -> bool:
+def _pattern_matches(pattern: str, components: tuple[str, ...], reaching: int = 0) -> bool:
+  """Whether ``pattern`` equals a run of whole components that ends past
+  index ``reaching - 1`` (``0``: anywhere)."""
   parts = tuple(p for p in pattern.lower().strip("/").split("/"))
   n = len(parts)
-  for start in range(len(components) - n + 1):
-    if all(
+  for start in range(max(len(components) - n + 1, 0)):
+    if start + n >= reaching and all(
         fnmatch.fnmatchcase(components[start + i], parts[i]) for i in range(n)
     ):
       return True
@@ -792,9 +794,11 @@ class BlockRules:
     rules: rules tried before :data:`DEFAULT_RULES`, in order; each a
       :class:`Rule` or a ``(pattern, target)`` pair. When several rules match
       a leaf, the first one wins (a later, overlapping rule is never
-      consulted for it). A rule that claims no leaf at all (a typo, or a rule
-      shadowed by earlier ones) draws one ``UserWarning`` naming it when the
-      optimizer state is initialised.
+      consulted for it). A rule claims a bias (:data:`BIAS_PATTERNS`) only
+      if its pattern names it (``"attn/*/bias"``): ``"attention/key"`` is
+      for the module's kernel, its bias stays plain Adam. A rule that claims
+      no leaf at all (a typo, or a rule shadowed by earlier ones) draws one
+      ``UserWarning`` naming it when the optimizer state is initialised.
     stacked: ``{pattern: axis}``: leaves whose path matches ``pattern`` carry
       layer-stack axes (``nnx.scan``/``nnx.vmap``: ``0``; MaxText: ``1``); an
       int or a tuple of ints; the first matching pattern wins, so put the
@@ -1564,8 +1568,16 @@ def _claim_leaf(
     spec.layout(shape, where)  # validate now: errors name the path
     return spec
 
+  # A user rule claims a bias only if its pattern names it ("attn/*/bias"):
+  # a rule for a module ("attention/key") is for its kernel, and leaves the
+  # module's bias plain Adam, as the official code's "bias first" does.
+  bias_at = next((i for i in reversed(range(len(components)))
+                  if any(fnmatch.fnmatchcase(components[i], p) for p in BIAS_PATTERNS)), None)
   for index, rule in enumerate(rules.all_rules()):
     if not _pattern_matches(rule.pattern, components):
+      continue
+    if bias_at is not None and index < len(rules.rules) and not _pattern_matches(
+        rule.pattern, components, bias_at + 1):
       continue
     if index >= len(rules.rules):  # the defaults: a user rule would have settled it
       _check_not_an_undeclared_stack(components, logical_shape, stack, where)

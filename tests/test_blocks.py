@@ -717,3 +717,20 @@ def test_one_by_one_convolution_attention_kernels():
   got = v_shapes(params, head_dim=8)["attn"]
   assert got["query_proj"]["kernel"] == (4,)
   assert got["value_proj"]["kernel"] == (8,)
+
+
+def test_a_user_rule_for_a_module_leaves_its_bias_plain_adam():
+  """Keras' EinsumDense biases are [heads, head_dim]: a user rule for the
+  module ("attention/key", meant for its kernel) read one as a kernel, one v
+  for the whole bias under head_dim=8 (silently). A rule claims a bias only
+  where its pattern names it."""
+  params = {"attention": {"key": {"kernel": leaf(32, 32), "bias": leaf(4, 8)},
+                          "value": {"kernel": leaf(32, 32), "bias": leaf(4, 8)}}}
+  rules = BlockRules(rules=[("attention/key", "heads"), ("attention/value", "value")])
+  got = v_shapes(params, head_dim=8, blocks=rules)["attention"]
+  assert got["key"] == {"kernel": (4,), "bias": (4, 8)}
+  assert got["value"] == {"kernel": (32,), "bias": (4, 8)}
+  named = BlockRules(rules=[("attention/key", "heads"), ("attention/*/bias", "tensor")])
+  got = v_shapes(params, head_dim=8, blocks=named)["attention"]
+  assert got["key"] == {"kernel": (4,), "bias": ()}
+  assert got["value"] == {"kernel": (32,), "bias": ()}

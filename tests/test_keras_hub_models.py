@@ -59,9 +59,9 @@ def _clip(models):
 # The README's rules for CLIP's [in, heads, head_dim] attention, whose towers'
 # head counts differ.
 _IN_HEADS_RULES = optax_mini.BlockRules(rules=[
-    optax_mini.Rule("attention/query/kernel", "heads", "i n h"),
-    optax_mini.Rule("attention/key/kernel", "heads", "i n h"),
-    optax_mini.Rule("attention/value/kernel", "value", "i n h"),
+    optax_mini.Rule("attention/query", "heads", "i n h"),
+    optax_mini.Rule("attention/key", "heads", "i n h"),
+    optax_mini.Rule("attention/value", "value", "i n h"),
 ])
 
 # name -> (build(keras_hub.models), what the user passes, {path suffix: blocks per leaf
@@ -173,7 +173,9 @@ CASES = {
         {"encoder_block_0/attention/query/kernel": {6, 4},
          "encoder_block_0/attention/key/kernel": {6, 4},
          "encoder_block_0/attention/value/kernel": {48, 32},
-         "encoder_block_0/attention/attention_output/kernel": {48, 32}},
+         "encoder_block_0/attention/attention_output/kernel": {48, 32},
+         # The rules name modules: their [heads, head_dim] biases stay plain Adam.
+         "encoder_block_0/attention/query/bias": {6 * 8, 4 * 8}},
     ),
     "MobileNetV5": (
         _mobilenet_v5,
