@@ -1638,8 +1638,10 @@ def _check_default_is_sure(
   ``[in..., out]`` where that is the usual reading: under a convolution's
   name (:data:`CONV_MODULES`), or where the last axis is the largest (an
   attention output ``[heads, head_dim, out]``, a widening convolution), but
-  not under an experts' module (:data:`MOE_MODULES`)."""
-  if len(logical_shape) != 3 or any(
+  not under an experts' module (:data:`MOE_MODULES`). A tree without names
+  (a list of arrays, optax's own test inputs) has nothing to say otherwise
+  and gets the default, as every leaf of it does."""
+  if len(logical_shape) != 3 or all(c.isdigit() for c in components) or any(
       fnmatch.fnmatchcase(c, p) for c in components for p in CONV_MODULES
   ):
     return

@@ -367,6 +367,13 @@ def test_the_rule_an_experts_error_suggests_keeps_each_experts_neurons():
   assert init(params, blocks=rules)[0].nu["moe_block"]["w_up"].shape == (8, 64)
 
 
+def test_a_tree_without_names_keeps_the_default_reading():
+  # optax's own test inputs: an unnamed list. No name says what its 3-D leaf
+  # is, so it is read as every unnamed kernel is, one v per last-axis entry.
+  state = init([jnp.ones((2, 3)), jnp.ones((2, 5, 2))])
+  assert [x.shape for x in state[0].nu] == [(3,), (2,)]
+
+
 def test_unknown_3d_kernels_whose_default_is_the_usual_reading_still_work():
   import flax.linen as nn
 
