@@ -1303,6 +1303,7 @@ def _resolve(
     weight: str | None = None,
     named_layout: str | None = None,
     own: str = "",
+    attention_out: tuple[int, int, int] | None = None,
 ) -> tuple[_Resolved, bool]:
   """The blocks ``rule`` gives one layer's leaf, and whether they come from
   the transposed (PyTorch) reading of its layout; or a ``ValueError`` saying
@@ -1336,6 +1337,15 @@ def _resolve(
     except _Misfit as e:
       misfits.append((layout, str(e)))
   distinct = set(fits.values())
+  if len(distinct) > 1 and attention_out is not None and not transposed:
+    # Its attention module's output kernel [heads, head_dim, out] says which
+    # axis is the input (the model's width, its out) and the head size.
+    _, head, width = attention_out
+    agreeing = {layout: fit for layout, fit in fits.items()
+                if _single_letter_sizes(layout, logical_shape).get("i") == width
+                and _single_letter_sizes(layout, logical_shape).get("h") == head}
+    if len(set(agreeing.values())) == 1:
+      return next(iter(agreeing.values())), False
   if len(distinct) == 1:
     return next(iter(distinct)), bool(fits) and set(fits) <= transposed
   shown = f"shape {logical_shape}" + (" (one layer's)" if stacked else "")
@@ -1398,6 +1408,40 @@ def _resolve(
       f"leaf a rule with its layout, e.g. BlockRules(rules=[Rule({own!r}, "
       f"{target!r}, layout=...)]) or a BlockSpec."
   )
+
+
+def _single_letter_sizes(layout: str, shape: tuple[int, ...]) -> dict[str, int]:
+  """The sizes of a layout's one-letter axes (``"i n h"`` on ``[512, 8, 64]``:
+  ``i=512, n=8, h=64``)."""
+  groups = _parse_layout(layout)
+  if len(groups) != len(shape):
+    return {}
+  return {g: size for g, size in zip(groups, shape) if len(g) == 1}
+
+
+#: The output projections of attention modules stored ``[heads, head_dim,
+#: out]``: flax's ``MultiHeadDotProductAttention`` and ``nnx.MultiHeadAttention``
+#: (``out``), Keras' ``MultiHeadAttention`` (``attention_output``). Beside one,
+#: a 3-D query/key/value kernel whose layout could be ``[in, heads,
+#: head_dim]`` or heads-first is the one whose input is the out kernel's
+#: output and whose head size is its head size.
+ATTENTION_OUTPUTS = ("out", "attention_output")
+
+
+def _attention_outputs(
+    components: tuple[tuple[str, ...], ...], shapes: tuple[tuple[int, ...], ...], rules: BlockRules,
+) -> dict[tuple[str, ...], tuple[int, int, int]]:
+  """Each attention module's (path, output kernel's ``[heads, head_dim,
+  out]`` of one layer): see :data:`ATTENTION_OUTPUTS`."""
+  outputs = {}
+  for path, shape in zip(components, shapes):
+    if len(path) < 2 or path[-2] not in ATTENTION_OUTPUTS or path[-1] not in ("kernel", "w"):
+      continue
+    stack = _stack_axes_for(path, len(shape), rules.stacked, "/".join(path))
+    logical = tuple(size for axis, size in enumerate(shape) if axis not in stack)
+    if len(logical) == 3:
+      outputs[path[:-2]] = logical
+  return outputs
 
 
 def _example_head_dim(size: int) -> int:
@@ -1509,9 +1553,10 @@ def _claim(
     rules: BlockRules,
     where: str,
     named: _haliax.AxisNames | None = None,
+    attention_out: tuple[int, int, int] | None = None,
 ) -> tuple[BlockSpec, int | None]:
   try:
-    return _claim_leaf(components, shape, head_dim, rules, where, named)
+    return _claim_leaf(components, shape, head_dim, rules, where, named, attention_out)
   except ValueError as e:
     declared = [pattern for pattern, _ in rules.stacked]
     if not declared or named is not None or _stack_axes_for(components, len(shape), rules.stacked, where):
@@ -1533,6 +1578,7 @@ def _claim_leaf(
     rules: BlockRules,
     where: str,
     named: _haliax.AxisNames | None = None,
+    attention_out: tuple[int, int, int] | None = None,
 ) -> tuple[BlockSpec, int | None]:
   """The leaf's spec and the index (in ``rules.all_rules()``) of the rule
   that claimed it, ``None`` for the fallback; the index lets
@@ -1598,7 +1644,7 @@ def _claim_leaf(
       named_layout = _named_layout(named, logical_to_full, target, shape, where, components)
     resolved, torch_read = _resolve(
         rule, logical_shape, head_dim, rules, where, bool(stack), None if literal else weight,
-        named_layout, _own_pattern(components),
+        named_layout, _own_pattern(components), attention_out,
     )
     if fused:
       label = f"fused {target.replace(',', '|')} [{rule.pattern}]"
@@ -1906,9 +1952,11 @@ def _flat_claims_from_rules(
     paths, shapes, head_dim, rules, named=None
 ) -> tuple[tuple[BlockSpec, int | None], ...]:
   named = named or (None,) * len(paths)
+  components = tuple(normalize_path(path) for path in paths)
+  outputs = _attention_outputs(components, shapes, rules)
   return tuple(
-      _claim(normalize_path(path), shape, head_dim, rules, path_str(path), names)
-      for path, shape, names in zip(paths, shapes, named)
+      _claim(c, shape, head_dim, rules, path_str(path), names, outputs.get(c[:-2]))
+      for c, path, shape, names in zip(components, paths, shapes, named)
   )
 
 

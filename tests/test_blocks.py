@@ -734,3 +734,43 @@ def test_a_user_rule_for_a_module_leaves_its_bias_plain_adam():
   got = v_shapes(params, head_dim=8, blocks=named)["attention"]
   assert got["key"] == {"kernel": (4,), "bias": ()}
   assert got["value"] == {"kernel": (32,), "bias": ()}
+
+
+def test_the_attention_output_kernel_settles_its_query_key_value_layout():
+  """flax's own attention modules under a name of the user's (nnx's
+  MultiHeadAttention, linen's MultiHeadDotProductAttention) keep q/k/v as
+  [in, heads, head_dim], which could as well be heads-first; their `out`
+  kernel [heads, head_dim, out] says which axis is the input and the head
+  size, so no head counts are needed. Heads-first q/k/v beside one (Keras'
+  attention_output) read heads-first. Counts from the configs."""
+  from flax import linen, nnx
+
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      self.attn = nnx.MultiHeadAttention(
+          num_heads=8, in_features=64, qkv_features=128, decode=False, rngs=rngs)
+
+  got = v_shapes(nnx.to_pure_dict(nnx.state(Block(nnx.Rngs(0)), nnx.Param)))["attn"]
+  assert got["query"]["kernel"] == (8,) and got["key"]["kernel"] == (8,)
+  assert got["value"]["kernel"] == (8, 16) and got["out"]["kernel"] == (64,)
+
+  class Linen(linen.Module):
+    @linen.compact
+    def __call__(self, x):
+      return linen.MultiHeadDotProductAttention(num_heads=4, name="self_attn_block")(x, x)
+
+  params = Linen().init(jax.random.key(0), jnp.zeros((1, 3, 32)))["params"]
+  got = v_shapes(params)["self_attn_block"]
+  assert got["query"]["kernel"] == (4,) and got["value"]["kernel"] == (4, 8)
+
+  # Heads-first under names no rule knows, grouped-query: 4 query heads,
+  # 1 key/value head, of 8, width 32.
+  attn = {"query": {"kernel": leaf(4, 32, 8)}, "key": {"kernel": leaf(1, 32, 8)},
+          "value": {"kernel": leaf(1, 32, 8)}, "attention_output": {"kernel": leaf(4, 8, 32)}}
+  got = v_shapes({"blk": {"mixer": attn}})["blk"]["mixer"]
+  assert got["query"]["kernel"] == (4,) and got["key"]["kernel"] == (1,)
+  assert got["value"]["kernel"] == (1, 8)
+  # Without the out kernel nothing says which: an error (tests/test_errors.py).
+  del attn["attention_output"]
+  with pytest.raises(ValueError, match="'i n h' or 'n i h'"):
+    v_shapes({"blk": {"mixer": attn}})

@@ -56,8 +56,8 @@ def _clip(models):
   return models.CLIPBackbone(vision, text, projection_dim=24)
 
 
-# The README's rules for CLIP's [in, heads, head_dim] attention, whose towers'
-# head counts differ.
+# A user's rules for CLIP's [in, heads, head_dim] attention (its out kernels
+# settle it without them; the rules must agree, and leave the biases alone).
 _IN_HEADS_RULES = optax_mini.BlockRules(rules=[
     optax_mini.Rule("attention/query", "heads", "i n h"),
     optax_mini.Rule("attention/key", "heads", "i n h"),
@@ -97,6 +97,14 @@ CASES = {
          "experts/expert_feedforward_output_dense": EXPERTS * D,
          "sparse_feedforward_gate_dense/kernel": EXPERTS,
          "self_attention/key/kernel": 2},
+    ),
+    "Phi3": (
+        _decoder("Phi3Backbone", num_query_heads=HEADS, num_key_value_heads=2),
+        {},
+        # attention/{query,key,value} [in, heads, head_dim] beside
+        # attention_output [heads, head_dim, out]: no head counts needed.
+        {"attention/query/kernel": HEADS, "attention/key/kernel": 2,
+         "attention/value/kernel": 2 * HEAD},
     ),
     "GptOss": (
         _decoder("GptOssBackbone", num_query_heads=HEADS, num_key_value_heads=2, head_dim=HEAD,
@@ -168,12 +176,18 @@ CASES = {
     ),
     "CLIP": (
         _clip,
-        {"blocks": _IN_HEADS_RULES},
+        {},
         # Each tower's own: {vision's, text's}.
         {"encoder_block_0/attention/query/kernel": {6, 4},
          "encoder_block_0/attention/key/kernel": {6, 4},
          "encoder_block_0/attention/value/kernel": {48, 32},
-         "encoder_block_0/attention/attention_output/kernel": {48, 32},
+         "encoder_block_0/attention/attention_output/kernel": {48, 32}},
+    ),
+    "CLIP, the user's rules": (
+        _clip,
+        {"blocks": _IN_HEADS_RULES},
+        {"encoder_block_0/attention/query/kernel": {6, 4},
+         "encoder_block_0/attention/value/kernel": {48, 32},
          # The rules name modules: their [heads, head_dim] biases stay plain Adam.
          "encoder_block_0/attention/query/bias": {6 * 8, 4 * 8}},
     ),
