@@ -820,7 +820,8 @@ class BlockRules:
     num_kv_heads: of key/value heads (``None``: as ``num_heads``). Needed
       only where shapes and ``head_dim`` cannot settle a layout: a 3-D
       attention kernel under a name no rule knows the layout of (heads-first
-      ``[heads, in, head_dim]`` or ``[in, heads, head_dim]``?), or a fused
+      ``[heads, in, head_dim]`` or ``[in, heads, head_dim]``?) and with no
+      output kernel beside it to say (:data:`ATTENTION_OUTPUTS`), or a fused
       ``[in, q | k | v]`` kernel whose parts differ in size (GQA). Given,
       they are also checked against every heads axis.
     weight_layout: how parameters named ``weight`` (:data:`WEIGHT_NAMES`)
