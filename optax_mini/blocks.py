@@ -1422,11 +1422,12 @@ def _single_letter_sizes(layout: str, shape: tuple[int, ...]) -> dict[str, int]:
 
 #: The output projections of attention modules stored ``[heads, head_dim,
 #: out]``: flax's ``MultiHeadDotProductAttention`` and ``nnx.MultiHeadAttention``
-#: (``out``), Keras' ``MultiHeadAttention`` (``attention_output``). Beside one,
+#: (``out``), Keras' ``MultiHeadAttention`` (``attention_output``), tunix's
+#: Llama 3 and Qwen (``o_proj/w``; a 2-D ``o_proj`` says nothing). Beside one,
 #: a 3-D query/key/value kernel whose layout could be ``[in, heads,
 #: head_dim]`` or heads-first is the one whose input is the out kernel's
 #: output and whose head size is its head size.
-ATTENTION_OUTPUTS = ("out", "attention_output")
+ATTENTION_OUTPUTS = ("out", "attention_output", "o_proj")
 
 
 def _attention_outputs(

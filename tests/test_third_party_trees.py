@@ -13,6 +13,7 @@ trees).
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
 import json
@@ -392,6 +393,28 @@ def test_every_leaf_gets_the_official_blocks(fixture):
     assert report.ratio <= 0.502, report.ratio
   assert report.num_v == sum(expected_blocks(record, "/".join(map(str, leaf["path"])), tuple(leaf["shape"]))
                              for leaf in record["leaves"])
+
+
+HEAD_COUNT_RECORDS = [p for p in FIXTURES if set(load(p).get("user_passes", {}).get("blocks", {}))
+                      & {"num_heads", "num_kv_heads"}]
+
+
+@pytest.mark.parametrize("fixture", HEAD_COUNT_RECORDS, ids=lambda p: p.stem)
+def test_head_counts_are_not_needed_beside_an_attention_output(fixture):
+  """tunix's Llama 3 and Qwen keep q/k/v as [embed, heads, head_dim] under
+  plain names, which could as well be heads-first: their recorders pass the
+  head counts. The o_proj/w [heads, head_dim, embed] beside them settles it,
+  so passing nothing gives the same blocks, leaf by leaf."""
+  record = load(fixture)
+  tree = rebuild(record)
+  passes = what_the_user_passes(record)
+  rules = passes["blocks"]
+  without = {**passes, "blocks": optax_mini.BlockRules(
+      **{f.name: getattr(rules, f.name) for f in dataclasses.fields(rules)
+         if f.name not in ("num_heads", "num_kv_heads")})}
+  with_counts = optax_mini.explain(tree, **passes)
+  without_counts = optax_mini.explain(tree, **without)
+  assert [row.num_blocks for row in without_counts.rows] == [row.num_blocks for row in with_counts.rows]
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
