@@ -1342,9 +1342,9 @@ def _resolve(
     # Its attention module's output kernel [heads, head_dim, out] says which
     # axis is the input (the model's width, its out) and the head size.
     _, head, width = attention_out
+    sizes = {layout: _single_letter_sizes(layout, logical_shape) for layout in fits}
     agreeing = {layout: fit for layout, fit in fits.items()
-                if _single_letter_sizes(layout, logical_shape).get("i") == width
-                and _single_letter_sizes(layout, logical_shape).get("h") == head}
+                if (sizes[layout].get("i"), sizes[layout].get("h")) == (width, head)}
     if len(set(agreeing.values())) == 1:
       return next(iter(agreeing.values())), False
   if len(distinct) == 1:

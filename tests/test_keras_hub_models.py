@@ -23,14 +23,18 @@ def _decoder(name, **kwargs):
   return build
 
 
-def _siglip(models):
-  vision = models.SigLIPVisionEncoder(
-      patch_size=4, hidden_dim=32, num_layers=1, num_heads=4, intermediate_dim=64,
-      image_shape=(16, 16, 3))
-  text = models.SigLIPTextEncoder(
-      vocabulary_size=50, embedding_dim=32, hidden_dim=32, num_layers=1, num_heads=4,
-      intermediate_dim=64, max_sequence_length=8)
-  return models.SigLIPBackbone(vision, text)
+def _two_towers(kind, vision_dim, vision_heads, **backbone):
+  """SigLIP's or CLIP's backbone: a vision tower of ``vision_heads`` heads of
+  8, a text tower of 4 heads of 8."""
+  def build(models):
+    vision = getattr(models, f"{kind}VisionEncoder")(
+        patch_size=4, hidden_dim=vision_dim, num_layers=1, num_heads=vision_heads,
+        intermediate_dim=64, image_shape=(16, 16, 3))
+    text = getattr(models, f"{kind}TextEncoder")(
+        vocabulary_size=50, embedding_dim=32, hidden_dim=32, num_layers=1, num_heads=4,
+        intermediate_dim=64, max_sequence_length=8)
+    return getattr(models, f"{kind}Backbone")(vision, text, **backbone)
+  return build
 
 
 def _mobilenet_v5(models):
@@ -45,15 +49,8 @@ def _mobilenet_v5(models):
       use_msfa=False)
 
 
-def _clip(models):
-  # Towers with different head counts: 6 heads of 8 (vision), 4 of 8 (text).
-  vision = models.CLIPVisionEncoder(
-      patch_size=4, hidden_dim=48, num_layers=1, num_heads=6, intermediate_dim=64,
-      image_shape=(16, 16, 3))
-  text = models.CLIPTextEncoder(
-      vocabulary_size=50, embedding_dim=32, hidden_dim=32, num_layers=1, num_heads=4,
-      intermediate_dim=64, max_sequence_length=8)
-  return models.CLIPBackbone(vision, text, projection_dim=24)
+# CLIP with towers of different head counts: 6 heads of 8 (vision), 4 (text).
+_clip = _two_towers("CLIP", vision_dim=48, vision_heads=6, projection_dim=24)
 
 
 # A user's rules for CLIP's [in, heads, head_dim] attention (its out kernels
@@ -167,7 +164,7 @@ CASES = {
          "attention/attention/value/kernel": D},
     ),
     "SigLIP": (
-        _siglip,
+        _two_towers("SigLIP", vision_dim=32, vision_heads=4),
         {},
         # The attention-pooling probe [1, 1, dim]: one query, one v.
         {"head/variable": 1, "self_attn/query/kernel": 4, "self_attn/key/kernel": 4,
