@@ -410,6 +410,17 @@ class Rule(NamedTuple):
   inputs) or ``"o > i"``; a letter stands for the product of its sizes, and
   a check naming a letter a candidate layout lacks does not apply to it.
 
+  ``beside`` is a pattern some parameter of the same tree must match
+  for the rule to apply at all: a model's signature, where one path means
+  different layouts in different libraries. HF's BLOOM interleaves q, k and
+  v per head in ``self_attention/query_key_value``; EasyDeL's Falcon, under
+  the same path and shape, keeps ``[q | k | v]`` runs. Only BLOOM has a
+  ``word_embeddings_layernorm``, so the BLOOM rule is
+  ``Rule("query_key_value/kernel", "q,k,v", "i (n p h)", beside=
+  "word_embeddings_layernorm")``, and elsewhere the kernel raises. Such a
+  rule needs the whole tree: :func:`block_spec_for`, which sees one leaf,
+  skips it.
+
   Example:
     >>> from optax_mini import Rule, BlockSpec
     >>> Rule("c_attn", "heads").matches(("h", "0", "attn", "c_attn", "kernel"))
@@ -422,6 +433,7 @@ class Rule(NamedTuple):
   target: Union[str, BlockSpec]
   layout: Union[str, tuple[str, ...], None] = None
   where: str | None = None
+  beside: str | None = None
 
   def matches(self, components: Sequence[str]) -> bool:
     """Whether the pattern equals a run of whole path components."""
@@ -712,14 +724,19 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("mlp/c_fc", "neuron", ("o i", "i o"), where="o > i"),
     Rule("mlp/c_proj", "neuron", ("o i", "i o"), where="o < i"),
     Rule("attn/c_proj", "neuron", "o i"),
-    # EasyDeL's GPT-NeoX (attention/query_key_value/kernel) splits its qkv
-    # into [q | k | v] runs ("jnp.split(qkv, 3, axis=-1)"), where HF's (and
-    # its PyTorch checkpoints' weight) interleave per head: a Flax kernel
-    # there may be either, so it raises unless a rule says which.
-    Rule("attention/query_key_value/kernel", "q,k,v", ("i (p n h)", "i (n p h)"), where="nph == 3*i"),
-    # HF Flax BLOOM (GPT-NeoX alike): q, k, v interleaved per head.
+    # query_key_value: HF's BLOOM, GPT-NeoX and Falcon interleave q, k and v
+    # per head (their PyTorch checkpoints' weight, HF Flax BLOOM's kernel);
+    # EasyDeL's GPT-NeoX and Falcon split the same Flax kernel, under the
+    # same paths, into [q | k | v] runs ("jnp.split(qkv, 3, axis=-1)"; with
+    # GQA, per key/value head, its query heads first). A BLOOM tree, told by
+    # its word_embeddings_layernorm (only BLOOM has one), is HF's; any other
+    # 2-D Flax kernel of that name raises unless a rule says which.
     # keras-hub's GPT-NeoX keeps it [in, heads, 3 * head_dim], split per head.
-    Rule("query_key_value", "q,k,v", ("i (n p h)", "i n (p h)"), where="nph == 3*i"),
+    Rule("query_key_value/kernel", "q,k,v", ("i (n p h)", "i n (p h)"), where="nph == 3*i",
+         beside="word_embeddings_layernorm"),
+    Rule("query_key_value/kernel", "q,k,v", ("i (p n h)", "i (n p h)", "i n (p h)"),
+         where="nph == 3*i"),
+    Rule("query_key_value", "q,k,v", "i (n p h)", where="nph == 3*i"),
     # Other fused qkv kernels, [in, q | k | v]: the parts' sizes need head
     # counts unless the model is multi-head (BlockRules(num_heads=...)).
     *(Rule(name, "q,k,v", "i (p n h)") for name in ("qkv_proj", "qkv")),
@@ -902,6 +919,11 @@ class BlockRules:
     return self.rules + (DEFAULT_RULES if self.use_defaults else ())
 
 
+def _rule_name(rule: Rule) -> str:
+  """How ``explain`` names a rule: its pattern, and its signature if any."""
+  return rule.pattern if rule.beside is None else f"{rule.pattern}, beside {rule.beside}"
+
+
 def _check_rule(rule: Rule) -> None:
   if not isinstance(rule.pattern, str) or not rule.pattern.strip("/"):
     raise ValueError(f"BlockRules: rule pattern must be a non-empty str, got {rule.pattern!r}.")
@@ -931,6 +953,11 @@ def _check_rule(rule: Rule) -> None:
     )
   if rule.where is not None:
     _parse_where(rule.where)
+  if rule.beside is not None and (not isinstance(rule.beside, str) or not rule.beside.strip("/")):
+    raise ValueError(
+        f"BlockRules: rule {rule.pattern!r}: beside must be a non-empty path pattern "
+        f"(str) or None, got {rule.beside!r}."
+    )
 
 
 def _as_items(x: Any) -> Iterable[Any]:
@@ -1374,6 +1401,9 @@ def _resolve(
     # Layouts that differ only in the order of one axis's factors ([q | k | v]
     # runs or (q, k, v) per head) fit any head counts alike.
     orders_only = len({tuple(frozenset(g) for g in _parse_layout(x)) for x in fits}) == 1
+    # The check the layout passed goes with it (a fused kernel's parts
+    # need it to have sizes without head counts).
+    checked = f", where={rule.where!r}" if rule.where else ""
     counts = "" if orders_only else (
         "Settle it with the model's head counts, blocks=optax_mini.BlockRules("
         "num_heads=<query heads>, num_kv_heads=<key/value heads>), or give this "
@@ -1383,7 +1413,7 @@ def _resolve(
         f"{head}, whose layout could be {layouts} ({letters}); the shape fits "
         "each and they give different blocks, so the partition would be a guess. "
         f"{counts or 'Give this leaf a rule with its layout (how its library splits it)'}, "
-        f"e.g. BlockRules(rules=[Rule({own!r}, {target!r}, layout={next(iter(fits))!r})])."
+        f"e.g. BlockRules(rules=[Rule({own!r}, {target!r}, layout={next(iter(fits))!r}{checked})])."
     )
   if not candidates:
     raise ValueError(
@@ -1556,9 +1586,10 @@ def _claim(
     where: str,
     named: _haliax.AxisNames | None = None,
     attention_out: tuple[int, int, int] | None = None,
+    beside: frozenset[int] = frozenset(),
 ) -> tuple[BlockSpec, int | None]:
   try:
-    return _claim_leaf(components, shape, head_dim, rules, where, named, attention_out)
+    return _claim_leaf(components, shape, head_dim, rules, where, named, attention_out, beside)
   except ValueError as e:
     declared = [pattern for pattern, _ in rules.stacked]
     if not declared or named is not None or _stack_axes_for(components, len(shape), rules.stacked, where):
@@ -1581,10 +1612,14 @@ def _claim_leaf(
     where: str,
     named: _haliax.AxisNames | None = None,
     attention_out: tuple[int, int, int] | None = None,
+    beside: frozenset[int] = frozenset(),
 ) -> tuple[BlockSpec, int | None]:
   """The leaf's spec and the index (in ``rules.all_rules()``) of the rule
   that claimed it, ``None`` for the fallback; the index lets
   :func:`warn_unclaimed_rules` find user rules that claimed nothing.
+
+  ``beside``: the indices of the rules with a ``Rule.beside`` signature
+  that the tree holds (the others are skipped).
 
   ``named``: the leaf's haliax axis names, if it is a ``NamedArray``'s
   array: an enclosing ``Stacked``'s layer axis is a stack axis (unless
@@ -1624,6 +1659,8 @@ def _claim_leaf(
   for index, rule in enumerate(rules.all_rules()):
     if not _pattern_matches(rule.pattern, components):
       continue
+    if rule.beside is not None and index not in beside:
+      continue
     if bias_at is not None and index < len(rules.rules) and not _pattern_matches(
         rule.pattern, components, bias_at + 1):
       continue
@@ -1634,7 +1671,7 @@ def _claim_leaf(
       resolved = _Resolved(
           target.reduce_axes, target.head_axis, target.head_dim, target.part_axis, target.parts
       )
-      return finish(resolved, f"{target.role} [{rule.pattern}]"), index
+      return finish(resolved, f"{target.role} [{_rule_name(rule)}]"), index
     fused = "," in target
     if (fused or target in _KERNEL_ROLES) and nd < 2:
       continue
@@ -1649,15 +1686,15 @@ def _claim_leaf(
         named_layout, _own_pattern(components), attention_out,
     )
     if fused:
-      label = f"fused {target.replace(',', '|')} [{rule.pattern}]"
+      label = f"fused {target.replace(',', '|')} [{_rule_name(rule)}]"
       if not resolved.parts:
-        label = f"{PART_ROLES[target.split(',')[0]]} per {target.replace(',', '|')} [{rule.pattern}]"
+        label = f"{PART_ROLES[target.split(',')[0]]} per {target.replace(',', '|')} [{_rule_name(rule)}]"
     elif target == "value" and rules.value_as_one_block:
-      label = f"value as one block [{rule.pattern}]"
+      label = f"value as one block [{_rule_name(rule)}]"
     elif target == "heads" and rules.query_key_per_neuron:
-      label = f"heads per neuron [{rule.pattern}]"
+      label = f"heads per neuron [{_rule_name(rule)}]"
     else:
-      label = f"{target} [{rule.pattern}]"
+      label = f"{target} [{_rule_name(rule)}]"
     return finish(resolved, label + _read_as(torch_read, named_layout)), index
   _check_not_an_undeclared_stack(components, logical_shape, stack, where)
   role = "neuron" if nd >= 2 else "tensor"
@@ -1956,8 +1993,12 @@ def _flat_claims_from_rules(
   named = named or (None,) * len(paths)
   components = tuple(normalize_path(path) for path in paths)
   outputs = _attention_outputs(components, shapes, rules)
+  beside = frozenset(
+      index for index, rule in enumerate(rules.all_rules())
+      if rule.beside is not None and any(_pattern_matches(rule.beside, c) for c in components)
+  )
   return tuple(
-      _claim(c, shape, head_dim, rules, path_str(path), names, outputs.get(c[:-2]))
+      _claim(c, shape, head_dim, rules, path_str(path), names, outputs.get(c[:-2]), beside)
       for c, path, shape, names in zip(components, paths, shapes, named)
   )
 
@@ -1993,7 +2034,13 @@ def _warn_unclaimed_once(paths, shapes, head_dim, rules, named=None) -> None:
       continue
     target = rule.target if isinstance(rule.target, str) else "BlockSpec(...)"
     matched = sum(_pattern_matches(rule.pattern, c) for c in components)
-    if matched:
+    if matched and rule.beside is not None and not any(
+        _pattern_matches(rule.beside, c) for c in components):
+      why = (
+          f"matched {matched} parameter path(s) but its beside pattern {rule.beside!r} "
+          "matched no parameter, so it applies to none"
+      )
+    elif matched:
       why = (
           f"matched {matched} parameter path(s) but claimed none of them: an earlier "
           "rule claims them first (first match wins), or the role needs leaves with "

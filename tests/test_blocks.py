@@ -197,6 +197,57 @@ def test_gpt_neox_query_key_value_kernel_raises_but_its_checkpoint_does_not():
   assert [(p.name, p.size) for p in parts] == [("q", 8), ("k", 8), ("v", 8)]  # per head
 
 
+def _bloom_or_falcon(signature):
+  d = 32
+  layer = {"self_attention": {"query_key_value": {"kernel": leaf(d, 3 * d), "bias": leaf(3 * d)},
+                              "dense": {"kernel": leaf(d, d)}}}
+  tree = {"transformer": {"word_embeddings": {"embedding": leaf(100, d)}, "h": {"0": layer},
+                          "ln_f": {"scale": leaf(d)}}}
+  if signature:
+    tree["transformer"]["word_embeddings_layernorm"] = {"scale": leaf(d), "bias": leaf(d)}
+  return tree
+
+
+def test_bloom_is_told_from_easydel_falcon_by_its_word_embeddings_layernorm():
+  # The same path and shape: HF Flax BLOOM interleaves (q, k, v) per head,
+  # EasyDeL's Falcon keeps [q | k | v] runs (Rule.beside: only BLOOM has
+  # a word_embeddings_layernorm). 4 heads of 8.
+  qkv = ("transformer", "h", "0", "self_attention", "query_key_value", "kernel")
+
+  def parts(tree, **kwargs):
+    spec = optax_mini.block_specs(tree, head_dim=8, **kwargs)
+    for key in qkv:
+      spec = spec[key]
+    return [(p.name, p.size) for p in spec.parts], spec.role
+
+  assert parts(_bloom_or_falcon(True)) == (
+      [("q", 8), ("k", 8), ("v", 8)],
+      "fused q|k|v [query_key_value/kernel, beside word_embeddings_layernorm]",
+  )
+  with pytest.raises(ValueError, match=r"query_key_value.*could be 'i \(p n h\)' or 'i \(n p h\)'"):
+    optax_mini.block_specs(_bloom_or_falcon(False), head_dim=8)
+  runs = BlockRules(rules=[optax_mini.Rule("query_key_value/kernel", "q,k,v", "i (p n h)", where="pnh == 3*i")])
+  assert parts(_bloom_or_falcon(False), blocks=runs)[0] == [("q", 32), ("k", 32), ("v", 32)]
+  # One leaf alone has no tree to find the signature in: it raises too.
+  with pytest.raises(ValueError, match="could be"):
+    optax_mini.block_spec_for(qkv, leaf(32, 96), head_dim=8)
+
+
+def test_a_user_rule_beside_a_signature():
+  tree = {"net": {"proj": {"kernel": leaf(16, 48)}}, "marker": {"scale": leaf(16)}}
+  rule = optax_mini.Rule("proj/kernel", "q,k,v", "i (n p h)", where="nph == 3*i", beside="marker")
+  spec = optax_mini.block_specs(tree, head_dim=8, blocks=BlockRules(rules=[rule]))["net"]["proj"]["kernel"]
+  assert [(p.name, p.size) for p in spec.parts] == [("q", 8), ("k", 8), ("v", 8)]
+  # Without the signature the rule applies to nothing, and init says so.
+  del tree["marker"]
+  tx = optax_mini.adam_mini(1e-3, head_dim=8, blocks=BlockRules(rules=[rule]))
+  with pytest.warns(UserWarning, match=r"beside pattern 'marker' matched no parameter"):
+    tx.init(tree)
+  assert optax_mini.block_specs(tree, blocks=BlockRules(rules=[rule]))["net"]["proj"]["kernel"].v_shape((16, 48)) == (48,)
+  with pytest.raises(ValueError, match="beside must be a non-empty path pattern"):
+    BlockRules(rules=[optax_mini.Rule("proj", "neuron", beside="")])
+
+
 def test_gpt2_names_on_an_in_out_kernel_raise_instead_of_guessing():
   # A Dense port ([in, out]) under GPT-2's names fails the [out, in] check.
   params = {"h": {"0": {"attn": {"c_attn": {"kernel": leaf(16, 48)}}}}}

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import optax_mini
-from optax_mini import BlockRules
+from optax_mini import BlockRules, Rule
 
 LR, B1, B2, EPS, WD = 3e-2, 0.9, 0.95, 1e-8, 0.1
 STEPS = 5
@@ -265,6 +265,9 @@ def test_fused_kernels_get_each_parts_blocks():
       "gemma/gating_einsum": (2, f, d),  # [2, F, D]: gate, up
       "gpt2/c_attn/kernel": (3 * d, d),  # HF FlaxConv1D [out, in], out = q|k|v
       "bloom/query_key_value/kernel": (d, 3 * d),  # [in, (N, 3, H)]: per-head interleave
+      # BLOOM's signature: EasyDeL's Falcon keeps [q | k | v] runs under the
+      # same path, so the kernel is read as BLOOM's only beside it.
+      "bloom/word_embeddings_layernorm/scale": (d,),
       "qwen/qkv_proj/kernel": (d, (n + 2 * kv) * h),  # [in, q | k | v], GQA
   }
 
@@ -298,20 +301,68 @@ def test_fused_kernels_get_each_parts_blocks():
       "gemma/gating_einsum": lambda g2: g2.mean(axis=2, keepdims=True),
       "gpt2/c_attn/kernel": lambda g2: heads_then_values(0, g2, (1,), [(d, h), (d, h), (d, None)]),
       "bloom/query_key_value/kernel": bloom,
+      "bloom/word_embeddings_layernorm/scale": lambda g2: g2.mean(keepdims=True),
       "qwen/qkv_proj/kernel": lambda g2: heads_then_values(1, g2, (0,), [(n * h, h), (kv * h, h), (kv * h, None)]),
   }
   expected = {"gemma/qkv_einsum/w": (3, n, h), "gemma/gating_einsum": (2, f), "gpt2/c_attn/kernel": (3 * d,),
-              "bloom/query_key_value/kernel": (3 * d,), "qwen/qkv_proj/kernel": ((n + 2 * kv) * h,)}
+              "bloom/query_key_value/kernel": (3 * d,), "bloom/word_embeddings_layernorm/scale": (),
+              "qwen/qkv_proj/kernel": ((n + 2 * kv) * h,)}
   gqa = "qwen/qkv_proj/kernel"
   mha = [k for k in shapes if k != gqa]
   # The multi-head models need nothing but head_dim ...
-  check({k: shapes[k] for k in mha}, block_mean, dict.fromkeys(mha, True), {k: expected[k] for k in mha},
-        head_dim=h)
+  check({k: shapes[k] for k in mha}, block_mean, {k: not k.endswith("scale") for k in mha},
+        {k: expected[k] for k in mha}, head_dim=h)
   # ... a generic fused GQA kernel needs the head counts (its parts differ).
   check({gqa: shapes[gqa]}, block_mean, {gqa: True}, {gqa: expected[gqa]}, head_dim=h,
         blocks=BlockRules(num_heads=n, num_kv_heads=kv))
   with pytest.raises(ValueError, match=r"qkv_proj.*sizes of its q and k/v parts are unknown"):
     optax_mini.block_specs(nest({gqa: np.zeros(shapes[gqa])}), head_dim=h)
+
+
+def test_easydel_falcon_query_key_value_runs_and_groups():
+  # EasyDeL's Falcon (easydel/layers/attention/_unified.py) splits
+  # self_attention/query_key_value/kernel, the path and shape of HF BLOOM's
+  # per-head interleave, into [q | k | v] runs without GQA
+  # ("jnp.split(qkv, 3, -1)") and, with it, per key/value head as
+  # "(h gs d)", gs = the group's query heads, then k, then v. Without BLOOM's
+  # word_embeddings_layernorm the default rules raise; the rule the error
+  # offers gives the runs, and with the head counts the groups.
+  d, n, kv, h = 12, 3, 1, 4
+  runs = {"falcon/h/0/self_attention/query_key_value/kernel": (d, 3 * d),
+          "falcon/h/0/self_attention/dense/kernel": (d, d)}
+  groups = {"falcon/h/0/self_attention/query_key_value/kernel": (d, (n + 2 * kv) * h),
+            "falcon/h/0/self_attention/dense/kernel": (n * h, d)}
+  qkv = "falcon/h/0/self_attention/query_key_value/kernel"
+  out = "falcon/h/0/self_attention/dense/kernel"
+
+  def per_head(x, size):  # mean over the input and each run of `size` columns
+    cols = x.mean(axis=0, keepdims=True)
+    return cols.reshape(1, -1, size).mean(-1, keepdims=True).repeat(size, -1).reshape(1, -1)
+
+  def easydel_runs(g2):
+    q, k, v = np.split(g2, 3, axis=-1)
+    return np.concatenate([per_head(q, h), per_head(k, h), v.mean(axis=0, keepdims=True)], -1)
+
+  def easydel_groups(g2):
+    grouped = g2.reshape(d, kv, n // kv + 2, h)
+    q = grouped[:, :, :-2].mean(axis=(0, 3), keepdims=True).repeat(h, 3)
+    k = grouped[:, :, -2:-1].mean(axis=(0, 3), keepdims=True).repeat(h, 3)
+    v = grouped[:, :, -1:].mean(axis=0, keepdims=True)
+    return np.concatenate([q, k, v], 2).reshape(1, -1)
+
+  neurons = lambda g2: g2.mean(axis=0, keepdims=True)  # noqa: E731
+  decay = {qkv: True, out: True}
+  with pytest.raises(ValueError, match=r"query_key_value.*'i \(p n h\)' or 'i \(n p h\)'.*"
+                     r"layout='i \(p n h\)', where='nph == 3\*i'"):
+    optax_mini.block_specs(nest({k: np.zeros(s) for k, s in runs.items()}), head_dim=h)
+  check(runs, {qkv: easydel_runs, out: neurons}, decay, {qkv: (3 * d,), out: (d,)}, head_dim=h,
+        blocks=BlockRules(rules=[Rule("query_key_value/kernel", "q,k,v", layout="i (p n h)",
+                                      where="pnh == 3*i")]))
+  with pytest.raises(ValueError, match=r"query_key_value.*sizes of its q and k/v parts are unknown"):
+    optax_mini.block_specs(nest({k: np.zeros(s) for k, s in groups.items()}), head_dim=h)
+  check(groups, {qkv: easydel_groups, out: neurons}, decay, {qkv: ((n + 2 * kv) * h,), out: (d,)}, head_dim=h,
+        blocks=BlockRules(rules=[Rule("query_key_value/kernel", "q,k,v", layout="i (n p h)")],
+                          num_heads=n, num_kv_heads=kv))
 
 
 def test_mixture_of_experts_kernels_keep_their_experts():

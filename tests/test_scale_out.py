@@ -275,7 +275,9 @@ FUSED = {
         "attn": {"kv_einsum": {"w": ((2, 2, 16, 4), P(None, "tp", "fsdp", None))}},
         "mlp": {"gating_einsum": ((2, 24, 16), P(None, "tp", "fsdp"))},
     },
-    "bloom": {"query_key_value": {"kernel": ((16, 48), P("fsdp", "tp"))}},
+    "bloom": {"query_key_value": {"kernel": ((16, 48), P("fsdp", "tp"))},
+              # BLOOM's signature (Rule.beside), replicated.
+              "word_embeddings_layernorm": {"scale": ((16,), P())}},
 }
 
 
