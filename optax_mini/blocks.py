@@ -535,9 +535,10 @@ NAMED_AXIS_LETTERS: tuple[tuple[str, str], ...] = (
 )
 
 #: Path components that name a mixture-of-experts module (MaxText's
-#: ``MoeBlock_0``, Gemma 4's ``moe``, ``experts``): the kernels stored on it
-#: directly have the experts first (``e``).
-MOE_MODULES = ("*moe*", "experts")
+#: ``MoeBlock_0`` and Qwen3-Next's ``routed_experts``, Gemma 4's ``moe``,
+#: ``experts``): the kernels stored on it directly have the experts first
+#: (``e``).
+MOE_MODULES = ("*moe*", "*experts")
 
 #: The layouts of MLP (and expert) kernels by rank: ``[in, out]``, a mixture
 #: of experts' ``[experts, in, out]``, a convolution's ``[kh, kw, in, out]``.
@@ -789,13 +790,16 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # MLP kernels keep out. Listed so explain() names them; the fallback for
     # unnamed kernels does the same.
     *_rules("neuron", "lm_head", "output", "final_layer", "logits_dense"),
-    *_rules("neuron", "o_proj", "wo", "out", "c_proj", "output_proj", "out_proj", "out_lin"),
+    *_rules("neuron", "o_proj", "out", "c_proj", "output_proj", "out_proj", "out_lin"),
     # A 3-D MLP kernel is a mixture of experts' ([E, in, out]: tunix's
-    # Qwen3-MoE mlp/gate_proj), each expert's neurons their own blocks.
+    # Qwen3-MoE mlp/gate_proj, MaxText's GPT-OSS GptOssMlp/wo), each expert's
+    # neurons their own blocks. An attention output is [heads, head_dim, out]
+    # under other names (out, o_proj), never wo: read as [in, in, out], a 3-D
+    # wo would average its experts together.
     *(
         Rule(name, "neuron", MLP_LAYOUTS, where=EXPERTS_CHECK)
         for name in ("mlp", "feed_forward", "gate_proj", "up_proj", "down_proj",
-                     "w1", "w2", "w3", "wi", "wi_0", "wi_1", "fc1", "fc2", "c_fc")
+                     "w1", "w2", "w3", "wi", "wi_0", "wi_1", "wo", "fc1", "fc2", "c_fc")
     ),
 )
 

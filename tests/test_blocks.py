@@ -426,6 +426,20 @@ def test_stacked_mixture_of_experts_maxtext():
   assert got["gate"]["kernel"] == (layers, experts)
 
 
+@pytest.mark.parametrize("module", ["GptOssMlp", "routed_experts"])
+def test_experts_wo_keeps_its_experts_under_any_module_name(module):
+  # MaxText's RoutedMoE under names without "moe": GPT-OSS's GptOssMlp,
+  # Qwen3-Next's and Qwen3.5's mlp/routed_experts. Their wo [experts, mlp,
+  # emb] was read as an attention output [in, in, out], averaging the experts.
+  embed, layers, experts, mlp = 16, 3, 4, 32
+  params = {"decoder": {"layers": {"mlp": {module: {
+      "wi_0": leaf(experts, layers, embed, mlp),
+      "wo": leaf(experts, layers, mlp, embed),
+  }}}}}
+  got = v_shapes(params, blocks=BlockRules(stacked={"decoder/layers": 1}))["decoder"]["layers"]["mlp"][module]
+  assert got == {"wi_0": (experts, layers, mlp), "wo": (experts, layers, embed)}
+
+
 def test_lora_factors_get_one_v_per_output():
   # qwix (tunix) puts <weight>_lora_a/_lora_b beside the weight it adapts:
   # A [in..., rank] one v per rank direction, B [rank, out...] one per output
