@@ -519,7 +519,7 @@ def _transposed(layout: str) -> str:
 
 #: The role of each part name a fused kernel's rule may use.
 PART_ROLES: dict[str, str] = {
-    "q": "heads", "k": "heads", "v": "value", "gate": "neuron", "up": "neuron",
+    "q": "heads", "k": "heads", "v": "value", "gate": "output", "up": "output",
 }
 
 #: What an output axis of a haliax weight is by its name (``fnmatch``
@@ -645,6 +645,20 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("decoder_block_*/attention/query", "heads", _HEADS_IN),
     Rule("decoder_block_*/attention/key", "heads", _HEADS_IN),
     Rule("decoder_block_*/attention/value", "value", _HEADS_IN),
+    # Qwen3-Next and Qwen3.5 (their gated-DeltaNet layers' in_proj_qkvz in
+    # MaxText, in_proj_z in keras-hub, tell them): the full-attention
+    # query [in, heads, 2 * head_dim] holds each head's query and then its
+    # output gate ("jnp.split(query, 2, axis=-1)"), a sigmoid over the
+    # attention's output neurons: the query one v per head, the gate one per
+    # neuron (read as a query, each head's gate would share its v).
+    # HF's (and its Flax ports') flat q_proj [in, heads * 2 * head_dim]
+    # interleaves them per head likewise ("view(..., -1, head_dim * 2)";
+    # Qwen3-Next's DeltaNet has in_proj_qkvz, Qwen3.5's in_proj_qkv and
+    # in_proj_z).
+    Rule("attention/attention/query", "q,gate", "i n (p h)", beside="in_proj_qkvz"),
+    Rule("self_attention/query", "q,gate", "i n (p h)", beside="linear_attn/in_proj_z"),
+    Rule("self_attn/q_proj", "q,gate", "i (n p h)", beside="in_proj_qkvz"),
+    Rule("self_attn/q_proj", "q,gate", "i (n p h)", beside="linear_attn/in_proj_z"),
     # MaxText (self_attention, Gemma 2's self_attention_local/_global),
     # keras-hub Llama/Mistral (self_attention) and flax's own attention
     # modules under their default names: [in, heads, head_dim].
@@ -1036,10 +1050,15 @@ def path_str(path: Sequence[Any]) -> str:
 #: What each role keeps, by layout letter; every other letter is averaged.
 #: Experts (``e``) are kept by every role: each expert's kernel is a layer of
 #: its own, as a layer stack's are.
+#: ``output`` is the role of a fused kernel's gate and up parts: one v per
+#: output neuron, as ``neuron``, where every output axis is the part's (an
+#: MLP's gate|up ``o``; a gated query's per-head gate, ``n`` and ``h``),
+#: and unlike ``value``, whatever ``BlockRules.value_as_one_block`` says.
 _KEEPS = {
     "element": frozenset("ionhpe"),
     "heads": frozenset("npe"),
     "value": frozenset("onhpe"),
+    "output": frozenset("onhpe"),
     "neuron": frozenset("ope"),
     "token": frozenset("ope"),
     "tensor": frozenset("pe"),
@@ -1171,12 +1190,14 @@ def _fit(
   sizes: list[dict[str, int]] = []
   for group, extent in zip(groups, shape):
     known: dict[str, int] = {}
-    if "h" in group and (len(group) > 1 or head_dim is not None):
-      if head_dim is None:
-        raise _Misfit("needs head_dim")
-      known["h"] = head_dim
     if "p" in group:
       known["p"] = len(roles)
+    if "h" in group and head_dim is not None:
+      known["h"] = head_dim
+    elif "h" in group and len(set(group) - set(known)) > 1:
+      # A flat heads * head_dim axis; a part's head ("(p h)": the parts
+      # are counted) is the axis's size over theirs.
+      raise _Misfit("needs head_dim")
     unknown = [c for c in group if c not in known]
     if len(unknown) > 1:
       raise _Misfit(f"axis ({group}) has {len(unknown)} unknown factors")
@@ -1254,7 +1275,8 @@ def _fit_parts(groups, sizes, shape, names, roles, rules, where) -> _Resolved:
   part_sizes = [math.prod(inner_sizes)] * len(names)
   if not outer and "n" in inner:
     # [q | k | v] runs: with GQA their sizes differ, so equal thirds are
-    # right only when head counts or the rule's size check confirm them.
+    # right only when head counts or the rule's size check confirm them
+    # (a query beside its own gate, q|gate, has equal parts).
     heads = {"q": rules.num_heads}
     kv = rules.num_kv_heads if rules.num_kv_heads is not None else rules.num_heads
     heads.update(k=kv, v=kv)
@@ -1266,7 +1288,7 @@ def _fit_parts(groups, sizes, shape, names, roles, rules, where) -> _Resolved:
             f"parts {dict(zip(names, part_sizes))} (from num_heads={rules.num_heads}, "
             f"num_kv_heads={kv}) do not add up to its axis of size {shape[part_axis]}"
         )
-    elif "q" in names and len(names) > 1 and where is None:
+    elif "q" in names and {"k", "v"} & set(names) and where is None:
       raise _Misfit(
           "the sizes of its q and k/v parts are unknown (they differ under "
           "grouped-query attention)"
@@ -1274,7 +1296,7 @@ def _fit_parts(groups, sizes, shape, names, roles, rules, where) -> _Resolved:
   outer_counts = [sizes[part_axis][c] for c in outer if c == "n"]
   counts = {c for c in (rules.num_heads, rules.num_kv_heads) if c is not None}
   grouped = None  # query heads per key/value head, if they interleave so
-  if outer == "n" and inner == "h" and "q" in names and len(names) > 1:
+  if outer == "n" and inner == "h" and "q" in names and {"k", "v"} & set(names):
     # (q, k, v) repeated per head: under grouped-query attention per
     # key/value head, its query heads first (InternLM2's wqkv,
     # "(h gs d)" with gs = 2 + query heads per group).

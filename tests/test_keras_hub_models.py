@@ -19,7 +19,7 @@ D, HEADS, HEAD, MLP, EXPERTS, VOCAB = 64, 4, 16, 128, 4, 100
 def _decoder(name, **kwargs):
   def build(models):
     return getattr(models, name)(
-        vocabulary_size=VOCAB, num_layers=1, hidden_dim=D, intermediate_dim=MLP, **kwargs)
+        **{"vocabulary_size": VOCAB, "num_layers": 1, "hidden_dim": D, "intermediate_dim": MLP, **kwargs})
   return build
 
 
@@ -122,13 +122,17 @@ CASES = {
          "cross_attention/value/kernel": D, "cross_attention/attention_output/kernel": D},
     ),
     "Qwen3_5": (
-        _decoder("Qwen3_5Backbone", num_query_heads=HEADS, num_key_value_heads=2, head_dim=HEAD,
+        # Four layers: three gated-DeltaNet ones, then a full-attention one.
+        _decoder("Qwen3_5Backbone", num_layers=4, num_query_heads=HEADS, num_key_value_heads=2, head_dim=HEAD,
                  linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
                  linear_value_head_dim=16, linear_conv_kernel_dim=4),
         {},
         # The depthwise short convolution [channels, k]: one v per channel,
-        # channels = q and k (2 heads of 8 each) and v (4 heads of 16).
-        {"linear_attn/conv1d_kernel": 2 * 2 * 8 + 4 * 16},
+        # channels = q and k (2 heads of 8 each) and v (4 heads of 16). The
+        # full-attention query [in, heads, 2 * head_dim] holds each head's
+        # query (one v per head) and output gate (one per neuron).
+        {"linear_attn/conv1d_kernel": 2 * 2 * 8 + 4 * 16,
+         "self_attention/query/kernel": HEADS + HEADS * HEAD},
     ),
     "RoformerV2": (
         _decoder("RoformerV2Backbone", num_heads=HEADS, head_size=HEAD),

@@ -365,6 +365,47 @@ def test_easydel_falcon_query_key_value_runs_and_groups():
                           num_heads=n, num_kv_heads=kv))
 
 
+def test_qwen3_next_gated_query_is_per_head_and_its_gate_per_neuron():
+  # Qwen3-Next's and Qwen3.5's full-attention query holds, per head, its
+  # query and then an output gate (HF: q_proj(x).view(..., -1, 2 * head_dim)
+  # chunked in two; MaxText: DenseGeneral (heads, 2 * head_dim) split in
+  # two on the last axis). The gate multiplies the attention's output
+  # neurons. Their gated-DeltaNet layers (in_proj_qkvz, or in_proj_qkv and
+  # in_proj_z) say which model it is.
+  d, n, h = 12, 3, 4
+  hf = {"model/layers/3/self_attn/q_proj/weight": (n * 2 * h, d),  # PyTorch [out, in]
+        "model/layers/3/self_attn/o_proj/weight": (d, n * h),
+        "model/layers/0/linear_attn/in_proj_qkvz/weight": (4 * h, d)}
+  maxtext = {"decoder/layers/layer_3/attention/attention/query/kernel": (d, n, 2 * h),
+             "decoder/layers/layer_3/attention/attention/out/kernel": (n * h, d),
+             "decoder/layers/layer_0/attention/in_proj_qkvz/kernel": (d, 4 * h)}
+
+  def hf_query(g2):
+    per_head = g2.reshape(n, 2, h, d)
+    q = per_head[:, :1].mean(axis=(2, 3), keepdims=True).repeat(h, 2)
+    gate = per_head[:, 1:].mean(axis=3, keepdims=True)
+    return np.concatenate([q, gate], 1).reshape(n * 2 * h, 1)
+
+  def maxtext_query(g2):
+    q = g2[..., :h].mean(axis=(0, 2), keepdims=True).repeat(h, 2)
+    return np.concatenate([q, g2[..., h:].mean(axis=0, keepdims=True)], 2)
+
+  rows = lambda g2: g2.mean(axis=1, keepdims=True)  # noqa: E731  (PyTorch [out, in]: per output row)
+  cols = lambda g2: g2.mean(axis=0, keepdims=True)  # noqa: E731
+  q_hf, o_hf, z_hf = hf
+  check(hf, {q_hf: hf_query, o_hf: rows, z_hf: rows}, dict.fromkeys(hf, True),
+        {q_hf: (n * 2 * h,), o_hf: (d,), z_hf: (4 * h,)}, head_dim=h,
+        blocks=BlockRules(weight_layout="torch"))
+  q_mt, out_mt, z_mt = maxtext
+  check(maxtext, {q_mt: maxtext_query, out_mt: cols, z_mt: cols}, dict.fromkeys(maxtext, True),
+        {q_mt: (n, 2 * h), out_mt: (d,), z_mt: (4 * h,)}, head_dim=h)
+  # Qwen3.5 in HF names its DeltaNet's projections in_proj_qkv and in_proj_z.
+  z = "model/layers/0/linear_attn/in_proj_z/weight"
+  qwen3_5 = {q_hf: hf[q_hf], o_hf: hf[o_hf], z: (2 * h, d)}
+  check(qwen3_5, {q_hf: hf_query, o_hf: rows, z: rows}, dict.fromkeys(qwen3_5, True),
+        {q_hf: (n * 2 * h,), o_hf: (d,), z: (2 * h,)}, head_dim=h, blocks=BlockRules(weight_layout="torch"))
+
+
 def test_mixture_of_experts_kernels_keep_their_experts():
   # Each expert's kernel is a layer of its own: one v per output neuron of
   # each expert, never averaged across experts. Layouts as the libraries
