@@ -152,6 +152,14 @@ def _experts(c):
   return c["num_experts"]
 
 
+def _gdn_keys(c):  # a gated DeltaNet's query (or key) width
+  return c["gdn_num_key_heads"] * c["gdn_key_head_dim"]
+
+
+def _gdn_values(c):  # its value (or output gate) width
+  return c["gdn_num_value_heads"] * c["gdn_value_head_dim"]
+
+
 def _qkv(c):  # fused q|k|v: q and k per head, v per output neuron
   return c["num_heads"] + c["num_kv_heads"] + c["num_kv_heads"] * c["head_dim"]
 
@@ -265,6 +273,12 @@ EXPECTED = {
         # head's key and value parts, one v per (head, output), never across heads.
         ("*/wq_a/kernel", lambda c: c["q_lora_rank"]),
         ("*/wkv_a/kernel", lambda c: c["kv_lora_rank"] + c["qk_rope_head_dim"]),
+        # DeepSeek-V3.2's lightning indexer: its queries wq_b [q_lora,
+        # indexer heads, indexer head] one v per head, its one shared key
+        # wk [d, indexer head] one, its per-head weights one per head.
+        ("*/indexer/wq_b/kernel", lambda c: c["indexer_n_heads"]),
+        ("*/indexer/wk/kernel", _one),
+        ("*/indexer/weights_proj/kernel", lambda c: c["indexer_n_heads"]),
         ("*/wq_b/kernel", _heads),
         ("*/wkv_b/kernel", lambda c: c["num_heads"] * (c["qk_nope_head_dim"] + c["v_head_dim"])),
         # DeepSeek's MoE: the router one v per expert, each routed expert's
@@ -273,6 +287,31 @@ EXPECTED = {
         ("*/MoeBlock_0/wi_[01]", lambda c: _experts(c) * c["moe_mlp_dim"]),
         ("*/MoeBlock_0/wo", lambda c: _experts(c) * _d(c)),
         ("*/shared_experts/wi_[01]/kernel", lambda c: c["shared_experts"] * c["moe_mlp_dim"]),
+        # GPT-OSS's RoutedMoE, GptOssMlp (no "moe" in its name): the router
+        # one v per expert, each expert's mlp_dim-wide neurons its own; its
+        # biases (and the attention's) plain Adam; the attention sinks, one
+        # logit per head, a tensor the official rules give one v.
+        ("*/GptOssMlp/gate/kernel", _experts),
+        ("*/GptOssMlp/wi_[01]", lambda c: _experts(c) * _mlp(c)),
+        ("*/GptOssMlp/wo", lambda c: _experts(c) * _d(c)),
+        ("*/bias", None), ("*_bias", None), ("*/sinks", _one),
+        # Qwen3.5: the full-attention query [emb, heads, 2 * head_dim] holds
+        # each head's query (one v per head) and its output gate (one per
+        # neuron); the gated DeltaNet's projections one v per output (its
+        # fused in_proj_qkvz too: finer than per key head for its q and k),
+        # its depthwise conv one per channel, A_log one per tensor; the MoE's
+        # router one per expert, each expert's neurons their own, the shared
+        # expert an MLP of moe_mlp_dim, its gate [emb, 1] one v.
+        ("*/attention/attention/query/kernel", lambda c: _heads(c) * (1 + c["head_dim"])),
+        ("*/attention/in_proj_qkvz/kernel", lambda c: 2 * _gdn_keys(c) + 2 * _gdn_values(c)),
+        ("*/attention/in_proj_ba/kernel", lambda c: 2 * c["gdn_num_value_heads"]),
+        ("*/attention/conv1d/kernel", lambda c: 2 * _gdn_keys(c) + _gdn_values(c)),
+        ("*/attention/out_proj/kernel", _d), ("*/attention/A_log", _one),
+        ("*/routed_experts/gate/kernel", _experts),
+        ("*/routed_experts/wi_[01]", lambda c: _experts(c) * c["moe_mlp_dim"]),
+        ("*/routed_experts/wo", lambda c: _experts(c) * _d(c)),
+        ("*/shared_expert/wi_[01]/kernel", lambda c: c["shared_experts"] * c["moe_mlp_dim"]),
+        ("*/shared_expert_gate/kernel", _one),
         ("*/query/kernel", _heads), ("*/key/kernel", _kv_heads), ("*/value/kernel", _kv_neurons),
         ("*/out/kernel", _d),
         ("*/wi_0/kernel", _mlp), ("*/wi_1/kernel", _mlp), ("*/wo/kernel", _d),
@@ -451,7 +490,14 @@ def test_int8_first_moment_on_every_tree(fixture):
   # biases and norms already weigh 0.004x: 0.131x.
   if report.num_params >= 50_000_000:
     bf16 = {leaf["dtype"] for leaf in record["leaves"]} == {"bfloat16"}
-    assert report.adam_mini_mu_dtype_bytes / report.adamw_bytes <= (0.26 if bf16 else 0.13)
+    bound = INT8_RATIO_BOUND.get(record["name"], 0.26 if bf16 else 0.13)
+    assert report.adam_mini_mu_dtype_bytes / report.adamw_bytes <= bound
+
+
+#: Trees whose widths take smaller quantization blocks: GPT-OSS's 2880 =
+#: 64 * 45 has no divisor of 128 or 256, so its blocks are 64 elements and
+#: the scales weigh 4/64 of the codes (0.133x, not 0.127x).
+INT8_RATIO_BOUND = {"maxtext_gpt_oss_20b": 0.134}
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
@@ -487,6 +533,10 @@ def test_fixture_matches_its_config(fixture):
     matrices = _deepseek_matrices(c)
     assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
     return
+  if c.get("gdn_num_key_heads"):  # Qwen3.5: gated DeltaNet and full attention, MoE
+    matrices = _qwen3_5_matrices(c)
+    assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
+    return
   if record["name"].startswith("tunix_gemma4"):
     matrices = _gemma4_matrices(c)
     assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
@@ -503,6 +553,22 @@ def test_fixture_matches_its_config(fixture):
   assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
 
 
+def _qwen3_5_matrices(c: dict) -> int:
+  """Qwen3.5's matrices from its config: every inhomogeneous_layer_cycle_interval-th
+  layer full attention (its query twice as wide: query and gate), the others a
+  gated DeltaNet; every layer a routed MoE, its router, a shared expert and its gate."""
+  d, heads, kv, head = c["d_model"], c["num_heads"], c["num_kv_heads"], c["head_dim"]
+  keys, values = _gdn_keys(c), _gdn_values(c)
+  full = c["num_layers"] // c["inhomogeneous_layer_cycle_interval"]
+  linear = c["num_layers"] - full
+  attention = d * heads * 2 * head + 2 * d * kv * head + heads * head * d
+  delta_net = (d * (2 * keys + 2 * values) + d * 2 * c["gdn_num_value_heads"]
+               + c["gdn_conv_kernel_dim"] * (2 * keys + values) + values * d)
+  moe = (c["num_experts"] * (3 * d * c["moe_mlp_dim"] + d)
+         + c["shared_experts"] * 3 * d * c["moe_mlp_dim"] + d)
+  return 2 * c["vocab_size"] * d + full * attention + linear * delta_net + c["num_layers"] * moe
+
+
 def _deepseek_matrices(c: dict) -> int:
   """DeepSeek-V2/V3's matrices from its config (the papers' parameter count)."""
   d, heads = c["d_model"], c["num_heads"]
@@ -511,6 +577,9 @@ def _deepseek_matrices(c: dict) -> int:
            else d * heads * (nope + rope))
   attention = (query + d * (c["kv_lora_rank"] + rope) + c["kv_lora_rank"] * heads * (nope + v)
                + heads * v * d)
+  if c.get("indexer_n_heads"):  # V3.2's lightning indexer
+    attention += (c["q_lora_rank"] * c["indexer_n_heads"] * c["indexer_head_dim"]
+                  + d * c["indexer_head_dim"] + d * c["indexer_n_heads"])
   dense = c["first_num_dense_layers"]
   moe = c["num_layers"] - dense
   experts = c["num_experts"] + c["shared_experts"]

@@ -53,6 +53,17 @@ MODELS = {
     # wrong axis from the right one).
     "maxtext_deepseek2_16b": "deepseek2-16b",
     "maxtext_deepseek3_671b": "deepseek3-671b",
+    # DeepSeek-V3.2: V3 plus a lightning indexer per layer, whose heads are
+    # 128 wide where the attention's are 192 (the user passes both).
+    "maxtext_deepseek3_2_671b": "deepseek3.2-671b",
+    # GPT-OSS (decoder_block "gpt_oss"): biased attention with sinks, and a
+    # RoutedMoE named GptOssMlp (no "moe" in its name) whose wo is
+    # [experts, mlp, emb]; the scanned block holds two layers (sliding, full).
+    "maxtext_gpt_oss_20b": "gpt-oss-20b",
+    # Qwen3.5 (decoder_block "qwen3_5"): three gated-DeltaNet layers then one
+    # full-attention layer whose query holds each head's query and output
+    # gate; a RoutedMoE named routed_experts and a shared expert.
+    "maxtext_qwen3_5_35b_a3b": "qwen3.5-35b-a3b",
 }
 NAMES = tuple(MODELS)
 
@@ -74,6 +85,11 @@ STACKED = {
 USER_PASSES = {
     name: {"blocks": {"stacked": {"decoder/*layers": 1}}} for name, model in MODELS.items()
     if model.startswith("deepseek")
+}
+# DeepSeek-V3.2's indexer: one head size per tower (its heads 128 wide, the
+# latent attention's 192), as the README's "One head_dim per tower" says.
+USER_PASSES["maxtext_deepseek3_2_671b"] = {
+    "head_dim": {"indexer": 128, "decoder": 192}, "blocks": {"stacked": {"decoder/*layers": 1}},
 }
 
 INSTALL = (
@@ -182,6 +198,96 @@ DEEPSEEK_NOTES = (
 )
 
 
+#: DeepSeek-V3.2's lightning indexer (``use_indexer``), top-level ``config``
+#: fields of its record. Per layer, under self_attention/indexer
+#: (layers/attention_mla.py ``Indexer``): wq_b/kernel [q_lora_rank,
+#: indexer_n_heads, indexer_head_dim] ('q_lora','q_heads','kv'), its heads'
+#: queries from the low-rank query; wk/kernel [emb, indexer_head_dim]
+#: ('embed_attn','kv'), ONE key shared by every head; k_norm (LayerNorm
+#: with bias) [indexer_head_dim]; weights_proj/kernel [emb, indexer_n_heads]
+#: ('embed_attn','q_heads'), a weight per head.
+INDEXER_FIELDS = ("indexer_n_heads", "indexer_head_dim", "indexer_topk")
+INDEXER_NOTES = (
+    " DeepSeek-V3.2 (use_indexer=true): every layer's self_attention also holds a lightning indexer "
+    "(layers/attention_mla.py Indexer): indexer/wq_b/kernel [q_lora_rank, indexer_n_heads, indexer_head_dim] "
+    "('q_lora','q_heads','kv'), reshaped to its heads' queries; indexer/wk/kernel [emb, indexer_head_dim] "
+    "('embed_attn','kv'), one key shared by every head; indexer/k_norm (LayerNorm, scale and bias) "
+    "[indexer_head_dim]; indexer/weights_proj/kernel [emb, indexer_n_heads] ('embed_attn','q_heads'), one "
+    "weight per head. Its heads are indexer_head_dim (128) wide, the latent attention's 192: a user passes "
+    "head_dim={'indexer': 128, 'decoder': 192} ('user_passes')."
+)
+
+#: Top-level ``config`` fields of a GPT-OSS record (its experts are
+#: ``mlp_dim`` wide: ``RoutedMoE(intermediate_dim=config.mlp_dim)``), and
+#: more MaxText fields kept under ``config["native"]``.
+GPT_OSS_CONFIG_FIELDS = ("num_experts", "num_experts_per_tok")
+GPT_OSS_NATIVE_FIELDS = (
+    "num_experts", "num_experts_per_tok", "attention_bias", "mlp_bias", "inhomogeneous_layer_cycle_interval",
+    "sparse_matmul", "megablox", "routed_bias", "norm_topk_prob",
+)
+
+GPT_OSS_NOTES = (
+    "Verified in maxtext 0.2.5 source and by recording. Tree = variables['params'] of "
+    "jax.eval_shape(TransformerLinen.init) (maxtext_utils.get_abstract_param), LogicallyPartitioned boxes "
+    "unboxed; identical paths/shapes to nnx.to_pure_dict(nnx.state(create_nnx_abstract_model(...), nnx.Param)). "
+    "decoder_block='gpt_oss' (models/gpt_oss.py). One scanned stack, decoder/layers (param_scan_axis=1, "
+    "num_decoder_layers / inhomogeneous_layer_cycle_interval = 12 entries), each a GptOssScannableBlock of "
+    "inhomogeneous_layer_cycle_interval (2) GptOssDecoderLayers layers_0 (sliding-window attention) and "
+    "layers_1 (full attention); the layer axis is at 1 in every leaf under decoder/layers, norm scales and "
+    "biases included. "
+    "GptOssAttention (layers/attentions.py Attention, use_bias_in_projections=attention_bias=True): query "
+    "[emb, q_heads, head_dim], key/value [emb, kv_heads, head_dim], out [heads, head_dim, emb], each with a "
+    "bias (query/bias [q_heads, head_dim], out/bias [emb]); sinks [q_heads] (one learned logit per head, "
+    "nnx.Param). "
+    "GptOssMlp (layers/moe.py RoutedMoE, intermediate_dim=mlp_dim): router gate/kernel [emb, num_experts] "
+    "with gate/bias [num_experts]; experts as raw params: wi_0, wi_1 [num_experts, emb, mlp] "
+    "('exp','embed_moe','mlp_moe'), wo [num_experts, mlp, emb] ('exp','mlp_moe','embed_moe'), and (mlp_bias) "
+    "wi_0_bias, wi_1_bias [num_experts, mlp], wo_bias [num_experts, emb]. Scanned: [experts, layers, in, out]. "
+    "gpt-oss-20b's mlp_dim equals emb (2880). Norms: pre_self_attention_layer_norm and "
+    "post_self_attention_layer_norm RMSNorm scales [emb]. Not stacked: token_embedder/embedding [vocab, emb], "
+    "decoder/decoder_norm/scale [emb], decoder/logits_dense/kernel [emb, vocab] (logits_via_embedding=false). "
+    "Per-leaf logical axis names are in 'logical_axes'."
+)
+
+
+#: Top-level ``config`` fields of a Qwen3.5 record, and more MaxText fields
+#: kept under ``config["native"]``.
+QWEN3_5_CONFIG_FIELDS = (
+    "num_experts", "num_experts_per_tok", "moe_mlp_dim", "shared_experts", "inhomogeneous_layer_cycle_interval",
+    "gdn_num_key_heads", "gdn_num_value_heads", "gdn_key_head_dim", "gdn_value_head_dim", "gdn_conv_kernel_dim",
+)
+QWEN3_5_NATIVE_FIELDS = QWEN3_5_CONFIG_FIELDS + (
+    "base_moe_mlp_dim", "partial_rotary_factor", "norm_topk_prob", "sparse_matmul", "megablox",
+)
+
+QWEN3_5_NOTES = (
+    "Verified in maxtext 0.2.5 source and by recording. Tree = variables['params'] of "
+    "jax.eval_shape(TransformerLinen.init) (maxtext_utils.get_abstract_param), LogicallyPartitioned boxes "
+    "unboxed; identical paths/shapes to nnx.to_pure_dict(nnx.state(create_nnx_abstract_model(...), nnx.Param)). "
+    "decoder_block='qwen3_5' (models/qwen3_5.py, classes from models/qwen3.py). One scanned stack, "
+    "decoder/layers (param_scan_axis=1, num_decoder_layers / inhomogeneous_layer_cycle_interval = 10 entries), "
+    "each a Qwen3_5ScannableBlock of layer_0..layer_3: layer_{0,1,2} gated DeltaNet (linear attention), "
+    "layer_3 full attention ((i + 1) % 4 == 0). "
+    "Gated DeltaNet (Qwen3NextGatedDeltaNet), under attention/: in_proj_qkvz/kernel [emb, 2*key_dim + "
+    "2*value_dim] (key_dim = gdn_num_key_heads * gdn_key_head_dim, value_dim = gdn_num_value_heads * "
+    "gdn_value_head_dim; per key head q, k, v, z), in_proj_ba/kernel [emb, 2 * gdn_num_value_heads], "
+    "conv1d/kernel [k, 1, conv_dim] depthwise (feature_group_count = conv_dim = 2*key_dim + value_dim), "
+    "A_log [gdn_num_value_heads], dt_bias [gdn_num_value_heads], norm/rms_norm/scale [gdn_value_head_dim], "
+    "out_proj/kernel [value_dim, emb]. "
+    "Full attention (Qwen3NextFullAttention, layers/attentions.py Attention with is_qwen3_hybrid), under "
+    "attention/attention/: query/kernel [emb, q_heads, 2 * head_dim] ('embed_attn','q_heads','kv'), each "
+    "head's last axis its query then its output gate (jnp.split(query, 2, axis=-1); the gate, reshaped to "
+    "[q_heads * head_dim], is a sigmoid over the attention's output neurons); key/value [emb, kv_heads, "
+    "head_dim]; out [q_heads * head_dim, emb] (2-D here); query_norm/key_norm scales [head_dim]. No biases. "
+    "MoE (Qwen3NextSparseMoeBlock) under mlp/: routed_experts (moe.RoutedMoE) gate/kernel [emb, num_experts], "
+    "wi_0/wi_1 [num_experts, emb, moe_mlp_dim], wo [num_experts, moe_mlp_dim, emb] (raw params, no 'kernel'); "
+    "shared_expert (MlpBlock, intermediate_dim=moe_mlp_dim) wi_0/wi_1/wo kernels; shared_expert_gate/kernel "
+    "[emb, 1]. Norms: input_layernorm, post_attention_layernorm scales [emb]. Not stacked: "
+    "token_embedder/embedding [vocab, emb], decoder/decoder_norm/scale, decoder/logits_dense/kernel [emb, vocab]. "
+    "Per-leaf logical axis names are in 'logical_axes'."
+)
+
+
 def _jsonable(value):
   if value is None or isinstance(value, (bool, int, float, str)):
     return value
@@ -274,6 +380,14 @@ def _is_deepseek(config) -> bool:
   return str(_jsonable(config.decoder_block)) == "deepseek"
 
 
+def _is_gpt_oss(config) -> bool:
+  return str(_jsonable(config.decoder_block)) == "gpt_oss"
+
+
+def _is_qwen3_5(config) -> bool:
+  return str(_jsonable(config.decoder_block)) == "qwen3_5"
+
+
 def _config_dict(config) -> dict:
   layers = int(config.num_decoder_layers)
   if str(_jsonable(config.decoder_block)) == "gemma2":
@@ -298,6 +412,15 @@ def _config_dict(config) -> dict:
   if deepseek:
     out.update({f: _jsonable(getattr(config, f, None)) for f in DEEPSEEK_CONFIG_FIELDS})
     native_fields += DEEPSEEK_NATIVE_FIELDS
+    if getattr(config, "use_indexer", False):
+      out.update({f: _jsonable(getattr(config, f, None)) for f in INDEXER_FIELDS})
+      native_fields += ("use_indexer",) + INDEXER_FIELDS
+  if _is_gpt_oss(config):
+    out.update({f: _jsonable(getattr(config, f, None)) for f in GPT_OSS_CONFIG_FIELDS})
+    native_fields += GPT_OSS_NATIVE_FIELDS
+  if _is_qwen3_5(config):
+    out.update({f: _jsonable(getattr(config, f, None)) for f in QWEN3_5_CONFIG_FIELDS})
+    native_fields += QWEN3_5_NATIVE_FIELDS
   out["native"] = {f: _jsonable(getattr(config, f, None)) for f in native_fields}
   return out
 
@@ -330,13 +453,25 @@ def record(name: str) -> dict:
     raise AssertionError(f"{name}: Linen init and NNX Param state differ:\n{linen}\n{nnx_tree}")
   stacks = STACKED[_fixture_name(name)]
   layer_names = {prefix.rsplit("/", 1)[-1] for prefix in stacks}  # 'layers', 'dense_layers', 'moe_layers'
+  stack_sizes = {}
   for leaf in leaves:  # each stacked layer axis is where MaxText names it
-    axes = names[tuple(leaf["path"])]
+    axes = names.get(tuple(leaf["path"]))
     path = "/".join(leaf["path"])
     prefix = next((p for p in stacks if path.startswith(p + "/")), None)
+    if axes is None or len(axes) != len(leaf["shape"]):
+      # A bare nnx.Param (Qwen3.5's A_log) has no logical names; its gated
+      # norm's scale names only the layer axis it was stacked with.
+      continue
     assert layer_names.isdisjoint(axes) == (prefix is None), (leaf, axes)
     if prefix is not None:
       assert axes.index(prefix.rsplit("/", 1)[-1]) == stacks[prefix], (leaf, axes)
+      stack_sizes.setdefault(prefix, set()).add(leaf["shape"][stacks[prefix]])
+  for leaf in leaves:  # an unnamed leaf under a stack has the stack's length there
+    path = "/".join(leaf["path"])
+    prefix = next((p for p in stacks if path.startswith(p + "/")), None)
+    axes = names.get(tuple(leaf["path"]))
+    if (axes is None or len(axes) != len(leaf["shape"])) and prefix is not None:
+      assert {leaf["shape"][stacks[prefix]]} == stack_sizes[prefix], (leaf, stack_sizes)
   versions = {p: metadata.version(p) for p in ("maxtext", "jax", "jaxlib", "flax")}
   fixture = _fixture_name(name)
   return {
@@ -363,8 +498,13 @@ def record(name: str) -> dict:
       "config": _config_dict(config),
       "stacked": dict(stacks),
       **({"user_passes": USER_PASSES[fixture]} if fixture in USER_PASSES else {}),
-      "logical_axes": {"/".join(leaf["path"]): list(names[tuple(leaf["path"])]) for leaf in leaves},
-      "notes": DEEPSEEK_NOTES if _is_deepseek(config) else NOTES,
+      "logical_axes": {
+          "/".join(leaf["path"]): list(names[tuple(leaf["path"])]) if tuple(leaf["path"]) in names else None
+          for leaf in leaves
+      },
+      "notes": (DEEPSEEK_NOTES + (INDEXER_NOTES if getattr(config, "use_indexer", False) else "")
+                if _is_deepseek(config) else GPT_OSS_NOTES if _is_gpt_oss(config)
+                else QWEN3_5_NOTES if _is_qwen3_5(config) else NOTES),
       "leaves": leaves,
   }
 
