@@ -517,7 +517,11 @@ def _transposed(layout: str) -> str:
   return _layout_text(tuple(reversed(_parse_layout(layout))))
 
 
-#: The role of each part name a fused kernel's rule may use.
+#: The role of each part name a fused kernel's rule may use: ``q`` and ``k``
+#: one v per head, ``v`` one per output neuron (one block under
+#: ``BlockRules(value_as_one_block=True)``), ``gate`` and ``up`` (an MLP's,
+#: or a query's output gate: ``"q,gate"``) ``"output"``, one v per output
+#: neuron whatever the switches.
 PART_ROLES: dict[str, str] = {
     "q": "heads", "k": "heads", "v": "value", "gate": "output", "up": "output",
 }

@@ -152,6 +152,21 @@ def _experts(c):
   return c["num_experts"]
 
 
+def _is_qwen3_next(c):
+  return c.get("native", {}).get("model_type") == "qwen3_next"
+
+
+def _hf_gdn(c):  # HF's Qwen3-Next config in MaxText's names (Qwen3.5's record)
+  native = c["native"]
+  return {**c, "gdn_num_key_heads": native["linear_num_key_heads"],
+          "gdn_num_value_heads": native["linear_num_value_heads"],
+          "gdn_key_head_dim": native["linear_key_head_dim"], "gdn_value_head_dim": native["linear_value_head_dim"],
+          "gdn_conv_kernel_dim": native["linear_conv_kernel_dim"],
+          "inhomogeneous_layer_cycle_interval": native["full_attention_interval"],
+          "num_experts": native["num_experts"], "moe_mlp_dim": native["moe_intermediate_size"],
+          "shared_experts": native["shared_expert_intermediate_size"] // native["moe_intermediate_size"]}
+
+
 def _gdn_keys(c):  # a gated DeltaNet's query (or key) width
   return c["gdn_num_key_heads"] * c["gdn_key_head_dim"]
 
@@ -236,6 +251,22 @@ EXPECTED = {
     # [out, in], GPT-2's Conv1D [in, out].
     "transformers-torch": [
         ("*embed_tokens/weight", _vocab), ("lm_head/weight", _vocab),
+        # Qwen3-Next: the full-attention query holds each head's query (one v
+        # per head) and output gate (one per neuron); the gated DeltaNet's
+        # projections one per output, its depthwise conv one per channel;
+        # the router one per expert; the experts (nn.Linear each) and the
+        # shared expert per neuron, the shared expert's gate [1, d] one.
+        ("*self_attn/q_proj/weight", lambda c: _heads(c) * (1 + c["head_dim"]) if _is_qwen3_next(c) else _heads(c)),
+        ("*linear_attn/in_proj_qkvz/weight", lambda c: 2 * _gdn_keys(_hf_gdn(c)) + 2 * _gdn_values(_hf_gdn(c))),
+        ("*linear_attn/in_proj_ba/weight", lambda c: 2 * c["native"]["linear_num_value_heads"]),
+        ("*linear_attn/conv1d/weight", lambda c: 2 * _gdn_keys(_hf_gdn(c)) + _gdn_values(_hf_gdn(c))),
+        ("*linear_attn/out_proj/weight", _d), ("*linear_attn/A_log", _one), ("*_bias", None),
+        ("*mlp/gate/weight", lambda c: c["native"]["num_experts"]),
+        ("*mlp/experts/*/gate_proj/weight", lambda c: c["native"]["moe_intermediate_size"]),
+        ("*mlp/experts/*/up_proj/weight", lambda c: c["native"]["moe_intermediate_size"]),
+        ("*mlp/shared_expert/gate_proj/weight", lambda c: c["native"]["shared_expert_intermediate_size"]),
+        ("*mlp/shared_expert/up_proj/weight", lambda c: c["native"]["shared_expert_intermediate_size"]),
+        ("*mlp/shared_expert_gate/weight", _one),
         ("*q_proj/weight", _heads), ("*k_proj/weight", _kv_heads), ("*v_proj/weight", _kv_neurons),
         ("*o_proj/weight", _d), ("*gate_proj/weight", _mlp), ("*up_proj/weight", _mlp),
         ("*down_proj/weight", _d), ("*norm/weight", _one),
@@ -533,8 +564,8 @@ def test_fixture_matches_its_config(fixture):
     matrices = _deepseek_matrices(c)
     assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
     return
-  if c.get("gdn_num_key_heads"):  # Qwen3.5: gated DeltaNet and full attention, MoE
-    matrices = _qwen3_5_matrices(c)
+  if c.get("gdn_num_key_heads") or _is_qwen3_next(c):  # gated DeltaNet and full attention, MoE
+    matrices = _qwen3_5_matrices(_hf_gdn(c) if _is_qwen3_next(c) else c)
     assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
     return
   if record["name"].startswith("tunix_gemma4"):

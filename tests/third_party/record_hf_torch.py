@@ -42,6 +42,7 @@ NAMES = (
     "hf_torch_qwen2_0_5b",
     "hf_torch_gemma_2b",
     "hf_torch_gpt2",
+    "hf_torch_qwen3_next_4_layers",
 )
 
 # name -> (config class, config kwargs); the model is AutoModelForCausalLM.from_config(config)
@@ -86,6 +87,22 @@ _SPECS = {
             hidden_activation="gelu_pytorch_tanh",
         ),
     ),
+    # Qwen/Qwen3-Next-80B-A3B-Instruct's widths, but 4 of its 48 layers (three
+    # gated-DeltaNet layers, then full attention: full_attention_interval=4)
+    # and 8 of its 512 experts: transformers keeps each expert as its own
+    # nn.Linear modules, 73,728 leaves for the whole model.
+    "hf_torch_qwen3_next_4_layers": (
+        "Qwen3NextConfig",
+        dict(
+            vocab_size=151936, hidden_size=2048, num_hidden_layers=4, num_attention_heads=16,
+            num_key_value_heads=2, head_dim=256, intermediate_size=5120, moe_intermediate_size=512,
+            shared_expert_intermediate_size=512, num_experts=8, num_experts_per_tok=2,
+            linear_num_key_heads=16, linear_num_value_heads=32, linear_key_head_dim=128,
+            linear_value_head_dim=128, linear_conv_kernel_dim=4, full_attention_interval=4,
+            decoder_sparse_step=1, partial_rotary_factor=0.25, rope_theta=10000000.0,
+            rms_norm_eps=1e-6, tie_word_embeddings=False,
+        ),
+    ),
     # openai-community/gpt2 (124M)
     "hf_torch_gpt2": (
         "GPT2Config",
@@ -94,6 +111,25 @@ _SPECS = {
 }
 
 _NOTES = {
+    "qwen3_next": (
+        "Flat dict keyed by torch dotted names, torch layout (nn.Linear weight [out, in]); "
+        "transformers/models/qwen3_next/modeling_qwen3_next.py. Layers whose (i + 1) % "
+        "full_attention_interval == 0 are full attention (self_attn), the others a gated DeltaNet "
+        "(linear_attn). self_attn: 'self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads "
+        "* self.head_dim * 2, ...)', used as 'query_states, gate = torch.chunk(self.q_proj(hidden_states)"
+        ".view(*input_shape, -1, self.head_dim * 2), 2, dim=-1)' then 'gate = gate.reshape(*input_shape, -1)' "
+        "and 'attn_output = attn_output * torch.sigmoid(gate)': per head its query, then its output gate "
+        "over the attention's output neurons. k_proj/v_proj [kv_heads*head_dim, hidden], o_proj "
+        "[hidden, heads*head_dim], q_norm/k_norm weight [head_dim]. linear_attn: in_proj_qkvz [2*key_dim + "
+        "2*value_dim, hidden] (key_dim = linear_num_key_heads * linear_key_head_dim, value_dim = "
+        "linear_num_value_heads * linear_value_head_dim), in_proj_ba [2*linear_num_value_heads, hidden], "
+        "conv1d (nn.Conv1d, groups=conv_dim, bias=False) weight [conv_dim, 1, k], conv_dim = 2*key_dim + "
+        "value_dim, dt_bias and A_log [linear_num_value_heads], norm.weight [linear_value_head_dim], out_proj "
+        "[hidden, value_dim]. mlp (Qwen3NextSparseMoeBlock): gate (router) weight [num_experts, hidden], "
+        "experts.{e}.gate_proj/up_proj [moe_intermediate_size, hidden] and down_proj [hidden, "
+        "moe_intermediate_size] (one nn.Linear each), shared_expert.* of shared_expert_intermediate_size, "
+        "shared_expert_gate [1, hidden]. tie_word_embeddings=False: lm_head.weight [vocab, hidden]."
+    ),
     "llama": (
         "Flat dict keyed by torch dotted names (as safetensors.flax.load_file returns it), torch layout. "
         "Layers are 'model.layers.{i}.' prefixes (one key per layer and tensor; no stacked/scanned axis). "
@@ -164,7 +200,7 @@ _NOTES = {
 
 
 def _family(name: str) -> str:
-    for fam in ("llama", "qwen2", "gemma", "gpt2"):
+    for fam in ("qwen3_next", "llama", "qwen2", "gemma", "gpt2"):
         if fam in name:
             return fam
     raise KeyError(name)
