@@ -629,6 +629,19 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # experts/down_proj.
     Rule("experts/expert_feedforward_*", "neuron", MLP_LAYOUTS, where=EXPERTS_CHECK),
     Rule("experts/gate_up_proj", "gate,up", "e i (o p)", where=EXPERTS_CHECK),
+    # A mixture's router mlp/gate: EasyDeL's DeepSeek-V2 and GLM-4-MoE store
+    # it [experts, d] (PyTorch's orientation under a Flax kernel's name),
+    # its other models [d, experts]; there are fewer experts than inputs
+    # either way, which says which. Only in a tree with experts (an MLP's
+    # widening gate kernel would fit the other reading).
+    Rule("mlp/gate/kernel", "neuron", ("i o", "o i"), where="o < i", beside="mlp/experts"),
+    # DBRX (HF, and its PyTorch checkpoint): ffn/experts/mlp/w1, v1 and w2
+    # are raw [experts * ffn, d] parameters, viewed [experts, ffn, d]: w1
+    # and v1 used transposed (x @ w1[e].T: each row an expert's neuron), w2
+    # as is (h @ w2[e]: each expert's d outputs, which needs num_experts).
+    Rule("ffn/experts/mlp/w1", "neuron", "o i"),
+    Rule("ffn/experts/mlp/v1", "neuron", "o i"),
+    Rule("ffn/experts/mlp/w2", "neuron", "(e i) o"),
     # Google DeepMind `gemma` (Linen) and its NNX ports (tunix): heads-first
     # einsum kernels, k/v or q/k/v fused along a leading parts axis, gate/up
     # fused likewise. Gemma 4's global layers that share keys and values
@@ -737,6 +750,11 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     ),
     # HF Flax GPT-2: FlaxConv1D kernels are [out, in]; c_attn is q|k|v fused
     # along the output. The size checks catch a [in, out] Dense port.
+    # Its cross-attention (add_cross_attention; EasyDeL's port likewise):
+    # the query q_attn, keys and values fused in c_attn (k|v runs), c_proj.
+    Rule("crossattention/q_attn", "heads", "(n h) i"),
+    Rule("crossattention/c_attn", "k,v", "(p n h) i", where="pnh == 2*i"),
+    Rule("crossattention/c_proj", "neuron", "o i"),
     Rule("c_attn", "q,k,v", "(p n h) i", where="pnh == 3*i"),
     # GPT-Neo keeps GPT-2's MLP names on nn.Dense kernels ([in, out]); the
     # MLP widening tells the two apart.
@@ -758,6 +776,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("query_key_value", "q,k,v", "i (n p h)", where="nph == 3*i"),
     # Other fused qkv kernels, [in, q | k | v]: the parts' sizes need head
     # counts unless the model is multi-head (BlockRules(num_heads=...)).
+    # MiniMax's lightning attention (HF; EasyDeL): qkv_proj reshaped
+    # (heads, 3 * head_dim) and split per head, beside its output_gate.
+    Rule("self_attn/qkv_proj", "q,k,v", "i (n p h)", beside="self_attn/output_gate"),
     *(Rule(name, "q,k,v", "i (p n h)") for name in ("qkv_proj", "qkv")),
     # wqkv: InternLM2's (attention/wqkv, in PyTorch checkpoints and EasyDeL)
     # repeats (q, k, v) per key/value head, its query heads first; MPT's
@@ -807,8 +828,12 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # in the official "output" rule); attention out [heads, head_dim, out] and
     # MLP kernels keep out. Listed so explain() names them; the fallback for
     # unnamed kernels does the same.
+    # Mamba's A_log [d_inner, d_state]: each channel's decay rates, one v
+    # per channel (Mamba-2's and gated DeltaNet's [heads] one per tensor).
+    Rule("a_log", "neuron", "o i"),
     *_rules("neuron", "lm_head", "output", "final_layer", "logits_dense"),
-    *_rules("neuron", "o_proj", "out", "c_proj", "output_proj", "out_proj", "out_lin"),
+    *_rules("neuron", "o_proj", "out", "c_proj", "output_proj", "out_proj", "out_lin",
+            "attention_output"),
     # A 3-D MLP kernel is a mixture of experts' ([E, in, out]: tunix's
     # Qwen3-MoE mlp/gate_proj, MaxText's GPT-OSS GptOssMlp/wo), each expert's
     # neurons their own blocks. An attention output is [heads, head_dim, out]
@@ -863,6 +888,10 @@ class BlockRules:
       output kernel beside it to say (:data:`ATTENTION_OUTPUTS`), or a fused
       ``[in, q | k | v]`` kernel whose parts differ in size (GQA). Given,
       they are also checked against every heads axis.
+    num_experts: the number of experts of a mixture whose kernels fold
+      them into one axis with another (DBRX's ``w2 [experts * ffn, d]``,
+      layout ``"(e i) o"``); given, it is also checked against every experts
+      axis.
     weight_layout: how parameters named ``weight`` (:data:`WEIGHT_NAMES`)
       with two or more (non-layer) axes are laid out, where their blocks
       depend on it. ``"torch"``: as PyTorch stores them, the transpose of the
@@ -912,6 +941,7 @@ class BlockRules:
   query_key_per_neuron: bool = False
   num_heads: int | None = None
   num_kv_heads: int | None = None
+  num_experts: int | None = None
   weight_layout: str | None = None
 
   def __post_init__(self):
@@ -920,7 +950,7 @@ class BlockRules:
     )
     for rule in rules:
       _check_rule(rule)
-    for name in ("num_heads", "num_kv_heads"):
+    for name in ("num_heads", "num_kv_heads", "num_experts"):
       value = getattr(self, name)
       if value is not None and (
           isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0
@@ -1196,6 +1226,11 @@ def _fit(
     known: dict[str, int] = {}
     if "p" in group:
       known["p"] = len(roles)
+    if "e" in group and len(group) > 1:  # experts folded into one axis
+      if rules.num_experts is None:
+        raise _Misfit("its experts share an axis with another factor: it needs "
+                      "BlockRules(num_experts=...)")
+      known["e"] = rules.num_experts
     if "h" in group and head_dim is not None:
       known["h"] = head_dim
     elif "h" in group and len(set(group) - set(known)) > 1:
@@ -1227,6 +1262,8 @@ def _fit(
       letter_sizes[c] = letter_sizes.get(c, 1) * size
   if where is not None and not _where_holds(where, letter_sizes):
     raise _Misfit(f"its sizes fail {where!r} ({_sizes_text(letter_sizes)})")
+  if rules.num_experts is not None and letter_sizes.get("e", rules.num_experts) != rules.num_experts:
+    raise _Misfit(f"its experts axis has {letter_sizes['e']} experts, not num_experts={rules.num_experts}")
   if names is None:
     if counts and "n" in letter_sizes and letter_sizes["n"] not in counts:
       raise _Misfit(
@@ -1264,8 +1301,10 @@ def _fit_role(groups, sizes, role) -> _Resolved:
       continue
     if not any(kept):
       reduce.append(axis)
-    elif group == "nh" and head_axis is None:
-      head_axis, head_dim = axis, sizes[axis]["h"]
+    elif len(group) == 2 and kept == [True, False] and head_axis is None:
+      # The outer factor kept, the inner averaged: heads of head_dim ("nh"),
+      # experts of their neurons ("ei").
+      head_axis, head_dim = axis, sizes[axis][group[1]]
     else:
       raise _Misfit(f"a {role!r} role cannot cut axis ({group})")
   return _Resolved(tuple(reduce), head_axis, head_dim)
@@ -1310,8 +1349,12 @@ def _fit_parts(groups, sizes, shape, names, roles, rules, where) -> _Resolved:
           "the sizes of its q and k/v parts are unknown (under grouped-query attention "
           "each key/value head's query heads come first)"
       )
-    if rules.num_heads is not None and kv != rules.num_heads:
-      h = sizes[part_axis]["h"]
+    h = sizes[part_axis]["h"]
+    if rules.num_heads is not None and rules.num_heads * len(names) * h == shape[part_axis]:
+      # Every query head with its own key and value (MiniMax's lightning
+      # attention beside GQA layers): the size says so.
+      outer_counts = [rules.num_heads]
+    elif rules.num_heads is not None and kv != rules.num_heads:
       grouped = rules.num_heads // kv
       part_sizes = [grouped * h if n == "q" else h for n in names]
       if kv * sum(part_sizes) != shape[part_axis] or grouped * kv != rules.num_heads:
@@ -1463,6 +1506,8 @@ def _resolve(
     )
   reasons = "; ".join(f"as {layout!r}: {reason}" for layout, reason in misfits)
   settings = f"head_dim={head_dim}, num_heads={rules.num_heads}, num_kv_heads={rules.num_kv_heads}"
+  if any("e" in group and len(group) > 1 for layout, _ in misfits for group in _parse_layout(layout)):
+    settings += f", num_experts={rules.num_experts}"
   raise ValueError(
       f"{head}, but fits none of its layouts ({letters}): {reasons} (with {settings}). "
       "Check head_dim / BlockRules(num_heads=..., num_kv_heads=...), or give this "

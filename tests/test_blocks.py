@@ -440,6 +440,14 @@ def test_experts_wo_keeps_its_experts_under_any_module_name(module):
   assert got == {"wi_0": (experts, layers, mlp), "wo": (experts, layers, embed)}
 
 
+def test_mamba_a_log_is_per_channel():
+  # Mamba's A_log [d_inner, d_state] holds each channel's decay rates
+  # (A = -exp(A_log)); Mamba-2's [heads] is one tensor.
+  params = {"mixer": {"A_log": leaf(96, 8)}, "mamba2": {"A_log": leaf(6)}}
+  got = v_shapes(params)
+  assert got == {"mixer": {"A_log": (96,)}, "mamba2": {"A_log": ()}}
+
+
 def test_lora_factors_get_one_v_per_output():
   # qwix (tunix) puts <weight>_lora_a/_lora_b beside the weight it adapts:
   # A [in..., rank] one v per rank direction, B [rank, out...] one per output

@@ -406,6 +406,79 @@ def test_qwen3_next_gated_query_is_per_head_and_its_gate_per_neuron():
         {q_hf: (n * 2 * h,), o_hf: (d,), z: (2 * h,)}, head_dim=h, blocks=BlockRules(weight_layout="torch"))
 
 
+def test_dbrx_experts_minimax_lightning_qkv_and_an_experts_first_router():
+  # Layouts read from the models' code (transformers 4.57.6, EasyDeL 0.3.0):
+  # DBRX's experts are raw [E * F, D] parameters viewed [E, F, D]; w1 and v1
+  # are used transposed (x @ w1[e].T: a row per expert neuron), w2 as is
+  # (h @ w2[e]: each expert's D outputs). MiniMax's lightning attention
+  # reshapes qkv_proj's output (heads, 3 * head_dim) and splits it per head,
+  # every head with its own key and value beside GQA layers. EasyDeL's
+  # DeepSeek-V2 router mlp/gate is [experts, d].
+  e, f, d, n, kv, h = 3, 8, 12, 4, 2, 4
+  shapes = {
+      "transformer/blocks/0/ffn/experts/mlp/w1": (e * f, d),
+      "transformer/blocks/0/ffn/experts/mlp/v1": (e * f, d),
+      "transformer/blocks/0/ffn/experts/mlp/w2": (e * f, d),
+      "model/layers/0/self_attn/qkv_proj/kernel": (d, n * 3 * h),
+      "model/layers/0/self_attn/output_gate/kernel": (d, n * h),
+      "model/layers/1/mlp/gate/kernel": (e, d),
+      "model/layers/1/mlp/experts/up_proj/kernel": (e, d, f),
+  }
+  w1, v1, w2, qkv, gate_out, router, up = shapes
+
+  def minimax(g2):
+    per_head = g2.mean(axis=0, keepdims=True).reshape(1, n, 3, h)
+    qk = per_head[:, :, :2].mean(axis=3, keepdims=True).repeat(h, 3)
+    return np.concatenate([qk, per_head[:, :, 2:]], 2).reshape(1, n * 3 * h)
+
+  block_mean = {
+      w1: lambda g2: g2.mean(axis=1, keepdims=True),
+      v1: lambda g2: g2.mean(axis=1, keepdims=True),
+      w2: lambda g2: g2.reshape(e, f, d).mean(axis=1, keepdims=True).repeat(f, 1).reshape(e * f, d),
+      qkv: minimax,
+      gate_out: lambda g2: g2.mean(axis=0, keepdims=True),
+      router: lambda g2: g2.mean(axis=1, keepdims=True),
+      up: lambda g2: g2.mean(axis=1, keepdims=True),
+  }
+  expected = {w1: (e * f,), v1: (e * f,), w2: (e, d), qkv: (n * 3 * h,), gate_out: (n * h,), router: (e,),
+              up: (e, f)}
+  params, grads = random_case(shapes)
+  ref, _ = numpy_adam_mini(params, grads, block_mean, dict.fromkeys(shapes, True))
+  rules = BlockRules(num_experts=e, num_heads=n, num_kv_heads=kv)
+  ours, nu = run_ours(nest(params), [nest(g) for g in grads], head_dim=h, blocks=rules)
+  assert {k: v.shape for k, v in flat(nu).items()} == expected
+  assert_close(flat(ours), ref)
+  # Without the expert count DBRX's w2 cannot be split: it says so.
+  with pytest.raises(ValueError, match=r"w2.*num_experts"):
+    optax_mini.block_specs(nest({w2: np.zeros(shapes[w2])}))
+
+
+def test_gpt2_cross_attention():
+  # HF Flax GPT-2 (add_cross_attention=True) and EasyDeL's port: FlaxConv1D
+  # kernels [out, in]; crossattention's q_attn is the query, c_attn the
+  # keys and values as two runs ("jnp.split(kv_out, 2, axis=2)"), c_proj
+  # its output.
+  d, n, h = 16, 4, 4
+  shapes = {"h/0/crossattention/q_attn/kernel": (d, d), "h/0/crossattention/c_attn/kernel": (2 * d, d),
+            "h/0/crossattention/c_proj/kernel": (d, d)}
+  q, kv_, out = shapes
+
+  def keys_then_values(g2):
+    k = g2[:d].mean(axis=1, keepdims=True).reshape(n, h).mean(axis=1, keepdims=True).repeat(h, 1)
+    return np.concatenate([k.reshape(d, 1), g2[d:].mean(axis=1, keepdims=True)], 0)
+
+  block_mean = {
+      q: lambda g2: g2.mean(axis=1, keepdims=True).reshape(n, h).mean(axis=1, keepdims=True).repeat(h, 1).reshape(d, 1),
+      kv_: keys_then_values,
+      out: lambda g2: g2.mean(axis=1, keepdims=True),
+  }
+  params, grads = random_case(shapes)
+  ref, _ = numpy_adam_mini(params, grads, block_mean, dict.fromkeys(shapes, True))
+  ours, nu = run_ours(nest(params), [nest(g) for g in grads], head_dim=h)
+  assert {k: v.shape for k, v in flat(nu).items()} == {q: (n,), kv_: (2 * d,), out: (d,)}
+  assert_close(flat(ours), ref)
+
+
 def test_mixture_of_experts_kernels_keep_their_experts():
   # Each expert's kernel is a layer of its own: one v per output neuron of
   # each expert, never averaged across experts. Layouts as the libraries
