@@ -1791,45 +1791,57 @@ def _check_default_is_sure(
     stacked: bool,
 ) -> None:
   """Raises where the default (one v per output neuron, the last axis) is a
-  guess: a 3-D kernel under a name no rule knows, read ``[in..., out]``,
-  would average an attention projection's heads (flax's DenseGeneral
-  ``[in, heads, head_dim]``, heads-first ``[heads, in, head_dim]``) or a
-  mixture's experts (``[experts, in, out]``) together. It is taken as
-  ``[in..., out]`` where that is the usual reading: under a convolution's
-  name (:data:`CONV_MODULES`), or where the last axis is the largest (an
-  attention output ``[heads, head_dim, out]``, a widening convolution), but
-  not under an experts' module (:data:`MOE_MODULES`). A tree without names
-  (a list of arrays, optax's own test inputs) has nothing to say otherwise
-  and gets the default, as every leaf of it does."""
-  if len(logical_shape) != 3 or all(c.isdigit() for c in components) or any(
+  guess: a kernel of three or more axes under a name no rule knows, read
+  ``[in..., out]``, would average an attention projection's heads (flax's
+  DenseGeneral ``[in, heads, head_dim]``, heads-first ``[heads, in,
+  head_dim]``, a grouped ``[in, kv_heads, per_group, head_dim]``) or a
+  mixture's experts (``[experts, in, out]``, ``[experts, ffn, d]``)
+  together, and no shape tells those from an attention output ``[heads,
+  head_dim, out]``. It is taken as ``[in..., out]`` where that is the usual
+  reading: under a convolution's name (:data:`CONV_MODULES`), and for a
+  PyTorch-layout weight (a convolution's ``[out, in, k...]``; a 3-D one
+  only where its output axis is the largest and it sits under no experts'
+  module, :data:`MOE_MODULES`), and where every axis but the last has size
+  one. A tree without names (a list of arrays, optax's own test inputs) has
+  nothing to say otherwise and gets the default, as every leaf of it does."""
+  if len(logical_shape) < 3 or all(c.isdigit() for c in components) or any(
       fnmatch.fnmatchcase(c, p) for c in components for p in CONV_MODULES
   ):
     return
   view = logical_shape[::-1] if torch_read else logical_shape
+  if all(size == 1 for size in view[:-1]):  # [1, 1, d] (XLNet's mask_emb): nothing to average
+    return
   experts = next(
       (c for c in components for p in MOE_MODULES if fnmatch.fnmatchcase(c, p)), None
   )
-  if experts is None and view[-1] >= max(view[:-1]):
+  if torch_read and experts is None and (len(view) > 3 or view[-1] >= max(view[:-1])):
     return
   own = _own_pattern(components)
   why = (
       f"it sits under {experts!r}, a mixture of experts' module"
       if experts is not None else
       f"its last axis ({view[-1]}) is not its largest"
+      if view[-1] < max(view[:-1]) else
+      "no rule knows its name"
   )
   shown = f"shape {logical_shape}" + (" (one layer's)" if stacked else "")
   stored = " (a PyTorch-layout weight: rules read it reversed, as a Flax kernel)" if torch_read else ""
+  rank = len(logical_shape)
+  # Example layouts of this rank: [in, heads..., head_dim], [experts, in..., out].
+  heads = " ".join(["i"] + ["n"] * (rank - 2) + ["h"])
+  heads_first = " ".join(["n"] * (rank - 2) + ["i", "h"])
+  experts_layout = " ".join(["e"] + ["i"] * (rank - 2) + ["o"])
   raise ValueError(
-      f"{where}: {shown} matched no rule, and the default reading, a 3-D kernel "
-      f"[in, in, out]{stored} with one v per output neuron (the last axis), is a guess: "
+      f"{where}: {shown} matched no rule, and the default reading, a {rank}-D kernel "
+      f"[{', '.join(['in'] * (rank - 1))}, out]{stored} with one v per output neuron (the last axis), is a guess: "
       f"{why}, so it may be an attention projection ([in, heads, head_dim] as flax's "
       "DenseGeneral stores it, or heads-first [heads, in, head_dim]) or a mixture of "
       "experts' [experts, in, out], whose heads or experts that reading would average "
       "together. Say what it is with a rule: a query/key, one v per head, "
-      f"blocks=optax_mini.BlockRules(rules=[Rule({own!r}, 'heads', layout='i n h')]) "
-      "(heads-first: layout='n i h'); a value, one v per output neuron, "
-      f"Rule({own!r}, 'value', layout='i n h'); experts, Rule({own!r}, 'neuron', "
-      f"layout='e i o'); a convolution or any [in, in, out] kernel, Rule({own!r}, 'neuron')."
+      f"blocks=optax_mini.BlockRules(rules=[Rule({own!r}, 'heads', layout={heads!r})]) "
+      f"(heads-first: layout={heads_first!r}); a value, one v per output neuron, "
+      f"Rule({own!r}, 'value', layout={heads!r}); experts, Rule({own!r}, 'neuron', "
+      f"layout={experts_layout!r}); a convolution or any [in..., out] kernel, Rule({own!r}, 'neuron')."
   )
 
 

@@ -327,20 +327,40 @@ def _dense_general_attention(name="to_q", dim=32, heads=4, head_dim=8):
 def test_an_unknown_3d_kernel_that_may_hold_heads_is_an_error_not_a_guess():
   params = _dense_general_attention()
   assert params["to_q"]["kernel"].shape == (32, 4, 8)
+  only_out = BlockRules(rules=[optax_mini.Rule("to_out/kernel", "neuron")])
   with pytest.raises(ValueError) as err:
-    init(params)
+    init(params, blocks=only_out)
   msg = str(err.value)
   assert "['to_q']['kernel']" in msg and "(32, 4, 8)" in msg
   assert "matched no rule" in msg and "not its largest" in msg
   assert "Rule('to_q/kernel', 'heads', layout='i n h')" in msg  # the fix, to copy
-  # The rule the error gives: one v per head (4 heads, from the config above);
-  # the attention output [heads, head_dim, out] keeps the default, per output.
-  rules = BlockRules(rules=[optax_mini.Rule("to_q/kernel", "heads", layout="i n h")])
+  # The rule the error gives: one v per head (4 heads, from the config above).
+  rules = BlockRules(rules=[optax_mini.Rule("to_q/kernel", "heads", layout="i n h"),
+                            optax_mini.Rule("to_out/kernel", "neuron")])
   nu = init(params, blocks=rules)[0].nu
   assert nu["to_q"]["kernel"].shape == (4,)
   assert nu["to_out"]["kernel"].shape == (32,)
   with pytest.raises(ValueError, match=r"\['to_q'\]\['kernel'\].*\(32, 4, 8\).*matched no rule"):
-    optax_mini.explain(params)
+    optax_mini.explain(params, blocks=only_out)
+
+
+@pytest.mark.parametrize(
+    "shape, why",
+    [
+        # An attention output [heads, head_dim, out] under a name no rule
+        # knows has the shape of a mixture's down projection [experts, ffn,
+        # d] (jax-llm-examples' ffw.we_down), whose experts the default would
+        # average: both raise.
+        ((4, 8, 32), "no rule knows its name"),
+        # [in, kv_heads, per_group, head_dim] (jax-llm-examples' Nemotron-3
+        # ffw.q): the 4-D default would average its heads.
+        ((32, 2, 4, 8), "not its largest"),
+    ],
+)
+def test_unknown_kernels_whose_last_axis_is_the_largest_or_of_rank_4_raise(shape, why):
+  params = {"ffw": {"w": jnp.zeros(shape)}}
+  with pytest.raises(ValueError, match=rf"\['ffw'\]\['w'\].*{why}.*Rule\('ffw/w', 'heads', layout="):
+    init(params)
 
 
 @pytest.mark.parametrize(
@@ -383,8 +403,11 @@ def test_unknown_3d_kernels_whose_default_is_the_usual_reading_still_work():
   assert conv["params"]["kernel"].shape == (7, 32, 1)
   nu = init({"Conv_0": conv["params"]})[0].nu
   assert nu["Conv_0"]["kernel"].shape == (1,)
-  # An attention output [heads, head_dim, out] and a widening [k, in, out]
-  # under names no rule knows: the last axis is the largest, one v per output.
-  params = {"attn_merge": {"w": jnp.zeros((4, 8, 32))}, "filt": {"w": jnp.zeros((3, 16, 64))}}
-  nu = init(params)[0].nu
-  assert nu["attn_merge"]["w"].shape == (32,) and nu["filt"]["w"].shape == (64,)
+  # A widening [k, in, out] convolution under a convolution's name, and
+  # PyTorch's [out, in, k] and [out, in, kh, kw] convolution weights: one v
+  # per output channel.
+  params = {"filt_conv": {"w": jnp.zeros((3, 16, 64))},
+            "proj": {"weight": jnp.zeros((64, 16, 3))}, "stem": {"weight": jnp.zeros((64, 3, 7, 7))}}
+  nu = init(params, blocks=BlockRules(weight_layout="torch"))[0].nu
+  assert nu["filt_conv"]["w"].shape == (64,)
+  assert nu["proj"]["weight"].shape == nu["stem"]["weight"].shape == (64,)
