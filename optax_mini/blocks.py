@@ -676,6 +676,14 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("self_attention/query", "q,gate", "i n (p h)", beside="linear_attn/in_proj_z"),
     Rule("self_attn/q_proj", "q,gate", "i (n p h)", beside="in_proj_qkvz"),
     Rule("self_attn/q_proj", "q,gate", "i (n p h)", beside="linear_attn/in_proj_z"),
+    # jax-ml/jax-llm-examples (Llama 3 and 4, Qwen3, gpt-oss, Gemma 4, as
+    # pytree dataclasses): attn.q [d, heads, head_dim] ("btd,dhq->bhtq"),
+    # attn.k and attn.v [d, kv_heads, head_dim], attn.o [heads, head_dim, d].
+    # More inputs than heads: a heads-first [heads, d, head_dim] fails it.
+    Rule("attn/q", "heads", (_IN_HEADS, "i (n h)"), where="i > n"),
+    Rule("attn/k", "heads", (_IN_HEADS, "i (n h)"), where="i > n"),
+    Rule("attn/v", "value", (_IN_HEADS, "i o"), where="i > n"),
+    Rule("attn/o", "neuron", ("i o", "i i o")),
     # MaxText (self_attention, Gemma 2's self_attention_local/_global),
     # keras-hub Llama/Mistral (self_attention) and flax's own attention
     # modules under their default names: [in, heads, head_dim].
@@ -842,7 +850,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     *(
         Rule(name, "neuron", MLP_LAYOUTS, where=EXPERTS_CHECK)
         for name in ("mlp", "feed_forward", "gate_proj", "up_proj", "down_proj",
-                     "w1", "w2", "w3", "wi", "wi_0", "wi_1", "wo", "fc1", "fc2", "c_fc")
+                     "w1", "w2", "w3", "wi", "wi_0", "wi_1", "wo", "fc1", "fc2", "c_fc",
+                     # jax-llm-examples' experts: we_gate, we_up [E, d, ffn],
+                     # we_down [E, ffn, d], gpt-oss's we_gate_up [E, d, 2 ffn].
+                     "we_gate", "we_up", "we_down", "we_gate_up")
     ),
 )
 

@@ -448,6 +448,51 @@ def test_mamba_a_log_is_per_channel():
   assert got == {"mixer": {"A_log": (96,)}, "mamba2": {"A_log": ()}}
 
 
+def test_jax_llm_examples_layers():
+  # jax-ml/jax-llm-examples keeps its weights in pytree dataclasses
+  # (attribute paths, ".layers[0].attn.q"): attn.q [d, heads, head_dim]
+  # ("btd,dhq->bhtq"), attn.k/v [d, kv_heads, head_dim], attn.o [heads,
+  # head_dim, d]; the mixture's w_router [d, experts], we_gate/we_up
+  # [experts, d, ffn] and we_down [experts, ffn, d] (jax.lax.ragged_dot per
+  # expert). Counts from that config: 4 heads, 2 kv heads of 16, 3 experts.
+  import dataclasses as dc
+
+  @jax.tree_util.register_dataclass
+  @dc.dataclass
+  class Attn:
+    q: jax.Array
+    k: jax.Array
+    v: jax.Array
+    o: jax.Array
+
+  @jax.tree_util.register_dataclass
+  @dc.dataclass
+  class MoE:
+    w_router: jax.Array
+    we_gate: jax.Array
+    we_up: jax.Array
+    we_down: jax.Array
+
+  @jax.tree_util.register_dataclass
+  @dc.dataclass
+  class Layer:
+    attn: Attn
+    ffw: MoE
+
+  d, heads, kv, hd, experts, ffn = 64, 4, 2, 16, 3, 48
+  layer = Layer(Attn(leaf(d, heads, hd), leaf(d, kv, hd), leaf(d, kv, hd), leaf(heads, hd, d)),
+                MoE(leaf(d, experts), leaf(experts, d, ffn), leaf(experts, d, ffn), leaf(experts, ffn, d)))
+  got = v_shapes({"layers": [layer]})["layers"][0]
+  assert dc.asdict(got) == {
+      "attn": {"q": (heads,), "k": (kv,), "v": (kv, hd), "o": (d,)},
+      "ffw": {"w_router": (experts,), "we_gate": (experts, ffn), "we_up": (experts, ffn),
+              "we_down": (experts, d)},
+  }
+  # Heads-first under those names is not theirs: it raises.
+  with pytest.raises(ValueError, match=r"attn.*q.*fits none"):
+    optax_mini.block_specs({"attn": {"q": leaf(heads, d, hd)}})
+
+
 def test_lora_factors_get_one_v_per_output():
   # qwix (tunix) puts <weight>_lora_a/_lora_b beside the weight it adapts:
   # A [in..., rank] one v per rank direction, B [rank, out...] one per output
