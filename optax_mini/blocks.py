@@ -552,6 +552,11 @@ MLP_LAYOUTS = ("i o", "e i o", "i i i o")
 #: output channel, whatever its sizes (the default reading of an unknown
 #: 3-D kernel is otherwise checked: see :func:`_check_default_is_sure`).
 CONV_MODULES = ("*conv*",)
+#: A kernel of four or more axes whose leading (spatial) axes are equal and
+#: at most this long, ``[k, k, in, out]``, is read as a convolution under any
+#: name (keras-hub's 1x1 ``se_expand``, ``projection``): no attention or
+#: experts' layout has a square window of so few heads or experts in front.
+MAX_CONV_WINDOW = 16
 #: Depthwise convolution kernels (Keras' ``DepthwiseConv2D`` and
 #: ``SeparableConv2D``'s ``depthwise_kernel``, EfficientNet's ``dwconv``,
 #: ConvNeXt's ``dwconv``): Keras lays them out ``[kh, kw, in, multiplier]``,
@@ -1809,7 +1814,8 @@ def _check_default_is_sure(
   mixture's experts (``[experts, in, out]``, ``[experts, ffn, d]``)
   together, and no shape tells those from an attention output ``[heads,
   head_dim, out]``. It is taken as ``[in..., out]`` where that is the usual
-  reading: under a convolution's name (:data:`CONV_MODULES`), and for a
+  reading: under a convolution's name (:data:`CONV_MODULES`), for a square
+  window of at most :data:`MAX_CONV_WINDOW` in front of 4+ axes, and for a
   PyTorch-layout weight (a convolution's ``[out, in, k...]``; a 3-D one
   only where its output axis is the largest and it sits under no experts'
   module, :data:`MOE_MODULES`), and where every axis but the last has size
@@ -1827,6 +1833,9 @@ def _check_default_is_sure(
   )
   if torch_read and experts is None and (len(view) > 3 or view[-1] >= max(view[:-1])):
     return
+  window = view[:-2]
+  if len(view) > 3 and experts is None and len(set(window)) == 1 and window[0] <= MAX_CONV_WINDOW:
+    return  # a square window [k, k, in, out]: Keras' 1x1 se_expand, proj, projection
   own = _own_pattern(components)
   why = (
       f"it sits under {experts!r}, a mixture of experts' module"

@@ -411,3 +411,18 @@ def test_unknown_3d_kernels_whose_default_is_the_usual_reading_still_work():
   nu = init(params, blocks=BlockRules(weight_layout="torch"))[0].nu
   assert nu["filt_conv"]["w"].shape == (64,)
   assert nu["proj"]["weight"].shape == nu["stem"]["weight"].shape == (64,)
+  # Keras convolutions under other names (EfficientNet's 1x1 se_expand,
+  # DepthAnything's projection): a square window in front, [k, k, in, out].
+  params = {"block1a_se_expand": {"kernel": jnp.zeros((1, 1, 2, 8))},
+            "projection": {"kernel": jnp.zeros((3, 3, 16, 32))}}
+  nu = init(params)[0].nu
+  assert nu["block1a_se_expand"]["kernel"].shape == (8,) and nu["projection"]["kernel"].shape == (32,)
+
+
+@pytest.mark.parametrize("params", [
+    {"attn": {"w": jnp.zeros((8, 2, 32, 16))}},  # [kv_heads, per_group, in, head_dim]: no square window
+    {"moe": {"w": jnp.zeros((2, 2, 32, 16))}},  # under an experts' module
+])
+def test_a_4d_kernel_that_is_no_square_window_or_sits_in_a_mixture_raises(params):
+  with pytest.raises(ValueError, match=r"4-D kernel.*is a guess"):
+    init(params)
