@@ -792,7 +792,11 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # MiniMax's lightning attention (HF; EasyDeL): qkv_proj reshaped
     # (heads, 3 * head_dim) and split per head, beside its output_gate.
     Rule("self_attn/qkv_proj", "q,k,v", "i (n p h)", beside="self_attn/output_gate"),
-    *(Rule(name, "q,k,v", "i (p n h)") for name in ("qkv_proj", "qkv")),
+    # MaxText's fused_qkv: [emb, q + 2 kv heads, head_dim], the heads axis
+    # split into [q | k | v] runs ("jnp.split(qkv_proj, [q, q + kv], axis=2)");
+    # its GPT-3's [emb, 3, heads, head_dim].
+    Rule("qkv_proj", "q,k,v", ("i (p n h)", "i (p n) h", "i p n h")),
+    Rule("qkv", "q,k,v", "i (p n h)"),
     # wqkv: InternLM2's (attention/wqkv, in PyTorch checkpoints and EasyDeL)
     # repeats (q, k, v) per key/value head, its query heads first; MPT's
     # (attn/Wqkv) and Phi's (mixer/Wqkv) are [q | k | v] runs. Elsewhere the

@@ -453,6 +453,30 @@ def test_dbrx_experts_minimax_lightning_qkv_and_an_experts_first_router():
     optax_mini.block_specs(nest({w2: np.zeros(shapes[w2])}))
 
 
+def test_maxtext_fused_qkv():
+  # MaxText's fused_qkv (layers/attentions.py init_qkv_w): qkv_proj [emb,
+  # q_heads + 2 * kv_heads, head_dim], split along the heads axis into
+  # [q | k | v] runs; GPT-3's [emb, 3, heads, head_dim].
+  d, n, kv, h = 12, 4, 2, 4
+  shapes = {"llama/qkv_proj/kernel": (d, n + 2 * kv, h), "gpt3/qkv_proj/kernel": (d, 3, n, h)}
+  llama, gpt3 = shapes
+
+  def runs(g2):
+    q = g2[:, :n].mean(axis=(0, 2), keepdims=True).repeat(h, 2)
+    k = g2[:, n:n + kv].mean(axis=(0, 2), keepdims=True).repeat(h, 2)
+    return np.concatenate([q, k, g2[:, n + kv:].mean(axis=0, keepdims=True)], 1)
+
+  def parts(g2):
+    qk = g2[:, :2].mean(axis=(0, 3), keepdims=True).repeat(h, 3)
+    return np.concatenate([qk, g2[:, 2:].mean(axis=0, keepdims=True)], 1)
+
+  params, grads = random_case(shapes)
+  ref, _ = numpy_adam_mini(params, grads, {llama: runs, gpt3: parts}, dict.fromkeys(shapes, True))
+  ours, nu = run_ours(nest(params), [nest(g) for g in grads], blocks=BlockRules(num_heads=n, num_kv_heads=kv))
+  assert {k: v.shape for k, v in flat(nu).items()} == {llama: (n + 2 * kv, h), gpt3: (3, n, h)}
+  assert_close(flat(ours), ref)
+
+
 def test_gpt2_cross_attention():
   # HF Flax GPT-2 (add_cross_attention=True) and EasyDeL's port: FlaxConv1D
   # kernels [out, in]; crossattention's q_attn is the query, c_attn the
