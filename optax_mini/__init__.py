@@ -9,6 +9,7 @@ output neuron, per norm tensor), which halves the optimizer state.
 """
 
 from optax_mini import quantize
+from optax_mini._penzai import penzai_blocks
 from optax_mini.alias import adam_mini, default_weight_decay_mask
 from optax_mini.blocks import (
     DEFAULT_RULES,
@@ -50,6 +51,7 @@ __all__ = [
     "default_weight_decay_mask",
     "explain",
     "normalize_path",
+    "penzai_blocks",
     "quantize",
     "scale_by_adam_mini",
     "state_bytes",

@@ -41,11 +41,14 @@ class AxisNames(NamedTuple):
       :data:`UNKNOWN`.
     module: the class of the module that owns the weight (``"Linear"``) when
       its ``In``/``Out`` say which axes are which, else ``""``.
+    source: the library whose array it is: ``"haliax"``, or ``"penzai"``
+      (``optax_mini._penzai``: names only, the kinds unknown).
   """
 
   names: tuple[str, ...]
   kinds: tuple[str, ...]
   module: str = ""
+  source: str = "haliax"
 
 
 def _haliax() -> Any:
@@ -104,7 +107,7 @@ def axis_names(tree: Any) -> tuple[AxisNames | None, ...] | None:
     >>> Embed, Mlp = hax.Axis("embed", 8), hax.Axis("mlp", 16)
     >>> up = hnn.Linear.init(In=Embed, Out=Mlp, key=jax.random.key(0))
     >>> _haliax.axis_names(up)[0]  # its weight, [Out, In] (out_first)
-    AxisNames(names=('mlp', 'embed'), kinds=('out', 'in'), module='Linear')
+    AxisNames(names=('mlp', 'embed'), kinds=('out', 'in'), module='Linear', source='haliax')
   """
   haliax = _haliax()
   if haliax is None:

@@ -36,8 +36,9 @@ def default_weight_decay_mask(
   """
   specs = blocks_lib.block_specs(params, head_dim=head_dim, blocks=blocks)
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+  paths, _ = blocks_lib.leaf_paths(params, tuple(p for p, _ in leaves_with_path))
   decay = []
-  for (path, leaf), spec in zip(leaves_with_path, treedef.flatten_up_to(specs)):
+  for path, (_, leaf), spec in zip(paths, leaves_with_path, treedef.flatten_up_to(specs)):
     is_bias = blocks_lib.is_bias(blocks_lib.normalize_path(path))
     decay.append(len(getattr(leaf, "shape", ())) - len(spec.stack_axes) >= 2 and not is_bias)
   return treedef.unflatten(decay)

@@ -56,7 +56,7 @@ from typing import Any, NamedTuple, Union
 import jax
 import numpy as np
 
-from optax_mini import _haliax
+from optax_mini import _haliax, _penzai
 
 __all__ = [
     "ROLES",
@@ -438,6 +438,16 @@ class Rule(NamedTuple):
   def matches(self, components: Sequence[str]) -> bool:
     """Whether the pattern equals a run of whole path components."""
     return _pattern_matches(self.pattern, tuple(components))
+
+
+class _ModelRule(Rule):
+  """A rule read from a model (:func:`optax_mini.penzai_blocks`): one per
+  parameter of the model, so one that matches no leaf of a tree (a frozen
+  parameter left out of it) draws no warning; ``explain`` names it by
+  ``source``, its pattern being the leaf's whole path."""
+
+  __slots__ = ()
+  source = "penzai_blocks"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -993,6 +1003,8 @@ class BlockRules:
 
 def _rule_name(rule: Rule) -> str:
   """How ``explain`` names a rule: its pattern, and its signature if any."""
+  if isinstance(rule, _ModelRule):
+    return rule.source
   return rule.pattern if rule.beside is None else f"{rule.pattern}, beside {rule.beside}"
 
 
@@ -1762,6 +1774,8 @@ def _claim_leaf(
     if index >= len(rules.rules):  # the defaults: a user rule would have settled it
       _check_not_an_undeclared_stack(components, logical_shape, stack, where)
     target = rule.target
+    if named is not None and named.source == _penzai.SOURCE:
+      _check_penzai_claim(rule, index < len(rules.rules), nd, named, shape, where, components)
     if isinstance(target, BlockSpec):
       resolved = _Resolved(
           target.reduce_axes, target.head_axis, target.head_dim, target.part_axis, target.parts
@@ -1792,6 +1806,8 @@ def _claim_leaf(
       label = f"{target} [{_rule_name(rule)}]"
     return finish(resolved, label + _read_as(torch_read, named_layout)), index
   _check_not_an_undeclared_stack(components, logical_shape, stack, where)
+  if named is not None and named.source == _penzai.SOURCE:
+    _check_penzai_claim(None, False, nd, named, shape, where, components)
   role = "neuron" if nd >= 2 else "tensor"
   fallback = Rule("", role)
   named_layout = None
@@ -1866,6 +1882,39 @@ def _check_default_is_sure(
       f"(heads-first: layout={heads_first!r}); a value, one v per output neuron, "
       f"Rule({own!r}, 'value', layout={heads!r}); experts, Rule({own!r}, 'neuron', "
       f"layout={experts_layout!r}); a convolution or any [in..., out] kernel, Rule({own!r}, 'neuron')."
+  )
+
+
+def _check_penzai_claim(
+    rule: Rule | None, user: bool, nd: int, named: _haliax.AxisNames, shape: tuple[int, ...],
+    where: str, components: tuple[str, ...],
+) -> None:
+  """Raises unless a penzai leaf's reading does not depend on the order of
+  its axes: a leaf of fewer than two (non-layer) axes, an ``element`` rule, or
+  a user rule that says the layout (an explicit ``layout``, a
+  :class:`BlockSpec`, or ``tensor``). Penzai stores a parameter's axes in any
+  order (``optax_mini._penzai``), so a rule's usual Flax layouts, or the
+  default reading, would be a guess."""
+  if nd < 2 or (rule is not None and rule.target == "element"):
+    return
+  if rule is not None and user and (
+      isinstance(rule.target, BlockSpec) or rule.layout is not None or rule.target == "tensor"):
+    return
+  how = "the default reading" if rule is None else (
+      f"reading it by the rule {_rule_name(rule)!r} ({rule.target if isinstance(rule.target, str) else 'BlockSpec'})"
+      " with Flax's layouts")
+  axes = ", ".join(f"{n or '<positional>'}: {d}" for n, d in zip(named.names, shape))
+  example = " ".join(["i"] * (nd - 1) + ["o"])
+  raise ValueError(
+      f"{where}: shape {shape} is a penzai NamedArray with axes {{{axes}}}. Penzai keeps "
+      "a parameter's axes in the order its model was built or loaded in (its Hugging Face "
+      "loaders keep PyTorch's [out, in], a LayerStack's axis comes first or last) and only "
+      f"the model's layers say which of them they contract, so {how} would be a guess. "
+      "Pass the rules read from the model: adam_mini(..., blocks=optax_mini.penzai_blocks(model)) "
+      "(the model whose parameters these are, bound); for a parameter of a layer it does not "
+      "know, a rule with its layout, one letter per axis in the array's order (i input, o "
+      "output, n heads, h a head's size, e kept): penzai_blocks(model, rules=[Rule("
+      f"{_own_pattern(components)!r}, 'neuron', layout={example!r})])."
   )
 
 
@@ -2048,15 +2097,34 @@ def block_specs(
     ()
   """
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+  paths, named = leaf_paths(params, tuple(p for p, _ in leaves_with_path))
   specs = _flat_specs(
-      tuple(p for p, _ in leaves_with_path),
+      paths,
       tuple(tuple(np.shape(x)) for _, x in leaves_with_path),
       treedef,
       head_dim,
       blocks,
-      _haliax.axis_names(params),
+      named,
   )
   return jax.tree_util.tree_unflatten(treedef, specs)
+
+
+def leaf_paths(tree: Any, paths: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any]:
+  """The key paths the partition reads ``tree`` 's leaves by, and their axis
+  names (``None`` for a tree without named arrays).
+
+  ``paths`` are the leaves' key paths, as ``jax.tree_util.tree_flatten_with_path``
+  gives them; a penzai value's is replaced by its label (``_penzai.leaf_info``),
+  and haliax / penzai arrays bring the names of their axes.
+  """
+  named = _haliax.axis_names(tree)
+  penzai = _penzai.leaf_info(tree, paths)
+  if penzai is not None:
+    paths, penzai_named = penzai
+    named = penzai_named if named is None else tuple(
+        a if a is not None else b for a, b in zip(named, penzai_named)
+    )
+  return tuple(paths), named
 
 
 def _flat_specs(paths, shapes, treedef, head_dim, blocks, named=None) -> list[BlockSpec]:
@@ -2141,7 +2209,7 @@ def _warn_unclaimed_once(paths, shapes, head_dim, rules, named=None) -> None:
   }
   components = [normalize_path(path) for path in paths]
   for index, rule in enumerate(rules.rules):
-    if index in claimed:
+    if index in claimed or isinstance(rule, _ModelRule):
       continue
     target = rule.target if isinstance(rule.target, str) else "BlockSpec(...)"
     matched = sum(_pattern_matches(rule.pattern, c) for c in components)

@@ -22,7 +22,7 @@ import optax
 from optax_mini import _flax, _haliax
 from optax_mini import blocks as blocks_lib
 from optax_mini import quantize as quantize_lib
-from optax_mini.transform import ScaleByAdamMiniState
+from optax_mini.transform import ScaleByAdamMiniState, _strip_names
 
 __all__ = ["convert_state"]
 
@@ -55,11 +55,11 @@ def _shapes(x: Any) -> tuple[Any, ...]:
 def _convert_mini(source: ScaleByAdamMiniState, target: ScaleByAdamMiniState) -> ScaleByAdamMiniState:
   # haliax: moments are matched without their NamedArrays (an int8 m's
   # scales are named otherwise than a float m), and named as tx names them.
-  mu_paths, mu_def = jax.tree_util.tree_flatten_with_path(_haliax.strip(target.mu), is_leaf=_is_moment)
-  nu_paths, nu_def = jax.tree_util.tree_flatten_with_path(_haliax.strip(target.nu))
+  mu_paths, mu_def = jax.tree_util.tree_flatten_with_path(_strip_names(target.mu), is_leaf=_is_moment)
+  nu_paths, nu_def = jax.tree_util.tree_flatten_with_path(_strip_names(target.nu))
   try:
-    source_mu = mu_def.flatten_up_to(_haliax.strip(source.mu))
-    source_nu = nu_def.flatten_up_to(_haliax.strip(source.nu))
+    source_mu = mu_def.flatten_up_to(_strip_names(source.mu))
+    source_nu = nu_def.flatten_up_to(_strip_names(source.nu))
   except (ValueError, TypeError) as err:
     raise ValueError(
         "convert_state: the state's moments have another tree structure than "

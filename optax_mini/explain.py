@@ -192,10 +192,11 @@ def explain(
     mask = functools.partial(alias.default_weight_decay_mask, head_dim=head_dim, blocks=blocks)
   decay = mask(params) if callable(mask) else mask
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+  paths, _ = blocks_lib.leaf_paths(params, tuple(p for p, _ in leaves_with_path))
   spec_leaves = treedef.flatten_up_to(specs)
   decay_leaves = treedef.flatten_up_to(decay)
   rows = []
-  for (path, leaf), spec, decayed in zip(leaves_with_path, spec_leaves, decay_leaves):
+  for path, (_, leaf), spec, decayed in zip(paths, leaves_with_path, spec_leaves, decay_leaves):
     shape = tuple(int(d) for d in np.shape(leaf))
     layout = spec.layout(shape)
     averaged_text = _averaged_axes(spec, len(shape))

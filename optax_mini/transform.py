@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from optax._src import numerics, utils
 
-from optax_mini import _flax, _haliax
+from optax_mini import _flax, _haliax, _penzai
 from optax_mini import blocks as blocks_lib
 from optax_mini import quantize as quantize_lib
 
@@ -546,7 +546,7 @@ def scale_by_adam_mini(
     for path, leaf in leaves_with_path:
       _check_inexact(path, leaf)
     shapes = tuple(tuple(x.shape) for x in leaves)
-    named = _haliax.axis_names(tree)
+    paths, named = blocks_lib.leaf_paths(tree, paths)
     specs = blocks_lib._flat_specs(paths, shapes, treedef, head_dim, blocks, named)
     layouts = [s.layout(shape) for s, shape in zip(specs, shapes)]
     if partition_specs is None:
@@ -575,9 +575,9 @@ def scale_by_adam_mini(
     if named is not None:
       # haliax: v and the block scales are named by the axes they keep, not
       # the parameter's (haliax shards a NamedArray by its names).
-      plain = jax.tree_util.tree_structure(_haliax.strip(params))
-      mu = _haliax.describe_state(params, jax.tree_util.tree_unflatten(plain, mu))
-      nu = _haliax.describe_state(params, jax.tree_util.tree_unflatten(plain, nu), v_axes)
+      plain = jax.tree_util.tree_structure(_strip_names(params))
+      mu = _describe_state(params, jax.tree_util.tree_unflatten(plain, mu))
+      nu = _describe_state(params, jax.tree_util.tree_unflatten(plain, nu), v_axes)
     else:
       mu, nu = jax.tree_util.tree_unflatten(treedef, mu), jax.tree_util.tree_unflatten(treedef, nu)
     # Under nnx.Optimizer the leaves come back wrapped in the parameters'
@@ -596,8 +596,8 @@ def scale_by_adam_mini(
     grads_with_path, grads_def = jax.tree_util.tree_flatten_with_path(updates)
     # haliax: the state's v and scales are named otherwise than the
     # gradients (describe_state); they are matched without the names.
-    state_def = jax.tree_util.tree_structure(_haliax.strip(updates))
-    mus = [_as_moment(mu) for mu in _flatten_like(state_def, _haliax.strip(state.mu), "mu", updates)]
+    state_def = jax.tree_util.tree_structure(_strip_names(updates))
+    mus = [_as_moment(mu) for mu in _flatten_like(state_def, _strip_names(state.mu), "mu", updates)]
     for (path, g), mu in zip(grads_with_path, mus):
       if tuple(jnp.shape(g)) != _mu_shape(mu):
         raise ValueError(
@@ -606,7 +606,7 @@ def scale_by_adam_mini(
             "gradients must have the parameters' shapes (no broadcasting)."
         )
     treedef, paths, grads, layouts, mesh_axes, shards, _ = layouts_for(updates)
-    nus = _flatten_like(state_def, _haliax.strip(state.nu), "nu", updates)
+    nus = _flatten_like(state_def, _strip_names(state.nu), "nu", updates)
     unbound = sorted({a for axes in mesh_axes for a in axes if not _axes_bound((a,))})
     if unbound:
       raise ValueError(
@@ -675,7 +675,7 @@ def scale_by_adam_mini(
     unflatten = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)  # noqa: E731
     if state_def == treedef:
       new_mu, new_nu = unflatten(new_mu), unflatten(new_nu)
-    else:  # haliax: named as the state came in
+    else:  # haliax, penzai: named as the state came in
       new_mu = _haliax.like(state.mu, jax.tree_util.tree_unflatten(state_def, new_mu))
       new_nu = _haliax.like(state.nu, jax.tree_util.tree_unflatten(state_def, new_nu))
     return unflatten(new_updates), ScaleByAdamMiniState(
@@ -786,6 +786,19 @@ def _materialized(x: jax.Array) -> jax.Array:
     return x
   corner = (0,) * x.ndim
   return jax.lax.dynamic_update_slice(x, jax.lax.slice(x, corner, (1,) * x.ndim), corner)
+
+
+def _strip_names(tree: Any) -> Any:
+  """``tree`` without haliax's or penzai's named arrays (their arrays in
+  their place): the state is named otherwise than the parameters."""
+  return _penzai.strip(_haliax.strip(tree))
+
+
+def _describe_state(params: Any, tree: Any, v_axes: Any = None) -> Any:
+  """``tree`` (in the structure of ``_strip_names(params)``) named as
+  haliax or penzai name ``params`` (:func:`_haliax.describe_state`)."""
+  named = _haliax.describe_state(params, tree, v_axes)
+  return _penzai.describe_state(params, named, v_axes) if named is tree else named
 
 
 def _flatten_like(treedef, tree, name: str, updates) -> list[Any]:
