@@ -1,4 +1,4 @@
-"""Flax NNX interop: reduced state that describes its own sharding.
+"""Flax interop: reduced state that describes its own sharding.
 
 ``nnx.Optimizer`` hands ``init`` an ``nnx.State`` of ``Variable`` s, and
 ``jax.tree`` functions rebuild every state leaf inside a copy of its
@@ -8,7 +8,11 @@ the parameter's shape); for Adam-mini's ``v`` it is not: its
 (and ``nnx.get_partition_spec``) would apply a spec of the wrong rank. Here
 each ``v`` Variable gets the names of the axes it keeps instead, the same
 spec :func:`optax_mini.state_shardings` gives; likewise the block scales of
-an int8 ``m`` (:func:`describe_quantized`).
+an int8 ``m`` (:func:`describe_quantized`). Linen's partitioning boxes
+(``nn.with_partitioning``, ``nn.with_logical_partitioning``: the parameters
+``TrainState.create`` hands ``tx.init`` in Flax's Linen sharding recipe, whose
+shardings come from ``nn.get_sharding`` of the state) are re-named the same
+way.
 """
 
 from __future__ import annotations
@@ -27,6 +31,29 @@ def _is_variable(x: Any) -> bool:
   except ImportError:  # flax is optional
     return False
   return isinstance(x, nnx.Variable)
+
+
+def _is_box(x: Any) -> bool:
+  """A Linen partitioning box (``nn.with_partitioning``'s ``Partitioned``,
+  ``nn.with_logical_partitioning``'s ``LogicallyPartitioned``): its ``names``
+  name each axis of the array it holds."""
+  try:
+    from flax.core import meta
+  except ImportError:  # flax is optional
+    return False
+  return isinstance(x, meta.Partitioned)
+
+
+def _is_described(x: Any) -> bool:
+  return _is_variable(x) or _is_box(x)
+
+
+def unbox(tree: Any) -> Any:
+  """``tree`` with Linen's partitioning boxes replaced by their arrays (the
+  state's ``v`` is boxed with other names than its gradient)."""
+  if not any(_is_box(x) for x in jax.tree_util.tree_leaves(tree, is_leaf=_is_box)):
+    return tree
+  return jax.tree_util.tree_map(lambda x: x.value if _is_box(x) else x, tree, is_leaf=_is_box)
 
 
 def as_arrays(tree: Any) -> Any:
@@ -61,11 +88,14 @@ def describe_kept_axes(
   order, and ``ndims[i]`` the parameter's rank. Trees without Variables are
   returned as they are.
   """
-  leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_variable)
-  if not any(_is_variable(x) for x in leaves):
+  leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_described)
+  if not any(_is_described(x) for x in leaves):
     return tree
   out = []
   for leaf, axes, ndim in zip(leaves, kept_axes, ndims, strict=True):
+    if _is_box(leaf):
+      out.append(leaf.replace(names=_kept(leaf.names, axes, ndim)))
+      continue
     if not _is_variable(leaf):
       out.append(leaf)
       continue
@@ -107,6 +137,13 @@ def describe_quantized(tree: Any) -> Any:
   from optax_mini import quantize  # noqa: PLC0415 (quantize does not import this module)
 
   def move(leaf):
+    if _is_box(leaf) and isinstance(leaf.value, quantize.QuantizedMoment):
+      moment = leaf.value
+      mesh = leaf.mesh or jax.sharding.get_abstract_mesh()
+      names = _scales_names(leaf.names, moment.scales.shape[-1], mesh, moment.scales.ndim)
+      return moment._replace(  # noqa: SLF001
+          codes=leaf.replace(value=moment.codes), scales=leaf.replace(value=moment.scales, names=names)
+      )
     if not _is_variable(leaf) or not isinstance(leaf.get_value(), quantize.QuantizedMoment):
       return leaf
     moment = leaf.get_value()
@@ -122,4 +159,4 @@ def describe_quantized(tree: Any) -> Any:
         scales=type(leaf)(moment.scales, **scales_metadata),
     )
 
-  return jax.tree_util.tree_map(move, tree, is_leaf=_is_variable)
+  return jax.tree_util.tree_map(move, tree, is_leaf=_is_described)

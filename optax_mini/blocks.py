@@ -468,8 +468,11 @@ def _pattern_matches(pattern: str, components: tuple[str, ...], reaching: int = 
 #: official code checks "bias" first, for both). Keras calls a normalization
 #: layer's bias ``beta``, Haiku ``offset``; Swin's and BEiT's relative
 #: position tables are ``relative_position_bias_table`` (a bias to the
-#: attention logits, and "bias" to the official substring match).
-BIAS_PATTERNS = ("bias", "*_bias", "beta", "offset", "*_bias_table")
+#: attention logits, and "bias" to the official substring match). Haiku's
+#: ``Linear`` and ``Conv`` name their bias ``b`` (beside ``w``), as do
+#: recurrentgemma's layers (its RG-LRU gates' ``b [blocks, width]``) and
+#: Flax's NNX examples.
+BIAS_PATTERNS = ("bias", "*_bias", "beta", "offset", "*_bias_table", "b")
 
 
 def is_bias(components: Sequence[str]) -> bool:
@@ -487,7 +490,7 @@ def _rules(target: str, *patterns: str) -> tuple[Rule, ...]:
 #: it is taken for a layer stack nobody declared (``nnx.vmap``/``nnx.scan``,
 #: ``eqx.filter_vmap``, a scanned Linen module), and the partition raises
 #: instead of averaging the layers together.
-NORM_MODULES = ("*norm*", "ln", "ln_*", "*_ln")
+NORM_MODULES = ("*norm*", "ln", "ln_*", "*_ln", "bn", "bn_*", "*_bn")
 NORM_SCALES = ("scale", "weight", "gamma", "g")
 
 
@@ -661,11 +664,24 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # einsum kernels, k/v or q/k/v fused along a leading parts axis, gate/up
     # fused likewise. Gemma 4's global layers that share keys and values
     # (k_eq_v) have a k_einsum alone, [K, D, H].
-    Rule("q_einsum/w", "heads", _HEADS_IN),
-    Rule("k_einsum/w", "heads", _HEADS_IN),
-    Rule("kv_einsum/w", "k,v", "p n i h"),
-    Rule("qkv_einsum/w", "q,k,v", "p n i h"),
-    Rule("attn_vec_einsum/w", "neuron", "n h o"),
+    # Flax's own NNX Gemma example (examples/gemma) names the same einsums'
+    # weights `kernel` (nnx.Einsum).
+    *(
+        rule
+        for weight in ("w", "kernel")
+        for rule in (
+            Rule(f"q_einsum/{weight}", "heads", _HEADS_IN),
+            Rule(f"k_einsum/{weight}", "heads", _HEADS_IN),
+            Rule(f"kv_einsum/{weight}", "k,v", "p n i h"),
+            Rule(f"qkv_einsum/{weight}", "q,k,v", "p n i h"),
+            Rule(f"attn_vec_einsum/{weight}", "neuron", "n h o"),
+        )
+    ),
+    # flaxformer's fused projections (MultiQueryDotProductAttention /
+    # DenseGeneral with fused kernels): qkv_fused [in, 3, heads, head_dim],
+    # kv_fused [in, 2, heads, head_dim].
+    Rule("qkv_fused/kernel", "q,k,v", "i p n h"),
+    Rule("kv_fused/kernel", "k,v", "i p n h"),
     # Gemma 3 stores gate|up as [2, F, D], Gemma 2 as [2, D, F]
     # (transpose_gating_einsum); the MLP widens (F > D), which tells them apart.
     Rule("gating_einsum", "gate,up", ("p o i", "p i o"), where="o > i"),
@@ -701,12 +717,14 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("attn/o", "neuron", ("i o", "i i o")),
     # MaxText (self_attention, Gemma 2's self_attention_local/_global),
     # keras-hub Llama/Mistral (self_attention) and flax's own attention
-    # modules under their default names: [in, heads, head_dim].
+    # modules under their default names: [in, heads, head_dim]; T5X's and
+    # flaxformer's decoder self_attention keep them flat, [in, heads*head_dim].
     *(
-        Rule(f"{module}/{name}", role, _IN_HEADS)
+        Rule(f"{module}/{name}", role, (_IN_HEADS, flat))
         for module in ("self_attention*", "multiheaddotproductattention_*",
                        "selfattention_*", "multiheadattention_*")
-        for name, role in (("query", "heads"), ("key", "heads"), ("value", "value"))
+        for name, role, flat in (("query", "heads", "i (n h)"), ("key", "heads", "i (n h)"),
+                                 ("value", "value", "i o"))
     ),
     # Keras' MultiHeadAttention (keras-hub's ViT names it mha, its
     # TransformerDecoder cross_attention): [in, heads, head_dim] EinsumDense
@@ -1808,6 +1826,18 @@ def _claim_leaf(
   _check_not_an_undeclared_stack(components, logical_shape, stack, where)
   if named is not None and named.source == _penzai.SOURCE:
     _check_penzai_claim(None, False, nd, named, shape, where, components)
+  if (
+      nd >= 2 and weight is None and named is None and all(d == 1 for d in logical_shape[:-1])
+      and not all(c.isdigit() for c in components)
+      and not any(fnmatch.fnmatchcase(c, p) for c in components for p in CONV_MODULES)
+  ):
+    # A learned token [1, ..., 1, d] (big_vision's and scenic's MAP probe
+    # and cls, XLNet's mask_emb): one v, as an embedding row or a class
+    # token under an embedding's name gets (one per feature would be Adam).
+    token = Rule("", "token", " ".join(["o"] * (nd - 1) + ["i"]))
+    resolved, _ = _resolve(token, logical_shape, head_dim, rules, where, bool(stack), None, None,
+                           _own_pattern(components))
+    return finish(resolved, "token (default: a learned token [1, ..., d])"), None
   role = "neuron" if nd >= 2 else "tensor"
   fallback = Rule("", role)
   named_layout = None
@@ -1934,7 +1964,9 @@ def _check_not_an_undeclared_stack(
       "eqx.filter_vmap, a scanned Linen module) with no layer axis declared, and every "
       "kernel in it would have its layers averaged together. Declare the stack: "
       f"blocks=optax_mini.BlockRules(stacked={{{layers!r}: 0}}) if its layer axis is the first "
-      "(nnx.vmap, eqx.filter_vmap; MaxText's is 1); or, for a norm that has more than one feature axis, give it "
+      "(nnx.vmap, eqx.filter_vmap; MaxText's, T5X's and flaxformer's scanned layers have it "
+      f"second: {{{layers!r}: 1}}; it is the axis every leaf under {layers!r} has the same "
+      "length on); or, for a norm that has more than one feature axis, give it "
       f"a rule: BlockRules(rules=[({module + '/' + components[-1]!r}, 'tensor')])."
   )
 
@@ -2176,10 +2208,66 @@ def _flat_claims_from_rules(
       index for index, rule in enumerate(rules.all_rules())
       if rule.beside is not None and any(_pattern_matches(rule.beside, c) for c in components)
   )
+  _check_stacks_agree(components, paths, shapes, rules)
   return tuple(
       _claim(c, shape, head_dim, rules, path_str(path), names, outputs.get(c[:-2]), beside)
       for c, path, shape, names in zip(components, paths, shapes, named)
   )
+
+
+def _stack_prefix(pattern: str, components: tuple[str, ...]) -> tuple[str, ...] | None:
+  """The components up to the end of ``pattern`` 's first match: the
+  stack of layers a leaf belongs to (``decoder/*layers`` matches MaxText
+  DeepSeek's ``dense_layers`` and ``moe_layers``, two stacks)."""
+  parts = tuple(pattern.lower().strip("/").split("/"))
+  n = len(parts)
+  for start in range(max(len(components) - n + 1, 0)):
+    if all(fnmatch.fnmatchcase(components[start + i], parts[i]) for i in range(n)):
+      return components[: start + n]
+  return None
+
+
+def _check_stacks_agree(components, paths, shapes, rules: BlockRules) -> None:
+  """Raises if the leaves of one stack of layers (those under one match of a
+  ``BlockRules.stacked`` pattern) differ in length along the declared layer
+  axes: every leaf of a stack has one entry per layer, so the axis is wrong
+  (T5X's and flaxformer's scanned layers keep it second, ``nnx.vmap`` first),
+  and reading another axis as the layers would average the layers together."""
+  groups: dict[tuple[Any, ...], list[tuple[str, tuple[int, ...]]]] = {}
+  for c, path, shape in zip(components, paths, shapes):
+    for pattern, axes in rules.stacked:
+      prefix = _stack_prefix(pattern, c)
+      if prefix is None:
+        continue
+      if all(-len(shape) <= a < len(shape) for a in axes):
+        groups.setdefault((pattern, axes, prefix), []).append((path_str(path), tuple(shape)))
+      break
+  for (pattern, axes, prefix), leaves in groups.items():
+    counts = {tuple(shape[a] for a in axes) for _, shape in leaves}
+    if len(counts) <= 1:
+      continue
+    by_count: dict[tuple[int, ...], tuple[str, tuple[int, ...]]] = {}
+    for where, shape in leaves:
+      by_count.setdefault(tuple(shape[a] for a in axes), (where, shape))
+    shown = "; ".join(f"{w}: shape {s}" for w, s in list(by_count.values())[:3])
+    rank = min(len(s) for _, s in leaves)
+    common = [
+        a for a in range(rank) if len({s[a] for _, s in leaves}) == 1
+    ]
+    hint = (
+        f" The axis every one of them has the same length on is {common[0]} "
+        f"({leaves[0][1][common[0]]} layers?): stacked={{{pattern!r}: {common[0]}}}."
+        if len(common) == 1 else ""
+    )
+    raise ValueError(
+        f"BlockRules(stacked={{{pattern!r}: {axes if len(axes) > 1 else axes[0]}}}): the leaves "
+        f"under {'/'.join(prefix)} have {len(counts)} different lengths along the declared layer "
+        f"axis ({shown}), where every leaf of one stack of layers has one entry per layer: the "
+        "axis is not the layer axis, and reading it so would average each kernel's layers "
+        "together. Declare the axis that holds the layers (nnx.vmap/nnx.scan, "
+        "eqx.filter_vmap: 0; MaxText's, T5X's and flaxformer's scanned layers: 1), or a "
+        f"pattern that matches one stack only.{hint}"
+    )
 
 
 def warn_unclaimed_rules(

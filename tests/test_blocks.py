@@ -892,3 +892,82 @@ def test_the_attention_output_kernel_settles_its_query_key_value_layout():
   del attn["attention_output"]
   with pytest.raises(ValueError, match="'i n h' or 'n i h'"):
     v_shapes({"blk": {"mixer": attn}})
+
+
+def test_a_layer_axis_declared_where_it_is_not_raises():
+  # T5X's / flaxformer's scanned layers keep the layer axis second: [in, layers, out],
+  # norm scales [d, layers]. Axis 0 read as the layers would average every
+  # kernel's layers together (silently, for a decoder-only tree).
+  layers, d, mlp = 3, 96, 200
+  params = {"decoder": {"decoder": {
+      "mlp": {"wi_0": {"kernel": leaf(d, layers, mlp)}, "wo": {"kernel": leaf(mlp, layers, d)}},
+      "pre_mlp_layer_norm": {"scale": leaf(d, layers)},
+  }}}
+  with pytest.raises(ValueError, match=r"different lengths along the declared layer axis.*stacked=\{'decoder/decoder': 1\}"):
+    v_shapes(params, blocks=BlockRules(stacked={"decoder/decoder": 0}))
+  got = v_shapes(params, blocks=BlockRules(stacked={"decoder/decoder": 1}))["decoder"]["decoder"]
+  assert got["mlp"]["wi_0"]["kernel"] == (layers, mlp)
+  assert got["mlp"]["wo"]["kernel"] == (layers, d)
+  assert got["pre_mlp_layer_norm"]["scale"] == (layers,)
+  # Two stacks of different depth under one pattern (MaxText DeepSeek's dense
+  # and MoE layers) are two stacks, each of one length.
+  two = {"decoder": {"dense_layers": {"mlp": {"kernel": leaf(d, 2, mlp)}},
+                     "moe_layers": {"mlp": {"kernel": leaf(d, 5, mlp)}}}}
+  got = v_shapes(two, blocks=BlockRules(stacked={"decoder/*layers": 1}))["decoder"]
+  assert got["dense_layers"]["mlp"]["kernel"] == (2, mlp)
+  assert got["moe_layers"]["mlp"]["kernel"] == (5, mlp)
+
+
+def test_t5x_flaxformer_and_flax_gemma_example_layouts():
+  d, heads, hd = 96, 6, 16
+  params = {
+      # T5X / flaxformer decoder self-attention: flat [d, heads * head_dim].
+      "decoder": {"layers_0": {"self_attention": {
+          "query": {"kernel": leaf(d, heads * hd)}, "key": {"kernel": leaf(d, heads * hd)},
+          "value": {"kernel": leaf(d, heads * hd)}, "out": {"kernel": leaf(heads * hd, d)}}},
+          # flaxformer's fused projections [d, parts, heads, head_dim].
+          "layers_1": {"self_attention": {"qkv_fused": {"kernel": leaf(d, 3, heads, hd)}},
+                       "encoder_decoder_attention": {"kv_fused": {"kernel": leaf(d, 2, heads, hd)}}}},
+      # Flax's NNX Gemma example: nnx.Einsum weights named kernel, heads first.
+      "layer_0": {"attn": {"q_einsum": {"kernel": leaf(heads, d, hd)},
+                           "kv_einsum": {"kernel": leaf(2, 2, d, hd)},
+                           "attn_vec_einsum": {"kernel": leaf(heads, hd, d)}}},
+  }
+  got = v_shapes(params, head_dim=hd)
+  attn = got["decoder"]["layers_0"]["self_attention"]
+  assert attn["query"]["kernel"] == (heads,) and attn["key"]["kernel"] == (heads,)
+  assert attn["value"]["kernel"] == (heads * hd,) and attn["out"]["kernel"] == (d,)
+  report = optax_mini.explain(params, head_dim=hd)
+  blocks = {r.path: r.num_blocks for r in report.rows}
+  # q and k one per head, v one per output neuron.
+  assert blocks["['decoder']['layers_1']['self_attention']['qkv_fused']['kernel']"] == 2 * heads + heads * hd
+  assert blocks["['decoder']['layers_1']['encoder_decoder_attention']['kv_fused']['kernel']"] == heads + heads * hd
+  assert blocks["['layer_0']['attn']['q_einsum']['kernel']"] == heads
+  # [2, K, D, H] with K = 2 (a square "window" of 2 in front): k per kv head, v per neuron.
+  assert blocks["['layer_0']['attn']['kv_einsum']['kernel']"] == 2 + 2 * hd
+  assert blocks["['layer_0']['attn']['attn_vec_einsum']['kernel']"] == d
+
+
+def test_haiku_and_recurrentgemma_b_is_a_bias_and_a_batch_norm_stack_raises():
+  params = {"linear": {"w": leaf(8, 16), "b": leaf(16)},
+            "rg_lru": {"input_gate": {"w": leaf(10, 32, 32), "b": leaf(10, 32)}}}
+  got = v_shapes(params, blocks=BlockRules(rules=[("rg_lru/*/w", "neuron", "e i o")]))
+  assert got["linear"]["b"] == (16,)  # plain Adam, as every bias
+  assert got["rg_lru"]["input_gate"]["b"] == (10, 32)  # not averaged across its blocks
+  mask = optax_mini.default_weight_decay_mask(
+      params, blocks=BlockRules(rules=[("rg_lru/*/w", "neuron", "e i o")]))
+  assert not mask["linear"]["b"] and not mask["rg_lru"]["input_gate"]["b"] and mask["linear"]["w"]
+  # An nnx.vmap-stacked batch norm [layers, d]: a stack nobody declared.
+  with pytest.raises(ValueError, match=r"stack of layers"):
+    v_shapes({"layers": {"bn": {"scale": leaf(4, 16)}, "dense": {"kernel": leaf(4, 16, 16)}}})
+
+
+def test_a_learned_token_is_one_block():
+  # big_vision's MAP head probe and ViT cls token [1, 1, d]: one v, as a
+  # class token under an embedding's name (HF ViT's cls_token) gets.
+  params = {"MAPHead_0": {"probe": leaf(1, 1, 96)}, "cls": leaf(1, 1, 96),
+            "embeddings": {"cls_token": leaf(1, 1, 96)}, "Conv_0": {"kernel": leaf(1, 1, 96)}}
+  got = v_shapes(params)
+  assert got["MAPHead_0"]["probe"] == (1, 1) and got["cls"] == (1, 1)
+  assert got["embeddings"]["cls_token"] == (1, 1)
+  assert got["Conv_0"]["kernel"] == (96,)  # a 1x1 convolution from one channel: per output
