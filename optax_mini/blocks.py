@@ -677,6 +677,16 @@ DEFAULT_RULES: tuple[Rule, ...] = (
             Rule(f"attn_vec_einsum/{weight}", "neuron", "n h o"),
         )
     ),
+    # recurrentgemma (Griffin, Linen): the RG-LRU gates are block-diagonal,
+    # [blocks, in, out] per block (each block its own operator, kept like
+    # experts); the MLP's gate and up fused [2, d, F] ("...td,cdD->c...tD");
+    # the local attention's proj_q [d, heads*head_dim] and its one key/value
+    # head, proj_k / proj_v [d, head_dim].
+    Rule("rg_lru/*/w", "neuron", "e i o"),
+    Rule("mlp_block/ffw_up/w", "gate,up", "p i o"),
+    Rule("attention_block/proj_q", "heads"),
+    Rule("attention_block/proj_k", "heads"),
+    Rule("attention_block/proj_v", "value"),
     # flaxformer's fused projections (MultiQueryDotProductAttention /
     # DenseGeneral with fused kernels): qkv_fused [in, 3, heads, head_dim],
     # kv_fused [in, 2, heads, head_dim].

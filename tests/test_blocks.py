@@ -971,3 +971,31 @@ def test_a_learned_token_is_one_block():
   assert got["MAPHead_0"]["probe"] == (1, 1) and got["cls"] == (1, 1)
   assert got["embeddings"]["cls_token"] == (1, 1)
   assert got["Conv_0"]["kernel"] == (96,)  # a 1x1 convolution from one channel: per output
+
+
+def test_recurrentgemma_layers():
+  # recurrentgemma's Griffin block at RecurrentGemma-2B's widths, scaled down:
+  # width 64, 4 heads of 16 (one key/value head), RG-LRU in 4 blocks of 16, MLP 3x.
+  width, heads, hd, blocks, mlp = 64, 4, 16, 4, 192
+  params = {
+      "blocks.0": {"recurrent_block": {
+          "rg_lru": {"input_gate": {"w": leaf(blocks, width // blocks, width // blocks),
+                                    "b": leaf(blocks, width // blocks)},
+                     "a_param": leaf(width)},
+          "conv_1d": {"w": leaf(4, width), "b": leaf(width)}},
+          "mlp_block": {"ffw_up": {"w": leaf(2, width, mlp), "b": leaf(2, 1, 1, mlp)},
+                        "ffw_down": {"kernel": leaf(mlp, width), "bias": leaf(width)}}},
+      "blocks.2": {"attention_block": {
+          "proj_q": {"kernel": leaf(width, heads * hd)}, "proj_k": {"kernel": leaf(width, hd)},
+          "proj_v": {"kernel": leaf(width, hd)}, "proj_final": {"kernel": leaf(heads * hd, width)}}},
+  }
+  got = v_shapes(params, head_dim=hd)
+  rec = got["blocks.0"]["recurrent_block"]
+  assert rec["rg_lru"]["input_gate"]["w"] == (blocks, width // blocks)  # per block and output
+  assert rec["rg_lru"]["input_gate"]["b"] == (blocks, width // blocks)  # plain Adam
+  assert rec["conv_1d"]["b"] == (width,)
+  mlp_v = got["blocks.0"]["mlp_block"]
+  assert mlp_v["ffw_up"]["w"] == (2, mlp) and mlp_v["ffw_up"]["b"] == (2, 1, 1, mlp)
+  attn = got["blocks.2"]["attention_block"]
+  assert attn["proj_q"]["kernel"] == (heads,) and attn["proj_k"]["kernel"] == (1,)
+  assert attn["proj_v"]["kernel"] == (hd,) and attn["proj_final"]["kernel"] == (width,)
