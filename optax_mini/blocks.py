@@ -1911,6 +1911,16 @@ def _check_default_is_sure(
   heads = " ".join(["i"] + ["n"] * (rank - 2) + ["h"])
   heads_first = " ".join(["n"] * (rank - 2) + ["i", "h"])
   experts_layout = " ".join(["e"] + ["i"] * (rank - 2) + ["o"])
+  parts = next((d for d in logical_shape if d in (2, 3)), None)
+  fused = (
+      f"; a fused projection [in, parts, heads, head_dim] (flaxformer's qkv_fused), each part its "
+      f"own blocks, Rule({own!r}, {'q,k,v' if parts == 3 else 'k,v'!r}, layout='i p n h')"
+      if rank == 4 and parts is not None else ""
+  )
+  stack_hint = "" if stacked else (
+      " If one of its axes counts the layers of a stack (a scanned or vmapped module), declare "
+      "it instead: BlockRules(stacked={<the stack's path>: <its layer axis>})."
+  )
   raise ValueError(
       f"{where}: {shown} matched no rule, and the default reading, a {rank}-D kernel "
       f"[{', '.join(['in'] * (rank - 1))}, out]{stored} with one v per output neuron (the last axis), is a guess: "
@@ -1921,7 +1931,8 @@ def _check_default_is_sure(
       f"blocks=optax_mini.BlockRules(rules=[Rule({own!r}, 'heads', layout={heads!r})]) "
       f"(heads-first: layout={heads_first!r}); a value, one v per output neuron, "
       f"Rule({own!r}, 'value', layout={heads!r}); experts, Rule({own!r}, 'neuron', "
-      f"layout={experts_layout!r}); a convolution or any [in..., out] kernel, Rule({own!r}, 'neuron')."
+      f"layout={experts_layout!r}); a convolution or any [in..., out] kernel, Rule({own!r}, 'neuron')"
+      f"{fused}.{stack_hint}"
   )
 
 

@@ -426,3 +426,12 @@ def test_unknown_3d_kernels_whose_default_is_the_usual_reading_still_work():
 def test_a_4d_kernel_that_is_no_square_window_or_sits_in_a_mixture_raises(params):
   with pytest.raises(ValueError, match=r"4-D kernel.*is a guess"):
     init(params)
+
+
+def test_an_unknown_four_axis_kernel_error_offers_fused_parts_and_a_layer_stack():
+  params = {"attn": {"my_kv": {"kernel": jnp.zeros((32, 2, 4, 8))}}}
+  with pytest.raises(ValueError) as e:
+    optax_mini.explain(params)
+  message = str(e.value)
+  assert "Rule('my_kv/kernel', 'k,v', layout='i p n h')" in message
+  assert "BlockRules(stacked=" in message
