@@ -23,6 +23,7 @@ hold its values only if the user imported it, so ``sys.modules`` is asked.
 
 from __future__ import annotations
 
+import collections
 import re
 import sys
 from typing import Any
@@ -364,6 +365,4 @@ _PLAIN = object()  # a leaf that is not a penzai value
 
 
 def _ordered(items: Any) -> Any:
-  import collections  # noqa: PLC0415
-
   return collections.OrderedDict((str(k), int(v)) for k, v in items)
