@@ -1554,11 +1554,16 @@ def _resolve(
         f"only. Give it its own rule, e.g. blocks=BlockRules(rules=[({own!r}, "
         "BlockSpec(reduce_axes=...))]) or a Rule with a layout."
     )
-  if any(reason == "needs head_dim" for _, reason in misfits):
-    groups = _parse_layout(misfits[0][0])
+  needs = [layout for layout, reason in misfits if reason == "needs head_dim"]
+  if needs:
+    # The layout to name is one of this rank whose flat axis holds the heads
+    # (a 3-D layout tried on a 2-D leaf has no size to suggest a head from).
+    flat = [x for x in needs if len(_parse_layout(x)) == nd
+            and any({"n", "h"} <= set(g) for g in _parse_layout(x))] or needs
+    groups = _parse_layout(flat[0])
     size = next((logical_shape[a] for a, g in enumerate(groups) if "h" in g and a < nd), 0)
     raise ValueError(
-        f"{head} laid out {misfits[0][0]!r}, a flat heads*head_dim axis: one v per "
+        f"{head} laid out {flat[0]!r}, a flat heads*head_dim axis: one v per "
         "attention head needs the head size. Pass head_dim=<size of one head> (e.g. "
         f"head_dim={_example_head_dim(size)}) to adam_mini / scale_by_adam_mini / "
         "explain, or override this leaf with "

@@ -26,6 +26,14 @@ def test_flat_qk_kernel_without_head_dim():
   assert "blocks=" in msg  # the alternative fix
 
 
+def test_a_haiku_query_without_head_dim_suggests_a_head_size_that_fits():
+  # Haiku's MultiHeadAttention ``query/w [in, heads*key_size]``: the message
+  # named the 3-D layout 'i n h' and suggested head_dim=0.
+  params = {"transformer/layer_0/mha/query": {"w": jnp.zeros((96, 192))}}
+  with pytest.raises(ValueError, match=r"laid out 'i \(n h\)'.*e\.g\. head_dim=64\)"):
+    init(params)
+
+
 def test_head_dim_that_does_not_divide():
   params = {"attn": {"q_proj": {"kernel": jnp.zeros((16, 40))}}}
   with pytest.raises(ValueError) as err:
