@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 
 import jax
 
+from optax_mini import _named
+
 #: Axis kinds: an input of the module's weight (averaged by every kernel
 #: role), an output (kept by neuron, value and token roles; by name, heads),
 #: a copy of the whole module (the layer axis of an ``hnn.Stacked``, the
@@ -175,13 +177,6 @@ def _describe(fact: dict[str, Any]) -> AxisNames:
 # The state: named like the parameters, so that haliax can shard it
 
 
-class _Named(NamedTuple):
-  axes: tuple[Any, ...]
-
-
-_PLAIN = object()  # a leaf that is not a NamedArray's array
-
-
 def strip(tree: Any) -> Any:
   """``tree`` with each ``NamedArray`` replaced by its array (the state's
   ``v`` and block scales are named with other axes than their parameter's,
@@ -210,25 +205,7 @@ def describe_state(params: Any, tree: Any, v_axes: Sequence[Sequence[int]] | Non
   haliax = _haliax()
   if haliax is None:
     return tree
-  is_named = lambda x: isinstance(x, haliax.NamedArray)  # noqa: E731
-
-  def mark(x: Any) -> Any:
-    if not is_named(x):
-      return _PLAIN
-    # A NamedArray whose array was filtered out (eqx.filter) holds no leaf.
-    return None if x.array is None else _Named(tuple(x.axes))
-
-  marked = jax.tree_util.tree_map(mark, params, is_leaf=is_named)
-  marks = jax.tree_util.tree_leaves(marked, is_leaf=lambda x: isinstance(x, _Named))
-  if not any(isinstance(m, _Named) for m in marks):
-    return tree
-  leaf_index = iter(range(len(marks)))
-
-  def name(mark: Any, entry: Any) -> Any:
-    index = next(leaf_index)
-    if not isinstance(mark, _Named):
-      return entry
-    axes = mark.axes
+  def name(axes: tuple[Any, ...], index: int, entry: Any) -> Any:
     if v_axes is not None:
       return haliax.NamedArray(entry, _resized([axes[a] for a in v_axes[index]], entry.shape))
     if hasattr(entry, "codes") and hasattr(entry, "scales"):  # an int8 m
@@ -238,8 +215,13 @@ def describe_state(params: Any, tree: Any, v_axes: Sequence[Sequence[int]] | Non
       )
     return haliax.NamedArray(entry, axes)
 
-  return jax.tree_util.tree_map(
-      name, marked, tree, is_leaf=lambda x: isinstance(x, _Named) or x is _PLAIN
+  return _named.name_entries(
+      params,
+      tree,
+      lambda x: isinstance(x, haliax.NamedArray),
+      # A NamedArray whose array was filtered out (eqx.filter) holds no leaf.
+      lambda x: None if x.array is None else tuple(x.axes),
+      name,
   )
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import jax
 
-from optax_mini import _haliax
+from optax_mini import _haliax, _named
 
 #: The ``AxisNames.source`` of a penzai leaf.
 SOURCE = "penzai"
@@ -323,19 +323,10 @@ def describe_state(params: Any, tree: Any, v_axes: Any = None) -> Any:
   module = _named_axes()
   if module is None:
     return tree
-  marked = jax.tree_util.tree_map(
-      lambda x: _Named(x) if _is_named(x) else _PLAIN, params, is_leaf=_is_named
-  )
-  marks = jax.tree_util.tree_leaves(marked, is_leaf=lambda x: isinstance(x, _Named))
-  if not any(isinstance(m, _Named) for m in marks):
-    return tree
-  leaf_index = iter(range(len(marks)))
 
-  def name(mark: Any, entry: Any) -> Any:
-    index = next(leaf_index)
-    if not isinstance(mark, _Named) or mark.array.data_array is None:
+  def name(array: Any, index: int, entry: Any) -> Any:
+    if array.data_array is None:
       return entry
-    array = mark.array
     if v_axes is None:  # the parameter's own names: its node, holding the entry
       node = jax.tree_util.tree_structure(array, is_leaf=lambda x: x is not array)
       return node.unflatten([entry])
@@ -347,21 +338,7 @@ def describe_state(params: Any, tree: Any, v_axes: Any = None) -> Any:
       return entry
     return module.NamedArray(named_axes=_ordered(zip(kept, entry.shape)), data_array=entry)
 
-  return jax.tree_util.tree_map(
-      name, marked, tree, is_leaf=lambda x: isinstance(x, _Named) or x is _PLAIN
-  )
-
-
-class _Named:
-  """A penzai ``NamedArray`` parameter, a leaf while marking."""
-
-  __slots__ = ("array",)
-
-  def __init__(self, array: Any):
-    self.array = array
-
-
-_PLAIN = object()  # a leaf that is not a penzai value
+  return _named.name_entries(params, tree, _is_named, lambda x: x, name)
 
 
 def _ordered(items: Any) -> Any:
