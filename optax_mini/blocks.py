@@ -49,6 +49,7 @@ import dataclasses
 import fnmatch
 import functools
 import math
+import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Union
@@ -450,6 +451,15 @@ class _ModelRule(Rule):
   source = "penzai_blocks"
 
 
+class _StoredRule(Rule):
+  """A default rule whose layout describes the leaf as stored, as a user
+  rule's does: never read transposed for a PyTorch-named ``weight``. For a
+  library that names its ``[in, out]`` kernels ``weight`` and keeps other
+  layouts beside them (AXLearn), known by its signature (``beside``)."""
+
+  __slots__ = ()
+
+
 @functools.lru_cache(maxsize=4096)
 def _pattern_matches(pattern: str, components: tuple[str, ...], reaching: int = 0) -> bool:
   """Whether ``pattern`` equals a run of whole components that ends past
@@ -602,6 +612,10 @@ EXPERTS_CHECK = "e <= i"
 POSITION_TABLES = ("*pos_emb*", "*posemb*", "*position_emb*")
 POSITION_TABLE_LAYOUTS = ("o i", "o o i", "o o o i")
 
+#: A leaf only AXLearn's trees hold: its attention's input projection
+#: (``i_proj/q_proj/weight``, RoFormer's ``i_proj/i_proj/qkv_proj/weight``).
+AXLEARN_SIGNATURE = "i_proj/*_proj/weight"
+
 # Flax's DenseGeneral/LinearGeneral query/key/value kernels: [in, heads, head_dim].
 _IN_HEADS = "i n h"
 # Einsum kernels with heads first (Gemma in every library): [heads, in, head_dim].
@@ -623,6 +637,32 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # (q_proj/w_lora_a is no [in, heads*head_dim] query kernel).
     *(Rule(name, "neuron", LORA_A_LAYOUTS) for name in ("lora_a", "*_lora_a")),
     *(Rule(name, "neuron", LORA_B_LAYOUTS) for name in ("lora_b", "*_lora_b")),
+    # Apple's AXLearn names every parameter ``weight`` and mixes layouts in
+    # one model: Linear [in, out] (feed_forward/linear1_0, linear2, the
+    # router gate_weight [in, experts]), q/k/v_proj [model, heads, head_dim]
+    # (attention.py: "btd,dnh->btnh"), o_proj [model, heads, head_dim] with
+    # the OUTPUT first ("btnh,dnh->btd"), FusedQKVLinear's qkv_proj [3,
+    # model, heads, head_dim] (parts first), FusedGroupedQKVLinear's [model,
+    # q + 2 kv heads, head_dim], experts wi_*_weight [E, in, F] and wo_weight
+    # [E, F, out], Embedding token_emb and LmHead lm_head [vocab, dim]. Read
+    # as stored in a tree with its attention input projection (i_proj/q_proj,
+    # i_proj/i_proj/qkv_proj), where no weight_layout fits every leaf.
+    *(
+        _StoredRule(pattern, target, layout, beside=AXLEARN_SIGNATURE)
+        for pattern, target, layout in (
+            ("emb/token_emb/weight", "token", "o i"),
+            ("lm_head/weight", "token", "o i"),
+            ("o_proj/weight", "neuron", "o i i"),
+            ("i_proj/q_proj/weight", "heads", "i n h"),
+            ("i_proj/k_proj/weight", "heads", "i n h"),
+            ("i_proj/v_proj/weight", "value", "i n h"),
+            ("i_proj/qkv_proj/weight", "q,k,v", ("p i n h", "i (p n) h")),
+            ("feed_forward/linear*/weight", "neuron", "i o"),
+            ("feed_forward/gate_weight", "neuron", "i o"),
+            ("feed_forward/wi_*_weight", "neuron", "e i o"),
+            ("feed_forward/wo_weight", "neuron", "e i o"),
+        )
+    ),
     # Convolutions whose output channels are not (only) the last axis.
     *(Rule(name, "neuron", DEPTHWISE_LAYOUTS) for name in DEPTHWISE_KERNELS),
     *(Rule(name, "neuron", KERAS_CONV_TRANSPOSE_LAYOUTS) for name in KERAS_CONV_TRANSPOSE),
@@ -871,8 +911,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # [1, positions, dim], a 2-D grid's [1, height, width, dim]).
     *(Rule(name, "token", POSITION_TABLE_LAYOUTS) for name in POSITION_TABLES),
     # One v per token: embedding tables are [vocab, dim]. Official: any name
-    # containing "embed", "embd" or "wte".
-    *_rules("token", "*embed*", "*embd*", "wte", "wpe"),
+    # containing "embed", "embd" or "wte"; token_emb is AXLearn's (and
+    # x-transformers') table, tok_emb nanoGPT ports'.
+    *_rules("token", "*embed*", "*embd*", "wte", "wpe", "token_emb", "tok_emb"),
     # Codebooks are tables too: wav2vec2's quantizer codevectors [1, groups *
     # entries, dim / groups], one v per code vector.
     Rule("codevectors", "token", POSITION_TABLE_LAYOUTS),
@@ -1570,15 +1611,35 @@ def _resolve(
         f"blocks=BlockRules(rules=[({own!r}, 'neuron')])."
     )
   reasons = "; ".join(f"as {layout!r}: {reason}" for layout, reason in misfits)
+  # Every layout shorter than the leaf, and no layer axis declared: most
+  # likely one layer's kernel stacked over layers.
+  stack_hint = "" if stacked or not misfits or any(
+      len(_parse_layout(layout)) >= nd for layout, _ in misfits) else (
+      " Its layouts have fewer axes than the leaf: if it is a stack of layers "
+      "(nnx.vmap / nnx.scan, a scanned Linen module, AXLearn's repeat/layer), declare "
+      "the layer axis: BlockRules(stacked={<the stack's path>: <its axis>}), e.g. "
+      f"stacked={{{_stack_example(where)!r}: 0}}."
+  )
   settings = f"head_dim={head_dim}, num_heads={rules.num_heads}, num_kv_heads={rules.num_kv_heads}"
   if any("e" in group and len(group) > 1 for layout, _ in misfits for group in _parse_layout(layout)):
     settings += f", num_experts={rules.num_experts}"
   raise ValueError(
-      f"{head}, but fits none of its layouts ({letters}): {reasons} (with {settings}). "
-      "Check head_dim / BlockRules(num_heads=..., num_kv_heads=...), or give this "
-      f"leaf a rule with its layout, e.g. BlockRules(rules=[Rule({own!r}, "
+      f"{head}, but fits none of its layouts ({letters}): {reasons} (with {settings}).{stack_hint} "
+      f"{'Else c' if stack_hint else 'C'}heck head_dim / BlockRules(num_heads=..., num_kv_heads=...), "
+      f"or give this leaf a rule with its layout, e.g. BlockRules(rules=[Rule({own!r}, "
       f"{target!r}, layout=...)]) or a BlockSpec."
   )
+
+
+def _stack_example(where: str) -> str:
+  """A stack pattern to suggest for the leaf at ``where`` (a path string):
+  AXLearn's ``repeat/layer``, else the path up to its last numberless
+  component before the module (a guess the error says to check)."""
+  parts = [p for p in re.split(r"[\[\]'/\"]+", where) if p]
+  if "repeat" in parts[:-1]:
+    at = parts.index("repeat")
+    return "/".join(parts[at : at + 2])
+  return "/".join(parts[:-2]) or "layers"
 
 
 def _single_letter_sizes(layout: str, shape: tuple[int, ...]) -> dict[str, int]:
@@ -1819,7 +1880,7 @@ def _claim_leaf(
       continue
     # A user rule's own layout describes the leaf as stored; the defaults'
     # (and a role's usual layouts) describe Flax kernels.
-    literal = index < len(rules.rules) and rule.layout is not None
+    literal = (index < len(rules.rules) or isinstance(rule, _StoredRule)) and rule.layout is not None
     named_layout = None
     if named is not None and named.module and not literal:
       named_layout = _named_layout(named, logical_to_full, target, shape, where, components)
@@ -1984,6 +2045,9 @@ def _check_not_an_undeclared_stack(
     return
   at = next(i for i, c in enumerate(components[:-1]) if any(fnmatch.fnmatchcase(c, p) for p in NORM_MODULES))
   module, layers = components[at], "/".join(components[:at]) or "<path of the stacked layers>"
+  if "repeat" in components[: at - 1]:  # AXLearn's Repeat: one stack for all its layers
+    start = components.index("repeat")
+    layers = "/".join(components[start : start + 2])
   raise ValueError(
       f"{where}: shape {logical_shape} is a norm's scale ({module!r}) with {len(logical_shape)} "
       "axes, where a norm has one: this looks like a stack of layers (nnx.vmap / nnx.scan, "

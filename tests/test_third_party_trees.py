@@ -384,6 +384,16 @@ EXPECTED = {
         ("*/per_layer_projection/w", _d),
         ("*/skip_scale", _one), ("*/scale", _one), ("*norm/w", _one),
     ],
+    # AXLearn: every leaf a `weight` (or `scale`), read by its names; the
+    # layer axis of a RepeatedTransformerLayer first.
+    "axlearn": [
+        ("*emb/token_emb/weight", _vocab), ("*lm_head/weight", _vocab),
+        ("*i_proj/q_proj/weight", _heads), ("*i_proj/k_proj/weight", _kv_heads),
+        ("*i_proj/v_proj/weight", _kv_neurons), ("*i_proj/qkv_proj/weight", _qkv),
+        ("*attention/o_proj/weight", _d),
+        ("*feed_forward/linear1_[01]/weight", _mlp), ("*feed_forward/linear2/weight", _d),
+        ("*/scale", _one),
+    ],
     "levanter": [
         # haliax NamedArrays: the array under [0]; the library reads the axis names.
         ("*/bias/0", None),
@@ -466,7 +476,23 @@ def test_every_leaf_gets_the_official_blocks(fixture):
 
 
 HEAD_COUNT_RECORDS = [p for p in FIXTURES if set(load(p).get("user_passes", {}).get("blocks", {}))
-                      & {"num_heads", "num_kv_heads"}]
+                      & {"num_heads", "num_kv_heads"} and "head_counts_needed" not in load(p)]
+COUNTS_NEEDED_RECORDS = [p for p in FIXTURES if "head_counts_needed" in load(p)]
+
+
+@pytest.mark.parametrize("fixture", COUNTS_NEEDED_RECORDS, ids=lambda p: p.stem)
+def test_a_tree_that_needs_head_counts_raises_without_them(fixture):
+  """AXLearn's FusedGroupedQKVLinear [model, heads + 2 kv_heads, head_dim]:
+  nothing in the tree says where the query heads end, so without the counts
+  it raises, naming them, instead of guessing a split."""
+  record = load(fixture)
+  passes = what_the_user_passes(record)
+  rules = passes["blocks"]
+  without = {**passes, "blocks": optax_mini.BlockRules(
+      **{f.name: getattr(rules, f.name) for f in dataclasses.fields(rules)
+         if f.name not in ("num_heads", "num_kv_heads")})}
+  with pytest.raises(ValueError, match="num_heads"):
+    optax_mini.explain(rebuild(record), **without)
 
 
 @pytest.mark.parametrize("fixture", HEAD_COUNT_RECORDS, ids=lambda p: p.stem)
@@ -675,6 +701,8 @@ LIVE = {
     "maxtext": ("maxtext", "record_maxtext", "Python >= 3.12 and a pinned environment"),
     "tunix": ("tunix", "record_tunix",
               "google-tunix 0.1.7 installed without TensorFlow Datasets and grain"),
+    "axlearn": ("axlearn", "record_axlearn",
+                "a source checkout of apple/axlearn at 34aed43 (the PyPI release is from 2024)"),
     "levanter": ("levanter", "record_levanter",
                  "levanter 1.2.dev1644 and its dependencies (ray, wandb, datasets, ...)"),
 }
