@@ -1250,10 +1250,16 @@ def _default_layouts(role: str, shape: tuple[int, ...]) -> tuple[str, ...]:
     return ("o" * (ones + 1) + "i" * (nd - 1 - ones),)
   if role in ("heads", "value") and nd == 3:
     return (_IN_HEADS, _HEADS_IN)
+  # A 4-D query/key/value kernel is read only as a 1x1 convolution's [1, 1,
+  # in, out]: any other (AXLearn's [layers, model, heads, head_dim] in an
+  # undeclared stack) would have its leading axes averaged, so it raises.
+  one_by_one = nd == 4 and shape[0] == shape[1] == 1
   if role == "heads":  # flat, or a 1x1 convolution's [1, 1, in, heads*head_dim]
-    return {2: ("i (n h)",), 4: ("i i i (n h)",)}.get(nd, ())
+    return ("i (n h)",) if nd == 2 else ("i i i (n h)",) if one_by_one else ()
   if role == "value":  # a 1x1 convolution's [1, 1, in, out]: one v per output
-    return ("i i i o",) if nd == 4 else ("i" + "o" * (nd - 1),)
+    if nd == 4:
+      return ("i i i o",) if one_by_one else ()
+    return ("i" + "o" * (nd - 1),)
   if role == "neuron":
     return ("i" * (nd - 1) + "o",)
   return (("i" if role == "tensor" else "o") * nd,)
@@ -1590,10 +1596,18 @@ def _resolve(
         f"e.g. BlockRules(rules=[Rule({own!r}, {target!r}, layout={next(iter(fits))!r}{checked})])."
     )
   if not candidates:
+    known = {
+        "heads": "[in, heads*head_dim], [in, heads, head_dim] and 1x1-convolution [1, 1, in, heads*head_dim] kernels",
+        "value": "[in, out], [in, heads, head_dim] and 1x1-convolution [1, 1, in, out] kernels",
+    }.get(role, "no layout of this rank")
+    stack_hint = "" if stacked else (
+        f" If it is one layer's kernel stacked over layers (nnx.vmap / nnx.scan, a scanned "
+        f"Linen module, AXLearn's repeat/layer), declare the layer axis instead: "
+        f"BlockRules(stacked={{{_stack_example(where)!r}: 0}}) (or the axis the layers are on)."
+    )
     raise ValueError(
-        f"{head}, which knows {'[in, heads*head_dim], [in, heads, head_dim] and 1x1-convolution [1, 1, in, heads*head_dim] kernels' if role == 'heads' else 'no layout of this rank'} "
-        f"only. Give it its own rule, e.g. blocks=BlockRules(rules=[({own!r}, "
-        "BlockSpec(reduce_axes=...))]) or a Rule with a layout."
+        f"{head}, which knows {known} only.{stack_hint} Else give it its own rule, e.g. "
+        f"blocks=BlockRules(rules=[({own!r}, BlockSpec(reduce_axes=...))]) or a Rule with a layout."
     )
   needs = [layout for layout, reason in misfits if reason == "needs head_dim"]
   if needs:

@@ -443,3 +443,41 @@ def test_an_unknown_four_axis_kernel_error_offers_fused_parts_and_a_layer_stack(
   message = str(e.value)
   assert "Rule('my_kv/kernel', 'k,v', layout='i p n h')" in message
   assert "BlockRules(stacked=" in message
+
+
+@pytest.mark.parametrize("name,target", [("q_proj", "heads"), ("v_proj", "value")])
+def test_a_stacked_attention_kernel_is_no_one_by_one_convolution(name, target):
+  """A 4-D query/value kernel [layers, model, heads*head_dim]... that is not
+  [1, 1, in, out] (AXLearn's q_proj [layers, model, heads, head_dim] with its
+  stack undeclared, the norms sent to another optimizer) was read as a 1x1
+  convolution: every layer and head in one v. It raises, naming the stack."""
+  params = {"repeat": {"layer": {"attn": {name: {"kernel": jnp.zeros((3, 32, 4, 8))}}}}}
+  with pytest.raises(ValueError, match=rf"({target}).*stacked=\{{'repeat/layer': 0\}}"):
+    init(params, head_dim=8)
+  # declared, it is one layer's [in, heads, head_dim]
+  state = init(params, head_dim=8, blocks=BlockRules(stacked={"repeat/layer": 0}, num_heads=4))
+  v = state[0].nu["repeat"]["layer"]["attn"][name]["kernel"]
+  assert v.shape == ((3, 4) if target == "heads" else (3, 4, 8))
+
+
+def test_an_axlearn_tree_without_its_norms_raises_for_its_undeclared_stack():
+  """optax.multi_transform giving the norm scales to another optimizer left
+  no [layers, d] scale to reveal AXLearn's repeated stack: its kernels were
+  read as one layer's. Each is read by AXLearn's names now, so a stacked one
+  fits no layout of its rank and raises."""
+  import pathlib
+
+  from tests.test_third_party_trees import load, rebuild
+
+  record = load(pathlib.Path(__file__).parent / "third_party" / "trees" / "axlearn_fuji_7b_v2.json")
+  tree = rebuild(record)
+  del tree["decoder"]["output_norm"]
+  layer = tree["decoder"]["transformer"]["repeat"]["layer"]
+  del layer["feed_forward"]["norm"], layer["self_attention"]["norm"]
+  with pytest.raises(ValueError, match=r"stacked=\{'repeat/layer': 0\}"):
+    optax_mini.explain(tree, head_dim=128)
+  # the attention alone, the rest masked out (optax.masked's MaskedNode)
+  only = jax.tree_util.tree_map(lambda _: optax.MaskedNode(), tree)
+  only["decoder"]["transformer"]["repeat"]["layer"]["self_attention"] = layer["self_attention"]
+  with pytest.raises(ValueError, match=r"stacked=\{'repeat/layer': 0\}"):
+    optax_mini.explain(only, head_dim=128)
