@@ -505,9 +505,16 @@ NORM_SCALES = ("scale", "weight", "gamma", "g")
 
 
 def _is_norm_scale(components: Sequence[str]) -> bool:
+  """A norm's scale: a scale's name under a norm module, or a ``kernel`` on
+  the norm module itself (EasyLM's and LWM's RMSNorm name its weight so:
+  ``attention_norm/kernel``; a Dense inside an adaptive norm, ``norm1/linear/
+  kernel``, is no scale)."""
+  if len(components) < 2:
+    return False
+  if components[-1] == "kernel":
+    return any(fnmatch.fnmatchcase(components[-2], p) for p in NORM_MODULES)
   return (
-      len(components) >= 2
-      and any(fnmatch.fnmatchcase(components[-1], p) for p in NORM_SCALES)
+      any(fnmatch.fnmatchcase(components[-1], p) for p in NORM_SCALES)
       and any(fnmatch.fnmatchcase(c, p) for c in components[:-1] for p in NORM_MODULES)
   )
 
@@ -929,7 +936,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("a_log", "neuron", "o i"),
     *_rules("neuron", "lm_head", "output", "final_layer", "logits_dense"),
     *_rules("neuron", "o_proj", "out", "c_proj", "output_proj", "out_proj", "out_lin",
-            "attention_output"),
+            "attention_output", "attn_out_proj"),
     # A 3-D MLP kernel is a mixture of experts' ([E, in, out]: tunix's
     # Qwen3-MoE mlp/gate_proj, MaxText's GPT-OSS GptOssMlp/wo), each expert's
     # neurons their own blocks. An attention output is [heads, head_dim, out]
@@ -1668,11 +1675,12 @@ def _single_letter_sizes(layout: str, shape: tuple[int, ...]) -> dict[str, int]:
 #: The output projections of attention modules stored ``[heads, head_dim,
 #: out]``: flax's ``MultiHeadDotProductAttention`` and ``nnx.MultiHeadAttention``
 #: (``out``), Keras' ``MultiHeadAttention`` (``attention_output``), tunix's
-#: Llama 3 and Qwen (``o_proj/w``; a 2-D ``o_proj`` says nothing). Beside one,
+#: Llama 3 and Qwen (``o_proj/w``; a 2-D ``o_proj`` says nothing), nanodo's
+#: ``attn_out_proj`` (also AlgoPerf's LM workload). Beside one,
 #: a 3-D query/key/value kernel whose layout could be ``[in, heads,
 #: head_dim]`` or heads-first is the one whose input is the out kernel's
 #: output and whose head size is its head size.
-ATTENTION_OUTPUTS = ("out", "attention_output", "o_proj")
+ATTENTION_OUTPUTS = ("out", "attention_output", "o_proj", "attn_out_proj")
 
 
 def _attention_outputs(
@@ -2079,8 +2087,17 @@ def _own_pattern(components: tuple[str, ...]) -> str:
   """The pattern an error suggests for a leaf's own rule: its module and name
   (``q_proj/w``, ``mlp/wi/kernel`` -> ``wi/kernel``). A rule for the name
   that matched (``mlp``, ``q_proj``) would claim its siblings too: the
-  module's bias, every kernel under ``mlp``."""
-  return "/".join([c for c in components if not c.isdigit()][-2:])
+  module's bias, every kernel under ``mlp``. A module named only by its
+  class (Haiku's ``linear``, ``linear_1``; Linen's ``Dense_0``) comes with
+  its parent, the one ``linear/w`` being every ``hk.Linear`` of the tree."""
+  named = [c for c in components if not c.isdigit()]
+  if len(named) >= 3 and re.fullmatch(r"(linear|dense|dense_general|conv)(_\d+)?", named[-2], re.I):
+    # from the parent on, as a run of the path's components (Haiku's "~"
+    # kept, a layer index any: "*")
+    parents = [i for i, c in enumerate(components[:-2]) if not c.isdigit() and c != "~"]
+    if parents:
+      return "/".join("*" if c.isdigit() else c for c in components[parents[-1]:])
+  return "/".join(named[-2:])
 
 
 def _read_as(torch_read: bool, named_layout: str | None) -> str:
@@ -2313,6 +2330,14 @@ def _flat_claims_from_rules(
       if rule.beside is not None and any(_pattern_matches(rule.beside, c) for c in components)
   )
   _check_stacks_agree(components, paths, shapes, rules)
+  # An undeclared layer stack first: a stacked tree's kernels raise errors of
+  # their own (a head layout the head counts would "settle" with the layer
+  # axis read as heads), whose advice is wrong until the stack is declared.
+  for c, path, shape, names in zip(components, paths, shapes, named):
+    if names is None and not any(_pattern_matches(rule.pattern, c) for rule in rules.rules):
+      stack = _stack_axes_for(c, len(shape), rules.stacked, path_str(path))
+      logical = tuple(size for axis, size in enumerate(shape) if axis not in stack)
+      _check_not_an_undeclared_stack(c, logical, stack, path_str(path))
   return tuple(
       _claim(c, shape, head_dim, rules, path_str(path), names, outputs.get(c[:-2]), beside)
       for c, path, shape, names in zip(components, paths, shapes, named)

@@ -999,3 +999,19 @@ def test_recurrentgemma_layers():
   attn = got["blocks.2"]["attention_block"]
   assert attn["proj_q"]["kernel"] == (heads,) and attn["proj_k"]["kernel"] == (1,)
   assert attn["proj_v"]["kernel"] == (hd,) and attn["proj_final"]["kernel"] == (width,)
+
+
+def test_nanodo_attention_is_read_beside_its_attn_out_proj():
+  """nanodo (and AlgoPerf's LM workload): query/key/value DenseGeneral
+  kernels [D, H, Dh] and the output attn_out_proj [H, Dh, D]. Its output
+  raised as an unknown 3-D kernel, and the q/k/v as heads-first or not; the
+  output kernel is an attention output (one v per model dimension) and
+  says which axis of the others is the input."""
+  d, h, dh = 48, 4, 8  # [48, 4, 8] read heads-first would be 48 "heads"
+  attn = {name: {"kernel": leaf(d, h, dh)} for name in ("query", "key", "value")}
+  attn["attn_out_proj"] = {"kernel": leaf(h, dh, d)}
+  got = v_shapes({"CausalAttn_0": attn})["CausalAttn_0"]
+  assert got["query"]["kernel"] == (h,)
+  assert got["key"]["kernel"] == (h,)
+  assert got["value"]["kernel"] == (h, dh)
+  assert got["attn_out_proj"]["kernel"] == (d,)

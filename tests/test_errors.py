@@ -481,3 +481,36 @@ def test_an_axlearn_tree_without_its_norms_raises_for_its_undeclared_stack():
   only["decoder"]["transformer"]["repeat"]["layer"]["self_attention"] = layer["self_attention"]
   with pytest.raises(ValueError, match=r"stacked=\{'repeat/layer': 0\}"):
     optax_mini.explain(only, head_dim=128)
+
+
+def test_a_stacked_norm_whose_weight_is_named_kernel_is_an_undeclared_stack():
+  """LWM's (EasyLM's LLaMA, scanned) RMSNorm names its weight ``kernel``:
+  ``attention_norm/kernel [layers, d]`` was read as a kernel, one v per
+  feature over every layer, silently. It reveals the stack, and that error
+  comes first: before the query's, whose head counts would take the layer
+  axis for the heads when layers == heads."""
+  layers, d = 4, 32
+  block = {"attention": {name: {"kernel": jnp.zeros((layers, d, d))} for name in ("wq", "wk", "wv", "wo")},
+           "attention_norm": {"kernel": jnp.zeros((layers, d))}}
+  params = {"transformer": {"h": {"scan_decoder": block}}}
+  for blocks in (None, BlockRules(num_heads=layers)):
+    with pytest.raises(ValueError, match=r"attention_norm.*stacked=\{'transformer/h/scan_decoder': 0\}"):
+      init(params, head_dim=8, blocks=blocks)
+  state = init(params, head_dim=8, blocks=BlockRules(stacked={"transformer/h": 0}))
+  nu = state[0].nu["transformer"]["h"]["scan_decoder"]
+  assert nu["attention_norm"]["kernel"].shape == (layers,)
+  assert nu["attention"]["wq"]["kernel"].shape == (layers, d // 8)
+  # a Dense inside an adaptive norm is no scale: one v per output
+  ada = {"norm1": {"linear": {"kernel": jnp.zeros((d, 6 * d))}}}
+  assert init(ada)[0].nu["norm1"]["linear"]["kernel"].shape == (6 * d,)
+
+
+def test_an_error_suggests_a_haiku_linear_with_its_parent():
+  """Haiku names its unnamed hk.Linear modules ``linear``, ``linear_1``:
+  a suggested ``Rule('linear/w', ...)`` matched every one of them (the token
+  table's one-hot projection included). The pattern keeps the parent."""
+  params = {"transformer/~/layer/~/linear": {"w": jnp.zeros((3, 16, 4, 8))},
+            "embed/~/linear": {"w": jnp.zeros((50, 16))}}
+  with pytest.raises(ValueError, match=r"Rule\('layer/~/linear/w', ") as err:
+    init(params)
+  assert "Rule('linear/w'" not in str(err.value)
