@@ -1654,12 +1654,17 @@ def _resolve(
 
 def _stack_example(where: str) -> str:
   """A stack pattern to suggest for the leaf at ``where`` (a path string):
-  AXLearn's ``repeat/layer``, else the path up to its last numberless
-  component before the module (a guess the error says to check)."""
-  parts = [p for p in re.split(r"[\[\]'/\"]+", where) if p]
+  AXLearn's ``repeat/layer``; else the path up to its last component named
+  like a layer container (``layers``, ``h``, ``blocks``, ``scan_*``); else
+  up to the leaf's module (a guess the error says to check)."""
+  parts = [p for p in re.split(r"[\[\]'/\".]+", where) if p]
   if "repeat" in parts[:-1]:
     at = parts.index("repeat")
     return "/".join(parts[at : at + 2])
+  containers = [i for i, p in enumerate(parts[:-2]) if re.fullmatch(
+      r"(.*_)?layers?|h|blocks?|scan.*|.*_scan|encoderblock|decoderblock", p, re.I)]
+  if containers:
+    return "/".join(parts[: containers[-1] + 1])
   return "/".join(parts[:-2]) or "layers"
 
 
