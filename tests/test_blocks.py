@@ -1015,3 +1015,37 @@ def test_nanodo_attention_is_read_beside_its_attn_out_proj():
   assert got["key"]["kernel"] == (h,)
   assert got["value"]["kernel"] == (h, dh)
   assert got["attn_out_proj"]["kernel"] == (d,)
+
+
+def test_axlearn_names_are_read_as_stored():
+  """AXLearn names every parameter `weight` and mixes layouts (its
+  attention.py, layers.py, decoder.py, mixture_of_experts.py): o_proj
+  [model, heads, head_dim] output first, token_emb and lm_head [vocab, dim],
+  Linear [in, out], the router [in, experts], experts [E, in, F] / [E, F,
+  out]. Under weight_layout='flax' the first three were averaged silently
+  (one v per head_dim position, per embedding column)."""
+  d, n, h, f, e, vocab = 16, 4, 8, 24, 3, 40
+  layer = {
+      "self_attention": {"attention": {
+          "i_proj": {"i_proj": {"qkv_proj": {"weight": leaf(3, d, n, h)}}},
+          "o_proj": {"weight": leaf(d, n, h)}}},
+      "feed_forward": {"gate_weight": leaf(d, e), "wi_0_weight": leaf(e, d, f),
+                       "wi_1_weight": leaf(e, d, f), "wo_weight": leaf(e, f, d)},
+  }
+  params = {"decoder": {"emb": {"token_emb": {"weight": leaf(vocab, d)}},
+                        "lm_head": {"weight": leaf(vocab, d)},
+                        "transformer": {"layer0": layer}}}
+  for blocks in (None, BlockRules(weight_layout="flax"), BlockRules(weight_layout="torch")):
+    got = v_shapes(params, blocks=blocks)["decoder"]
+    assert got["emb"]["token_emb"]["weight"] == (vocab,)
+    assert got["lm_head"]["weight"] == (vocab,)
+    attention = got["transformer"]["layer0"]["self_attention"]["attention"]
+    assert attention["o_proj"]["weight"] == (d,)
+    assert attention["i_proj"]["i_proj"]["qkv_proj"]["weight"] == (3, n, h)
+    rows = {row.path: row for row in optax_mini.explain(params, blocks=blocks).rows}
+    fused = rows["['decoder']['transformer']['layer0']['self_attention']['attention']['i_proj']['i_proj']['qkv_proj']['weight']"]
+    assert fused.num_blocks == n + n + n * h  # q and k one v per head, v one per neuron
+    ff = got["transformer"]["layer0"]["feed_forward"]
+    assert ff["gate_weight"] == (e,)
+    assert ff["wi_0_weight"] == ff["wi_1_weight"] == (e, f)
+    assert ff["wo_weight"] == (e, d)
