@@ -56,6 +56,19 @@ def unbox(tree: Any) -> Any:
   return jax.tree_util.tree_map(lambda x: x.value if _is_box(x) else x, tree, is_leaf=_is_box)
 
 
+def strip_variables(tree: Any) -> Any:
+  """``tree`` with each Flax NNX ``Variable`` replaced by its value, the
+  containers (an ``nnx.State``) kept: the state's ``v`` Variables name other
+  axes than the gradients' (a ``TrainState`` over ``nnx.split``'s params,
+  maxdiffusion's WAN trainer), so the two are matched without them."""
+  leaves = jax.tree_util.tree_leaves(tree, is_leaf=_is_variable)
+  if not any(_is_variable(x) for x in leaves):
+    return tree
+  return jax.tree_util.tree_map(
+      lambda x: x.get_value() if _is_variable(x) else x, tree, is_leaf=_is_variable
+  )
+
+
 def as_arrays(tree: Any) -> Any:
   """``tree`` with Flax NNX variables (an ``nnx.Optimizer``'s ``opt_state``,
   ``nnx.state(model, nnx.Param)``) replaced by their arrays; other trees as

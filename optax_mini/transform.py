@@ -679,7 +679,7 @@ def scale_by_adam_mini(
       new_nu = _flax.describe_kept_axes(
           new_nu, [layout.v_axes for layout in layouts], [jnp.ndim(g) for g in grads])
       new_mu = _flax.describe_quantized(new_mu)
-    else:  # haliax, penzai, Linen boxes: named as the state came in
+    else:  # haliax, penzai, Linen boxes, NNX Variables: named as the state came in
       new_mu = _haliax.like(state.mu, jax.tree_util.tree_unflatten(state_def, new_mu))
       new_nu = _haliax.like(state.nu, jax.tree_util.tree_unflatten(state_def, new_nu))
     return unflatten(new_updates), ScaleByAdamMiniState(
@@ -793,10 +793,10 @@ def _materialized(x: jax.Array) -> jax.Array:
 
 
 def _strip_names(tree: Any) -> Any:
-  """``tree`` without haliax's or penzai's named arrays or Linen's
-  partitioning boxes (their arrays in their place): the state is named
-  otherwise than the parameters."""
-  return _flax.unbox(_penzai.strip(_haliax.strip(tree)))
+  """``tree`` without haliax's or penzai's named arrays, Linen's
+  partitioning boxes or NNX Variables (their arrays in their place): the
+  state is named otherwise than the parameters."""
+  return _flax.strip_variables(_flax.unbox(_penzai.strip(_haliax.strip(tree))))
 
 
 def _describe_state(params: Any, tree: Any, v_axes: Any = None) -> Any:
