@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec
 from optax._src import numerics, utils
 
 from optax_mini import _flax, _haliax, _penzai
@@ -549,11 +550,16 @@ def scale_by_adam_mini(
     paths, named = blocks_lib.leaf_paths(tree, paths)
     specs = blocks_lib._flat_specs(paths, shapes, treedef, head_dim, blocks, named)
     layouts = [s.layout(shape) for s, shape in zip(specs, shapes)]
-    if partition_specs is None:
+    given = partition_specs
+    if given is None:
+      # Inside shard_map, leaves whose Linen boxes (nn.with_partitioning)
+      # name bound mesh axes are shards: their specs are those names.
+      given = _specs_from_boxes(tree)
+    if given is None:
       pspecs = [None] * len(leaves)
       mesh_axes = [()] * len(leaves)
     else:
-      pspecs = _flatten_partition_specs(treedef, partition_specs)
+      pspecs = _flatten_partition_specs(treedef, given, _strip_names(tree))
       mesh_axes = [
           _reduced_mesh_axes(spec, len(shape), pspec, blocks_lib.path_str(path))
           for spec, shape, pspec, path in zip(specs, shapes, pspecs, paths)
@@ -818,11 +824,55 @@ def _flatten_like(treedef, tree, name: str, updates) -> list[Any]:
     ) from None
 
 
-def _flatten_partition_specs(treedef, partition_specs) -> list[Any]:
+def _flatten_partition_specs(treedef, partition_specs, stripped: Any = None) -> list[Any]:
+  """One spec per leaf: ``partition_specs`` in the parameters' structure, or
+  in their structure without Linen boxes / NNX Variables (what
+  ``nn.get_partition_spec(params)`` gives)."""
+  is_spec = lambda x: isinstance(x, PartitionSpec) or x is None  # noqa: E731
   try:
     return treedef.flatten_up_to(partition_specs)
   except (ValueError, TypeError) as e:
-    raise ValueError(
-        "partition_specs= must be a pytree of jax.sharding.PartitionSpec with the "
-        f"parameters' structure ({treedef}); {e}"
-    ) from None
+    error = e
+  if stripped is not None:
+    plain = jax.tree_util.tree_structure(stripped)
+    if plain != treedef:
+      try:
+        specs = jax.tree_util.tree_leaves(partition_specs, is_leaf=is_spec)
+        return plain.flatten_up_to(jax.tree_util.tree_unflatten(
+            jax.tree_util.tree_structure(partition_specs, is_leaf=is_spec), specs))
+      except (ValueError, TypeError):
+        pass
+  raise ValueError(
+      "partition_specs= must be a pytree of jax.sharding.PartitionSpec with the "
+      f"parameters' structure ({treedef}), or with their structure without Linen "
+      f"boxes (nn.get_partition_spec(params)); {error}"
+  ) from None
+
+
+def _specs_from_boxes(tree: Any) -> Any:
+  """Inside ``shard_map``: a ``PartitionSpec`` per leaf from its Linen box
+  (``nn.Partitioned``' mesh axis names, a ``LogicallyPartitioned`` one's as
+  its rules map them) where the box names bound mesh axes, ``None`` for the
+  other leaves; ``None`` if no leaf has such a box (or outside shard_map)."""
+  if not any(_flax._is_box(x) for x in jax.tree_util.tree_leaves(tree, is_leaf=_flax._is_box)):
+    return None
+  found = False
+
+  def spec(box: Any) -> Any:
+    nonlocal found
+    try:
+      pspec = box.get_partition_spec()
+    except Exception:  # noqa: BLE001 (logical names without rules: not mesh axes)
+      return None
+    names = [n for entry in pspec if entry is not None
+             for n in ((entry,) if isinstance(entry, str) else entry)]
+    if not names or not _axes_bound(tuple(names)):
+      return None
+    found = True
+    return pspec
+
+  # in the boxed tree's structure: each box holding its array's spec
+  specs = jax.tree_util.tree_map(
+      lambda x: x.replace(value=spec(x)) if _flax._is_box(x) else None, tree, is_leaf=_flax._is_box
+  )
+  return specs if found else None
