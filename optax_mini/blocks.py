@@ -670,6 +670,11 @@ DEFAULT_RULES: tuple[Rule, ...] = (
             ("feed_forward/wo_weight", "neuron", "e i o"),
         )
     ),
+    # praxis (paxml): the attention's output projection post/w [model, heads,
+    # head_dim], the output first ("BNH,DNH->BD"), one v per model dimension;
+    # CombinedQKVProjectionLayer's combined_qkv/w [3, model, heads, head_dim].
+    Rule("*attention/post/w", "neuron", "o i i"),
+    Rule("combined_qkv/w", "q,k,v", "p i n h"),
     # Convolutions whose output channels are not (only) the last axis.
     *(Rule(name, "neuron", DEPTHWISE_LAYOUTS) for name in DEPTHWISE_KERNELS),
     *(Rule(name, "neuron", KERAS_CONV_TRANSPOSE_LAYOUTS) for name in KERAS_CONV_TRANSPOSE),
@@ -914,6 +919,17 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         Rule(f"{name}{'/*' * depth}/kernel", "neuron")
         for name in ("*embed*", "*embd*") for depth in range(3)
     ),
+    # HF's weight-normed positional convolution (wav2vec2, HuBERT:
+    # pos_conv_embed/conv/weight_v [out, in / groups, k], as PyTorch stores
+    # it): one v per output channel (under "*embed*" it is no table).
+    _StoredRule("pos_conv_embed/conv/weight_v", "neuron", "o i i"),
+    # Gemma 4's (gemma, tunix) per-layer input table [vocab, layers, dim]:
+    # one v per token.
+    Rule("embedder/per_layer_input_embedding", "token", "o i i"),
+    # Diffusion transformers' adaptive-norm tables (PixArt, LTX-Video, WAN):
+    # scale_shift_table [rows, d] ([1, rows, d]), each row a shift, scale or
+    # gate: one v per row, as a table's.
+    Rule("*scale_shift_table", "token"),
     # Learned position tables: one v per position, whatever leads it (ViT's
     # [1, positions, dim], a 2-D grid's [1, height, width, dim]).
     *(Rule(name, "token", POSITION_TABLE_LAYOUTS) for name in POSITION_TABLES),
@@ -1254,6 +1270,16 @@ def _default_layouts(role: str, shape: tuple[int, ...]) -> tuple[str, ...]:
   nd = len(shape)
   if role == "token":
     ones = next((a for a, size in enumerate(shape[: nd - 2]) if size != 1), max(nd - 2, 0))
+    if ones < nd - 2:
+      # [a, b, ..., dim] with a > 1: the rows are the vocabulary, by far the
+      # largest axis (Gemma 4's per-layer table [vocab, layers, dim] first,
+      # xlstm-jax's tensor-parallel [shards, vocab, dim / shards] second);
+      # without one that large, no reading is sure.
+      sizes = sorted(shape[: nd - 1], reverse=True)
+      if sizes[0] < 4 * sizes[1]:
+        return ()
+      rows = shape[: nd - 1].index(sizes[0])
+      return ("".join("o" if a == rows else "i" for a in range(nd)),)
     return ("o" * (ones + 1) + "i" * (nd - 1 - ones),)
   if role in ("heads", "value") and nd == 3:
     return (_IN_HEADS, _HEADS_IN)
@@ -1606,6 +1632,10 @@ def _resolve(
     known = {
         "heads": "[in, heads*head_dim], [in, heads, head_dim] and 1x1-convolution [1, 1, in, heads*head_dim] kernels",
         "value": "[in, out], [in, heads, head_dim] and 1x1-convolution [1, 1, in, out] kernels",
+        "token": "[rows, dim] tables, [1, ..., rows, dim] ones and tables of more axes with "
+                 "one axis (the vocabulary) at least 4 times any other but the last (a table "
+                 "of more axes could have its rows on any: a tensor-parallel table [shards, "
+                 f"vocab, dim / shards], as xlstm-jax's, is Rule({own!r}, 'token', layout='i o i'))",
     }.get(role, "no layout of this rank")
     stack_hint = "" if stacked else (
         f" If it is one layer's kernel stacked over layers (nnx.vmap / nnx.scan, a scanned "
@@ -1686,6 +1716,10 @@ def _single_letter_sizes(layout: str, shape: tuple[int, ...]) -> dict[str, int]:
 #: head_dim]`` or heads-first is the one whose input is the out kernel's
 #: output and whose head size is its head size.
 ATTENTION_OUTPUTS = ("out", "attention_output", "o_proj", "attn_out_proj")
+#: The same with the output first, ``[out, heads, head_dim]``: praxis'
+#: ``AttentionProjection(is_output_projection=True)`` ``post/w``
+#: (``"BNH,DNH->BD"``).
+ATTENTION_OUTPUTS_OUT_FIRST = ("post",)
 
 
 def _attention_outputs(
@@ -1695,12 +1729,15 @@ def _attention_outputs(
   out]`` of one layer): see :data:`ATTENTION_OUTPUTS`."""
   outputs = {}
   for path, shape in zip(components, shapes):
-    if len(path) < 2 or path[-2] not in ATTENTION_OUTPUTS or path[-1] not in ("kernel", "w"):
+    if len(path) < 2 or path[-1] not in ("kernel", "w"):
+      continue
+    out_first = path[-2] in ATTENTION_OUTPUTS_OUT_FIRST and path[-1] == "w"
+    if path[-2] not in ATTENTION_OUTPUTS and not out_first:
       continue
     stack = _stack_axes_for(path, len(shape), rules.stacked, "/".join(path))
     logical = tuple(size for axis, size in enumerate(shape) if axis not in stack)
     if len(logical) == 3:
-      outputs[path[:-2]] = logical
+      outputs[path[:-2]] = logical[1:] + logical[:1] if out_first else logical
   return outputs
 
 

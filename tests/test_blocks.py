@@ -1049,3 +1049,43 @@ def test_axlearn_names_are_read_as_stored():
     assert ff["gate_weight"] == (e,)
     assert ff["wi_0_weight"] == ff["wi_1_weight"] == (e, f)
     assert ff["wo_weight"] == (e, d)
+
+
+def test_praxis_attention_output_first_and_combined_qkv():
+  """praxis' AttentionProjection keeps q/k/v as w [model, heads, head_dim]
+  and the output projection post/w [model, heads, head_dim] with the OUTPUT
+  first ("BNH,DNH->BD"); CombinedQKVProjectionLayer's combined_qkv/w is [3,
+  model, heads, head_dim]. Both raised, and their errors' options gave one v
+  per input neuron (post) or averaged q, k and v together (combined). post
+  also says how its q/k/v are laid out: no head counts needed."""
+  d, n, h = 48, 4, 8
+  attention = {name: {"w": leaf(d, n, h), "b": leaf(n, h)} for name in ("query", "key", "value")}
+  attention["post"] = {"w": leaf(d, n, h), "b": leaf(d)}
+  got = v_shapes({"x_layers_0": {"self_attention": attention}})["x_layers_0"]["self_attention"]
+  assert got["query"]["w"] == got["key"]["w"] == (n,)
+  assert got["value"]["w"] == (n, h)
+  assert got["post"]["w"] == (d,)
+  assert got["post"]["b"] == (d,)  # a bias: plain Adam
+  combined = {"self_attention": {"combined_qkv": {"w": leaf(3, d, n, h)}, "post": {"w": leaf(d, n, h)}}}
+  rows = optax_mini.explain(combined).rows
+  assert [row.num_blocks for row in rows] == [n + n + n * h, d]
+
+
+def test_adaptive_norm_tables_and_tensor_parallel_embeddings():
+  """LTX-Video's scale_shift_table [2, d] (its rows a shift and a scale) was
+  read as a kernel, one v per channel: shift and scale averaged together.
+  Each row is a block, as a table's (PixArt's, WAN's [1, 6, d] too).
+  xlstm-jax's tensor-parallel embedding [shards, vocab, dim / shards] was
+  read rows-first: one v per shard for all its tokens. Its rows are the
+  vocabulary (by far the largest axis); Gemma 4's per-layer table [vocab,
+  layers, dim] keeps its first."""
+  d = 32
+  params = {"scale_shift_table": leaf(2, d),
+            "blocks": {"adaln_scale_shift_table": leaf(1, 6, d)},
+            "token_embedding": {"embedding": leaf(4, 200, d // 4)},
+            "embedder": {"per_layer_input_embedding": leaf(200, 35, 8)}}
+  got = v_shapes(params)
+  assert got["scale_shift_table"] == (2,)
+  assert got["blocks"]["adaln_scale_shift_table"] == (1, 6)
+  assert got["token_embedding"]["embedding"] == (200,)
+  assert got["embedder"]["per_layer_input_embedding"] == (200,)

@@ -514,3 +514,13 @@ def test_an_error_suggests_a_haiku_linear_with_its_parent():
   with pytest.raises(ValueError, match=r"Rule\('layer/~/linear/w', ") as err:
     init(params)
   assert "Rule('linear/w'" not in str(err.value)
+
+
+def test_a_table_of_three_axes_without_a_vocabulary_axis_raises():
+  """[a, b, dim] with neither leading axis by far the largest: rows first (a
+  per-layer table) or second (a tensor-parallel split) cannot be told."""
+  params = {"token_embedding": {"embedding": jnp.zeros((4, 12, 8))}}
+  with pytest.raises(ValueError, match=r"layout='i o i'"):
+    init(params)
+  rules = BlockRules(rules=[optax_mini.Rule("token_embedding/embedding", "token", layout="i o i")])
+  assert init(params, blocks=rules)[0].nu["token_embedding"]["embedding"].shape == (12,)
