@@ -1966,6 +1966,14 @@ def _claim_leaf(
   _check_not_an_undeclared_stack(components, logical_shape, stack, where)
   if named is not None and named.source == _penzai.SOURCE:
     _check_penzai_claim(None, False, nd, named, shape, where, components)
+  if nd >= 2 and stack and named is None and _is_norm_scale(components):
+    # A norm's scale of several axes in a declared stack (xlstm-jax's
+    # multi-head norm outnorm/sharded/scale [layers, shards, heads,
+    # head_dim]): one v per tensor, as the official rule gives any norm.
+    # (Without a declared stack it raised above: an undeclared stack.)
+    resolved, _ = _resolve(Rule("", "tensor"), logical_shape, head_dim, rules, where, True, None,
+                           None, _own_pattern(components))
+    return finish(resolved, "tensor (default: a norm's scale)"), None
   if (
       nd >= 2 and weight is None and named is None and all(d == 1 for d in logical_shape[:-1])
       and not all(c.isdigit() for c in components)

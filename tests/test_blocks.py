@@ -1089,3 +1089,15 @@ def test_adaptive_norm_tables_and_tensor_parallel_embeddings():
   assert got["blocks"]["adaln_scale_shift_table"] == (1, 6)
   assert got["token_embedding"]["embedding"] == (200,)
   assert got["embedder"]["per_layer_input_embedding"] == (200,)
+
+
+def test_a_norm_scale_of_several_axes_in_a_declared_stack_is_one_block():
+  """xlstm-jax's multi-head norm outnorm/sharded/scale [layers, shards,
+  heads, head_dim]: once the stack is declared, a norm's scale is one v per
+  tensor (per layer), as the official rule gives any norm; it raised as an
+  unknown 3-D kernel, and the error's options made it per feature."""
+  params = {"blocks": {"block": {"outnorm": {"sharded": {"scale": leaf(3, 2, 4, 8)}},
+                                 "ffn_norm": {"sharded": {"scale": leaf(3, 1, 16)}}}}}
+  got = v_shapes(params, blocks=BlockRules(stacked={"blocks/block": 0}))["blocks"]["block"]
+  assert got["outnorm"]["sharded"]["scale"] == (3,)
+  assert got["ffn_norm"]["sharded"]["scale"] == (3,)
