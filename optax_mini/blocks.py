@@ -1627,6 +1627,11 @@ def _resolve(
         "each and they give different blocks, so the partition would be a guess. "
         f"{counts or 'Give this leaf a rule with its layout (how its library splits it)'}, "
         f"e.g. BlockRules(rules=[Rule({own!r}, {target!r}, layout={next(iter(fits))!r}{checked})])."
+        + ("" if stacked or nd != 3 else
+           " But if its first axis is a stack of layers of [in, out] kernels (nnx.vmap / "
+           "nnx.scan, a scanned Linen module: as many as the model's heads, the head counts "
+           "would take the layers for the heads), declare the stack instead: "
+           f"BlockRules(stacked={{{_stack_example(where)!r}: 0}}).")
     )
   if not candidates:
     known = {

@@ -524,3 +524,12 @@ def test_a_table_of_three_axes_without_a_vocabulary_axis_raises():
     init(params)
   rules = BlockRules(rules=[optax_mini.Rule("token_embedding/embedding", "token", layout="i o i")])
   assert init(params, blocks=rules)[0].nu["token_embedding"]["embedding"].shape == (12,)
+
+
+def test_an_ambiguous_3d_attention_kernel_error_names_a_layer_stack():
+  """WAN's scanned query [layers, d, d] with its norms sent elsewhere: the
+  'i n h' or 'n i h' error offered head counts only, which take the layers
+  for the heads when there are as many (WAN 2.1-14B: 40 and 40)."""
+  params = {"blocks": {"attn1": {"query": {"kernel": jnp.zeros((4, 32, 32))}}}}
+  with pytest.raises(ValueError, match=r"declare the stack instead: BlockRules\(stacked=\{'blocks': 0\}\)"):
+    init(params)
