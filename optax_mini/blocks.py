@@ -2134,7 +2134,7 @@ def _check_not_an_undeclared_stack(
       "(nnx.vmap, eqx.filter_vmap; MaxText's, T5X's and flaxformer's scanned layers have it "
       f"second: {{{layers!r}: 1}}; it is the axis every leaf under {layers!r} has the same "
       "length on); or, for a norm that has more than one feature axis, give it "
-      f"a rule: BlockRules(rules=[({module + '/' + components[-1]!r}, 'tensor')])."
+      f"a rule: BlockRules(rules=[({'/'.join(components[at:])!r}, 'tensor')])."
   )
 
 

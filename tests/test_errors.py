@@ -533,3 +533,14 @@ def test_an_ambiguous_3d_attention_kernel_error_names_a_layer_stack():
   params = {"blocks": {"attn1": {"query": {"kernel": jnp.zeros((4, 32, 32))}}}}
   with pytest.raises(ValueError, match=r"declare the stack instead: BlockRules\(stacked=\{'blocks': 0\}\)"):
     init(params)
+
+
+def test_the_norm_rule_an_undeclared_stack_error_offers_matches_the_leaf():
+  """xlstm-jax wraps its norms for tensor parallelism: ffn_norm/sharded/scale.
+  The error offered Rule('ffn_norm/scale', 'tensor'), which matches no leaf
+  (patterns are runs of whole components), and the same error came back."""
+  params = {"block": {"ffn_norm": {"sharded": {"scale": jnp.zeros((2, 16))}}}}
+  with pytest.raises(ValueError, match=r"rules=\[\('ffn_norm/sharded/scale', 'tensor'\)\]"):
+    init(params)
+  assert init(params, blocks=BlockRules(rules=[("ffn_norm/sharded/scale", "tensor")]))[0].nu[
+      "block"]["ffn_norm"]["sharded"]["scale"].shape == ()
