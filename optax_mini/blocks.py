@@ -691,7 +691,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     *(Rule(f"{module}/gating_einsum", "gate,up", "e p o i") for module in MOE_MODULES),
     *(
         Rule(f"{module}/{name}", "neuron", MLP_LAYOUTS, where=EXPERTS_CHECK)
-        for module in MOE_MODULES for name in ("wo", "linear")
+        # (Grok-1's, Haiku: moe/linear, linear_v [E, d, F], linear_1 [E, F, d])
+        for module in MOE_MODULES for name in ("wo", "linear", "linear_v", "linear_1")
     ),
     # keras-hub's Mixtral: experts/expert_feedforward_{gate,intermediate,
     # output}_dense [E, in, out]; its GPT-OSS: experts/gate_up_proj [E, in,

@@ -1101,3 +1101,18 @@ def test_a_norm_scale_of_several_axes_in_a_declared_stack_is_one_block():
   got = v_shapes(params, blocks=BlockRules(stacked={"blocks/block": 0}))["blocks"]["block"]
   assert got["outnorm"]["sharded"]["scale"] == (3,)
   assert got["ffn_norm"]["sharded"]["scale"] == (3,)
+
+
+def test_grok1_mixture_of_experts_in_haiku():
+  """Grok-1 (Haiku, xai-org/grok-1 model.py): DenseBlock's hk.Linear layers
+  linear (gate), linear_v (value) and linear_1 (down), stacked over the
+  experts under moe: [E, d, F], [E, d, F], [E, F, d]. linear_v and linear_1
+  raised; each expert's output neurons are blocks of their own."""
+  e, d, f = 4, 32, 48
+  layer = "transformer/decoder_layer_0/"
+  params = {layer + "moe/linear": {"w": leaf(e, d, f)}, layer + "moe/linear_v": {"w": leaf(e, d, f)},
+            layer + "moe/linear_1": {"w": leaf(e, f, d)}, layer + "router": {"w": leaf(d, e)}}
+  got = v_shapes(params)
+  assert got[layer + "moe/linear"]["w"] == got[layer + "moe/linear_v"]["w"] == (e, f)
+  assert got[layer + "moe/linear_1"]["w"] == (e, d)
+  assert got[layer + "router"]["w"] == (e,)
