@@ -1629,10 +1629,8 @@ def _resolve(
         f"{counts or 'Give this leaf a rule with its layout (how its library splits it)'}, "
         f"e.g. BlockRules(rules=[Rule({own!r}, {target!r}, layout={next(iter(fits))!r}{checked})])."
         + ("" if stacked or nd != 3 else
-           " But if its first axis is a stack of layers of [in, out] kernels (nnx.vmap / "
-           "nnx.scan, a scanned Linen module: as many as the model's heads, the head counts "
-           "would take the layers for the heads), declare the stack instead: "
-           f"BlockRules(stacked={{{_stack_example(where)!r}: 0}}).")
+           " But its first axis may be layers of [in, out] kernels (as many as the model's "
+           f"heads, the head counts would take them for the heads): if it is {_stack_hint(where)}.")
     )
   if not candidates:
     known = {
@@ -1644,9 +1642,7 @@ def _resolve(
                  f"vocab, dim / shards], as xlstm-jax's, is Rule({own!r}, 'token', layout='i o i'))",
     }.get(role, "no layout of this rank")
     stack_hint = "" if stacked else (
-        f" If it is one layer's kernel stacked over layers (nnx.vmap / nnx.scan, a scanned "
-        f"Linen module, AXLearn's repeat/layer), declare the layer axis instead: "
-        f"BlockRules(stacked={{{_stack_example(where)!r}: 0}}) (or the axis the layers are on)."
+        f" If it is one layer's kernel in {_stack_hint(where)}."
     )
     raise ValueError(
         f"{head}, which knows {known} only.{stack_hint} Else give it its own rule, e.g. "
@@ -1672,10 +1668,7 @@ def _resolve(
   # likely one layer's kernel stacked over layers.
   stack_hint = "" if stacked or not misfits or any(
       len(_parse_layout(layout)) >= nd for layout, _ in misfits) else (
-      " Its layouts have fewer axes than the leaf: if it is a stack of layers "
-      "(nnx.vmap / nnx.scan, a scanned Linen module, AXLearn's repeat/layer), declare "
-      "the layer axis: BlockRules(stacked={<the stack's path>: <its axis>}), e.g. "
-      f"stacked={{{_stack_example(where)!r}: 0}}."
+      f" Its layouts have fewer axes than the leaf: if it is {_stack_hint(where)}."
   )
   settings = f"head_dim={head_dim}, num_heads={rules.num_heads}, num_kv_heads={rules.num_kv_heads}"
   if any("e" in group and len(group) > 1 for layout, _ in misfits for group in _parse_layout(layout)):
@@ -1688,15 +1681,33 @@ def _resolve(
   )
 
 
+def _repeat_stack(components: Sequence[str]) -> str | None:
+  """AXLearn's ``Repeat`` layer's stack (``repeat/layer``: one stack for all
+  its layers) if ``components`` pass through one."""
+  if "repeat" not in components:
+    return None
+  at = list(components).index("repeat")
+  return "/".join(components[at : at + 2])
+
+
+def _stack_hint(where: str) -> str:
+  """The fix an error offers for a leaf that may be one layer's stacked."""
+  return (
+      "a stack of layers (nnx.vmap / nnx.scan, a scanned Linen module, AXLearn's "
+      f"repeat/layer), declare the stack instead: BlockRules(stacked={{{_stack_example(where)!r}: 0}}) "
+      "(or the axis its layers are on)"
+  )
+
+
 def _stack_example(where: str) -> str:
   """A stack pattern to suggest for the leaf at ``where`` (a path string):
   AXLearn's ``repeat/layer``; else the path up to its last component named
   like a layer container (``layers``, ``h``, ``blocks``, ``scan_*``); else
   up to the leaf's module (a guess the error says to check)."""
   parts = [p for p in re.split(r"[\[\]'/\".]+", where) if p]
-  if "repeat" in parts[:-1]:
-    at = parts.index("repeat")
-    return "/".join(parts[at : at + 2])
+  repeat = _repeat_stack(parts[:-1])
+  if repeat:
+    return repeat
   containers = [i for i, p in enumerate(parts[:-2]) if re.fullmatch(
       r"(.*_)?layers?|h|blocks?|scan.*|.*_scan|encoderblock|decoderblock", p, re.I)]
   if containers:
@@ -2123,9 +2134,7 @@ def _check_not_an_undeclared_stack(
     return
   at = next(i for i, c in enumerate(components[:-1]) if any(fnmatch.fnmatchcase(c, p) for p in NORM_MODULES))
   module, layers = components[at], "/".join(components[:at]) or "<path of the stacked layers>"
-  if "repeat" in components[: at - 1]:  # AXLearn's Repeat: one stack for all its layers
-    start = components.index("repeat")
-    layers = "/".join(components[start : start + 2])
+  layers = _repeat_stack(components[: at - 1]) or layers
   raise ValueError(
       f"{where}: shape {logical_shape} is a norm's scale ({module!r}) with {len(logical_shape)} "
       "axes, where a norm has one: this looks like a stack of layers (nnx.vmap / nnx.scan, "

@@ -559,7 +559,7 @@ def scale_by_adam_mini(
       pspecs = [None] * len(leaves)
       mesh_axes = [()] * len(leaves)
     else:
-      pspecs = _flatten_partition_specs(treedef, given, _strip_names(tree))
+      pspecs = _flatten_partition_specs(treedef, given, tree)
       mesh_axes = [
           _reduced_mesh_axes(spec, len(shape), pspec, blocks_lib.path_str(path))
           for spec, shape, pspec, path in zip(specs, shapes, pspecs, paths)
@@ -824,17 +824,17 @@ def _flatten_like(treedef, tree, name: str, updates) -> list[Any]:
     ) from None
 
 
-def _flatten_partition_specs(treedef, partition_specs, stripped: Any = None) -> list[Any]:
-  """One spec per leaf: ``partition_specs`` in the parameters' structure, or
-  in their structure without Linen boxes / NNX Variables (what
-  ``nn.get_partition_spec(params)`` gives)."""
+def _flatten_partition_specs(treedef, partition_specs, tree: Any = None) -> list[Any]:
+  """One spec per leaf: ``partition_specs`` in the structure of ``tree`` (the
+  parameters), or in its structure without Linen boxes / NNX Variables
+  (what ``nn.get_partition_spec(params)`` gives)."""
   is_spec = lambda x: isinstance(x, PartitionSpec) or x is None  # noqa: E731
   try:
     return treedef.flatten_up_to(partition_specs)
   except (ValueError, TypeError) as e:
     error = e
-  if stripped is not None:
-    plain = jax.tree_util.tree_structure(stripped)
+  if tree is not None:
+    plain = jax.tree_util.tree_structure(_strip_names(tree))
     if plain != treedef:
       try:
         specs = jax.tree_util.tree_leaves(partition_specs, is_leaf=is_spec)
