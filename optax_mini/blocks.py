@@ -504,7 +504,7 @@ NORM_MODULES = ("*norm*", "ln", "ln_*", "*_ln", "bn", "bn_*", "*_bn")
 NORM_SCALES = ("scale", "weight", "gamma", "g")
 
 
-def _is_norm_scale(components: Sequence[str]) -> bool:
+def is_norm_scale(components: Sequence[str]) -> bool:
   """A norm's scale: a scale's name under a norm module, or a ``kernel`` on
   the norm module itself (EasyLM's and LWM's RMSNorm name its weight so:
   ``attention_norm/kernel``; a Dense inside an adaptive norm, ``norm1/linear/
@@ -1588,11 +1588,23 @@ def _resolve(
                 if (sizes[layout].get("i"), sizes[layout].get("h")) == (width, head)}
     if len(set(agreeing.values())) == 1:
       return next(iter(agreeing.values())), False
-  if len(distinct) == 1:
-    return next(iter(distinct)), bool(fits) and set(fits) <= transposed
   shown = f"shape {logical_shape}" + (" (one layer's)" if stacked else "")
   matched = f"rule {rule.pattern!r}" if rule.pattern else "no rule, so the default"
   head = f"{where}: {shown} matched {matched} ({target})"
+  if len(distinct) == 1:
+    wide = [x for x in fits if _heads_as_wide_as_input(x, logical_shape)]
+    if head_dim is None and wide and len(wide) == len(fits):
+      # Heads as wide as the input: far more likely a [layers, in, out]
+      # kernel whose layers the head counts took for heads (LWM's scanned
+      # wq when layers == heads) than an attention layer.
+      size = _single_letter_sizes(wide[0], logical_shape)["h"]
+      raise ValueError(
+          f"{head}, which fits only {wide[0]!r} with heads of {size}, the whole width of "
+          "its input: more likely one kernel per layer, the layers taken for heads. "
+          + ("" if stacked else f"If its first axis is layers, {_stack_hint(where)}. ")
+          + f"If its heads are that wide, pass head_dim={size} to confirm."
+      )
+    return next(iter(distinct)), bool(fits) and set(fits) <= transposed
   letters = "; ".join(f"{c}={w}" for c, w in _LETTERS.items())
   as_torch = {fits[x] for x in fits if x in transposed}
   as_flax = {fits[x] for x in fits if x not in transposed}
@@ -1670,6 +1682,9 @@ def _resolve(
       len(_parse_layout(layout)) >= nd for layout, _ in misfits) else (
       f" Its layouts have fewer axes than the leaf: if it is {_stack_hint(where)}."
   )
+  if not stacked and not stack_hint and nd == 3 and any(
+      _HEADS_IN in layout for layout, _ in misfits):
+    stack_hint = f" If its first axis is layers, {_stack_hint(where)}."
   settings = f"head_dim={head_dim}, num_heads={rules.num_heads}, num_kv_heads={rules.num_kv_heads}"
   if any("e" in group and len(group) > 1 for layout, _ in misfits for group in _parse_layout(layout)):
     settings += f", num_experts={rules.num_experts}"
@@ -1688,6 +1703,13 @@ def _repeat_stack(components: Sequence[str]) -> str | None:
     return None
   at = list(components).index("repeat")
   return "/".join(components[at : at + 2])
+
+
+def _heads_as_wide_as_input(layout: str, shape: tuple[int, ...]) -> bool:
+  """Whether ``layout`` reads ``shape`` as several heads each as wide as the
+  input (``"n i h"`` on ``[32, 4096, 4096]``)."""
+  sizes = _single_letter_sizes(layout, shape)
+  return sizes.get("n", 1) > 1 and "h" in sizes and sizes["h"] == sizes.get("i")
 
 
 def _stack_hint(where: str) -> str:
@@ -1983,7 +2005,7 @@ def _claim_leaf(
   _check_not_an_undeclared_stack(components, logical_shape, stack, where)
   if named is not None and named.source == _penzai.SOURCE:
     _check_penzai_claim(None, False, nd, named, shape, where, components)
-  if nd >= 2 and stack and named is None and _is_norm_scale(components):
+  if nd >= 2 and stack and named is None and is_norm_scale(components):
     # A norm's scale of several axes in a declared stack (xlstm-jax's
     # multi-head norm outnorm/sharded/scale [layers, shards, heads,
     # head_dim]): one v per tensor, as the official rule gives any norm.
@@ -2066,6 +2088,7 @@ def _check_default_is_sure(
   heads = " ".join(["i"] + ["n"] * (rank - 2) + ["h"])
   heads_first = " ".join(["n"] * (rank - 2) + ["i", "h"])
   experts_layout = " ".join(["e"] + ["i"] * (rank - 2) + ["o"])
+  blocks_out_first = " ".join(["e", "o"] + ["i"] * (rank - 2))
   parts = next((d for d in logical_shape if d in (2, 3)), None)
   fused = (
       f"; a fused projection [in, parts, heads, head_dim] (flaxformer's qkv_fused), each part its "
@@ -2085,8 +2108,10 @@ def _check_default_is_sure(
       "together. Say what it is with a rule: a query/key, one v per head, "
       f"blocks=optax_mini.BlockRules(rules=[Rule({own!r}, 'heads', layout={heads!r})]) "
       f"(heads-first: layout={heads_first!r}); a value, one v per output neuron, "
-      f"Rule({own!r}, 'value', layout={heads!r}); experts, Rule({own!r}, 'neuron', "
-      f"layout={experts_layout!r}); a convolution or any [in..., out] kernel, Rule({own!r}, 'neuron')"
+      f"Rule({own!r}, 'value', layout={heads!r}); experts, or the blocks of a block-diagonal "
+      f"(headwise) kernel, Rule({own!r}, 'neuron', layout={experts_layout!r}) (a block's output "
+      f"before its input, [blocks, out, in]: layout={blocks_out_first!r}); a convolution or any "
+      f"[in..., out] kernel, Rule({own!r}, 'neuron')"
       f"{fused}.{stack_hint}"
   )
 
@@ -2130,7 +2155,7 @@ def _check_not_an_undeclared_stack(
   """Raises if a norm's scale has more than one axis and no layer axis is
   declared: its tree is most likely a stack of layers (see :data:`NORM_MODULES`),
   and every kernel in it would have its layers averaged into one block."""
-  if stack or len(logical_shape) < 2 or not _is_norm_scale(components):
+  if stack or len(logical_shape) < 2 or not is_norm_scale(components):
     return
   at = next(i for i, c in enumerate(components[:-1]) if any(fnmatch.fnmatchcase(c, p) for p in NORM_MODULES))
   module, layers = components[at], "/".join(components[:at]) or "<path of the stacked layers>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -535,6 +536,27 @@ def test_an_ambiguous_3d_attention_kernel_error_names_a_layer_stack():
     init(params)
 
 
+def test_a_query_whose_heads_would_be_as_wide_as_its_input_raises():
+  """LWM's scanned wq [layers, d, d] with its norms sent elsewhere and only
+  the head counts given (layers == heads): 'n i h' was the one fit, heads of
+  d each, so every head's v averaged a whole layer's kernel, silently. Heads
+  as wide as the input are taken for layers, unless head_dim says so."""
+  layers, d = 4, 32
+  params = {"transformer": {"h": {"attention": {
+      "wq": {"kernel": jnp.zeros((layers, d, d))}, "wo": {"kernel": jnp.zeros((layers, d, d))}}}}}
+  with pytest.raises(ValueError, match=r"heads of 32, the whole width.*"
+                     r"stacked=\{'transformer/h': 0\}.*head_dim=32 to confirm"):
+    init(params, blocks=BlockRules(num_heads=layers))
+  # the head size given: the same leaf fits no layout, and the error names the stack
+  with pytest.raises(ValueError, match=r"If its first axis is layers.*stacked=\{'transformer/h': 0\}"):
+    init(params, head_dim=8)
+  nu = init(params, head_dim=8, blocks=BlockRules(stacked={"transformer/h": 0}))[0].nu
+  assert nu["transformer"]["h"]["attention"]["wq"]["kernel"].shape == (layers, d // 8)
+  # heads as wide as the input, confirmed by head_dim: one v per head
+  gemma = {"attn": {"q_einsum": {"w": jnp.zeros((2, d, d))}}}
+  assert init(gemma, head_dim=d)[0].nu["attn"]["q_einsum"]["w"].shape == (2,)
+
+
 def test_the_norm_rule_an_undeclared_stack_error_offers_matches_the_leaf():
   """xlstm-jax wraps its norms for tensor parallelism: ffn_norm/sharded/scale.
   The error offered Rule('ffn_norm/scale', 'tensor'), which matches no leaf
@@ -544,3 +566,20 @@ def test_the_norm_rule_an_undeclared_stack_error_offers_matches_the_leaf():
     init(params)
   assert init(params, blocks=BlockRules(rules=[("ffn_norm/sharded/scale", "tensor")]))[0].nu[
       "block"]["ffn_norm"]["sharded"]["scale"].shape == ()
+
+
+def test_an_unknown_3d_kernel_error_offers_a_block_diagonal_kernel_stored_output_first():
+  """xlstm-jax's headwise gates [heads, 1, in / heads] (each head's output
+  before its input): the error's options were the heads, experts [e, in,
+  out] and 'neuron' (which averaged the heads, keeping the inputs). It names
+  the block-diagonal layouts; the output-first one gives one v per head."""
+  heads, per_head = 4, 24
+  params = {"mlstm_cell": {"igate": {"kernel": jnp.zeros((heads, 1, per_head))}}}
+  with pytest.raises(ValueError, match=r"block-diagonal.*\[blocks, out, in\]: layout='e o i'"):
+    init(params)
+  rules = BlockRules(rules=[optax_mini.Rule("igate/kernel", "neuron", layout="e o i")])
+  tx = optax_mini.scale_by_adam_mini(b2=0.0, blocks=rules)
+  g = jax.random.normal(jax.random.key(0), (heads, 1, per_head))
+  _, state = tx.update({"mlstm_cell": {"igate": {"kernel": g}}}, tx.init(params))
+  expected = np.mean(np.asarray(g, np.float64) ** 2, axis=2)  # one mean per head's output
+  np.testing.assert_allclose(np.asarray(state.nu["mlstm_cell"]["igate"]["kernel"]), expected, rtol=1e-5)
