@@ -25,7 +25,9 @@ def default_weight_decay_mask(
   name: a leaf is decayed when it has two or more axes and no path component
   is ``bias`` / ``*_bias`` (so ``[heads, head_dim]`` attention biases are not
   decayed). Layer-stack axes declared in ``blocks`` (``BlockRules(stacked=)``)
-  do not count: a scanned ``[layers, dim]`` norm scale is not decayed.
+  do not count: a scanned ``[layers, dim]`` norm scale is not decayed; nor is
+  a norm's scale of several axes (a tensor-parallel or multi-head norm's
+  ``[shards, heads, head_dim]``: a scale's name under a norm module).
 
   Example:
     >>> import jax.numpy as jnp
@@ -39,8 +41,9 @@ def default_weight_decay_mask(
   paths, _ = blocks_lib.leaf_paths(params, tuple(p for p, _ in leaves_with_path))
   decay = []
   for path, (_, leaf), spec in zip(paths, leaves_with_path, treedef.flatten_up_to(specs)):
-    is_bias = blocks_lib.is_bias(blocks_lib.normalize_path(path))
-    decay.append(len(getattr(leaf, "shape", ())) - len(spec.stack_axes) >= 2 and not is_bias)
+    components = blocks_lib.normalize_path(path)
+    kept = not blocks_lib.is_bias(components) and not blocks_lib.is_norm_scale(components)
+    decay.append(len(getattr(leaf, "shape", ())) - len(spec.stack_axes) >= 2 and kept)
   return treedef.unflatten(decay)
 
 

@@ -537,3 +537,26 @@ def test_user_mask_works_as_in_adamw(mask_name):
       assert np.allclose(u, d, rtol=1e-6, atol=0) == (user == default)
     params = optax.apply_updates(params, updates)
     ref_params = optax.apply_updates(ref_params, ref_updates)
+
+
+def test_default_mask_does_not_decay_a_norm_scale_of_several_axes():
+  """xlstm-jax's multi-head norm ``outnorm/sharded/scale [layers, shards,
+  heads, head_dim]`` and its tensor-parallel ``ffn_norm/sharded/scale
+  [shards, d / shards]`` were decayed (several axes), where the official rule
+  skips any name holding ``norm``. A Dense inside an adaptive norm stays a
+  kernel: decayed."""
+  layers = 3
+  params = {"block": {"outnorm": {"sharded": {"scale": jnp.ones((layers, 2, 4, 8))}},
+                      "ffn_norm": {"sharded": {"scale": jnp.ones((layers, 2, 16))}},
+                      "norm1": {"linear": {"kernel": jnp.ones((layers, 32, 6 * 32))}},
+                      "proj": {"kernel": jnp.ones((layers, 32, 32))}}}
+  blocks = optax_mini.BlockRules(stacked={"block": 0})
+  mask = optax_mini.default_weight_decay_mask(params, blocks=blocks)
+  assert mask == {"block": {"outnorm": {"sharded": {"scale": False}},
+                            "ffn_norm": {"sharded": {"scale": False}},
+                            "norm1": {"linear": {"kernel": True}},
+                            "proj": {"kernel": True}}}
+  opt = optax_mini.adam_mini(learning_rate=1.0, weight_decay=0.5, blocks=blocks)
+  updates, _ = opt.update(jax.tree.map(jnp.zeros_like, params), opt.init(params), params)
+  np.testing.assert_array_equal(updates["block"]["outnorm"]["sharded"]["scale"], 0.0)
+  np.testing.assert_array_equal(updates["block"]["proj"]["kernel"], -0.5)
