@@ -605,6 +605,12 @@ KERAS_CONV_TRANSPOSE_LAYOUTS = ("i o i", "i i o i", "i i i o i")
 #: an attention output's ``[heads, head_dim]``) to the rank, B the rank to
 #: its outputs (``[out]``, or a query's ``[heads, head_dim]``).
 LORA_A_LAYOUTS = ("i o", "i i o", "i i i o")
+#: openpi's LoRA factors of Gemma's einsums, A and B alike (each keeps the
+#: einsum's leading axes; see the rule).
+OPENPI_LORA_LAYOUTS = {
+    "q_einsum": "o i o", "k_einsum": "o i o", "kv_einsum": "o o i o", "qkv_einsum": "o o i o",
+    "attn_vec_einsum": "i i o",
+}
 LORA_B_LAYOUTS = ("i o", "i o o", "i o o o")
 #: The size check on an experts axis: no more experts than input features
 #: (DeepSeek-V3: 256 experts of 7168 inputs; Qwen3-Next's down projections
@@ -622,6 +628,12 @@ POSITION_TABLE_LAYOUTS = ("o i", "o o i", "o o o i")
 #: A leaf only AXLearn's trees hold: its attention's input projection
 #: (``i_proj/q_proj/weight``, RoFormer's ``i_proj/i_proj/qkv_proj/weight``).
 AXLEARN_SIGNATURE = "i_proj/*_proj/weight"
+
+def _per_expert(name: str) -> tuple[str, str]:
+  """``name`` and its per-expert copies (openpi's pi0 holds its action
+  expert's einsums beside the VLM's as ``q_einsum_1``, ``kv_einsum_1``)."""
+  return (name, f"{name}_[0-9]*")
+
 
 # Flax's DenseGeneral/LinearGeneral query/key/value kernels: [in, heads, head_dim].
 _IN_HEADS = "i n h"
@@ -642,6 +654,19 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # A's rank directions and B's outputs (the adapted layer's neurons). They
     # come first: they sit under the names of the layers they adapt
     # (q_proj/w_lora_a is no [in, heads*head_dim] query kernel).
+    # openpi's LoRA over Gemma's einsums (lora.Einsum, lora.FeedForward):
+    # A is the weight with its last axis the rank, B with its second to
+    # last, so both keep the einsum's leading axes (heads, k|v or gate|up
+    # parts: "BTD,NDL->BTNL", then "BTNL,NLH->BTNH"). One v per head (or
+    # part) and rank direction for A, per output for B; the attention
+    # output's heads are contracted ("BTNH,NHL->BTL", "BTL,NLD->BTD").
+    *(
+        Rule(f"{einsum}/{factor}", "neuron", ("i o", layout))
+        for name, layout in OPENPI_LORA_LAYOUTS.items()
+        for einsum in _per_expert(name)
+        for factor in ("lora_a", "lora_b")
+    ),
+    *(Rule(f"gating_einsum_{factor}", "neuron", ("i o", "o i o")) for factor in ("lora_a", "lora_b")),
     *(Rule(name, "neuron", LORA_A_LAYOUTS) for name in ("lora_a", "*_lora_a")),
     *(Rule(name, "neuron", LORA_B_LAYOUTS) for name in ("lora_b", "*_lora_b")),
     # Apple's AXLearn names every parameter ``weight`` and mixes layouts in
@@ -723,11 +748,15 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         rule
         for weight in ("w", "kernel")
         for rule in (
-            Rule(f"q_einsum/{weight}", "heads", _HEADS_IN),
-            Rule(f"k_einsum/{weight}", "heads", _HEADS_IN),
-            Rule(f"kv_einsum/{weight}", "k,v", "p n i h"),
-            Rule(f"qkv_einsum/{weight}", "q,k,v", "p n i h"),
-            Rule(f"attn_vec_einsum/{weight}", "neuron", "n h o"),
+            rule
+            for name, target, layout in (
+                ("q_einsum", "heads", _HEADS_IN),
+                ("k_einsum", "heads", _HEADS_IN),
+                ("kv_einsum", "k,v", "p n i h"),
+                ("qkv_einsum", "q,k,v", "p n i h"),
+                ("attn_vec_einsum", "neuron", "n h o"),
+            )
+            for rule in (Rule(f"{einsum}/{weight}", target, layout) for einsum in _per_expert(name))
         )
     ),
     # recurrentgemma (Griffin, Linen): the RG-LRU gates are block-diagonal,
@@ -931,6 +960,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # scale_shift_table [rows, d] ([1, rows, d]), each row a shift, scale or
     # gate: one v per row, as a table's.
     Rule("*scale_shift_table", "token"),
+    # A MAP head's learned queries (big_vision's, scenic's, Octo's map_head
+    # and TokenLearner's MAPHead_0): probe [1, queries, dim], one v per
+    # query, as a table's row (a single query [1, 1, dim] gets one).
+    Rule("probe", "token", POSITION_TABLE_LAYOUTS),
     # Learned position tables: one v per position, whatever leads it (ViT's
     # [1, positions, dim], a 2-D grid's [1, height, width, dim]).
     *(Rule(name, "token", POSITION_TABLE_LAYOUTS) for name in POSITION_TABLES),
@@ -1686,6 +1719,16 @@ def _resolve(
       _HEADS_IN in layout for layout, _ in misfits):
     stack_hint = f" If its first axis is layers, {_stack_hint(where)}."
   settings = f"head_dim={head_dim}, num_heads={rules.num_heads}, num_kv_heads={rules.num_kv_heads}"
+  sizes_h = sorted({int(m.group(1)) for _, reason in misfits
+                    for m in [re.search(r"axis \(h\) has size (\d+)", reason)] if m})
+  if head_dim is not None and sizes_h:
+    # A model whose towers differ in head size (SigLIP's 72 beside Gemma's
+    # 256): one size per tower; its 3-D kernels need none.
+    stack_hint += (
+        f" If this part of the model has heads of {sizes_h[0]}, give one head size per tower: "
+        f"head_dim={{'<its path pattern>': {sizes_h[0]}, '<the rest>': {head_dim}}} (a tower of "
+        "3-D [in, heads, head_dim] kernels may need none)."
+    )
   if any("e" in group and len(group) > 1 for layout, _ in misfits for group in _parse_layout(layout)):
     settings += f", num_experts={rules.num_experts}"
   raise ValueError(
@@ -1759,6 +1802,12 @@ ATTENTION_OUTPUTS = ("out", "attention_output", "o_proj", "attn_out_proj")
 #: ``AttentionProjection(is_output_projection=True)`` ``post/w``
 #: (``"BNH,DNH->BD"``).
 ATTENTION_OUTPUTS_OUT_FIRST = ("post",)
+#: The query kernels beside an attention output. One of
+#: :data:`ATTENTION_OUTPUTS` with its query's very shape, ``[model, heads,
+#: head_dim]``, is stored output first (DeepMind's simply: ``o_proj/w``,
+#: ``"ihd,...hd->...i"``), not ``[heads, head_dim, out]`` (tunix's, under the
+#: same name).
+ATTENTION_QUERIES = ("q_proj", "query", "q", "wq")
 
 
 def _attention_outputs(
@@ -1775,6 +1824,11 @@ def _attention_outputs(
       continue
     stack = _stack_axes_for(path, len(shape), rules.stacked, "/".join(path))
     logical = tuple(size for axis, size in enumerate(shape) if axis not in stack)
+    if len(logical) == 3 and not out_first:
+      queries = {path[:-2] + (name, path[-1]) for name in ATTENTION_QUERIES}
+      out_first = len(set(logical)) > 1 and any(
+          tuple(size for axis, size in enumerate(other) if axis not in stack) == logical
+          for other_path, other in zip(components, shapes) if other_path in queries)
     if len(logical) == 3:
       outputs[path[:-2]] = logical[1:] + logical[:1] if out_first else logical
   return outputs
@@ -1984,6 +2038,11 @@ def _claim_leaf(
     # A user rule's own layout describes the leaf as stored; the defaults'
     # (and a role's usual layouts) describe Flax kernels.
     literal = (index < len(rules.rules) or isinstance(rule, _StoredRule)) and rule.layout is not None
+    if (index >= len(rules.rules) and rule.layout is None and attention_out is not None
+        and nd == 3 and components[-2] in ATTENTION_OUTPUTS
+        and logical_shape == attention_out[2:] + attention_out[:2] != attention_out):
+      # This attention output stored output first (ATTENTION_QUERIES).
+      rule = Rule(rule.pattern, target, "o i i")
     named_layout = None
     if named is not None and named.module and not literal:
       named_layout = _named_layout(named, logical_to_full, target, shape, where, components)
@@ -2015,12 +2074,13 @@ def _claim_leaf(
     return finish(resolved, "tensor (default: a norm's scale)"), None
   if (
       nd >= 2 and weight is None and named is None and all(d == 1 for d in logical_shape[:-1])
-      and not all(c.isdigit() for c in components)
+      and not all(c.isdigit() for c in components) and components[-1] != "kernel"
       and not any(fnmatch.fnmatchcase(c, p) for c in components for p in CONV_MODULES)
   ):
     # A learned token [1, ..., 1, d] (big_vision's and scenic's MAP probe
     # and cls, XLNet's mask_emb): one v, as an embedding row or a class
     # token under an embedding's name gets (one per feature would be Adam).
+    # Not a Dense kernel of one input, [1, out] (Octo's proprio projection).
     token = Rule("", "token", " ".join(["o"] * (nd - 1) + ["i"]))
     resolved, _ = _resolve(token, logical_shape, head_dim, rules, where, bool(stack), None, None,
                            _own_pattern(components))
@@ -2090,6 +2150,11 @@ def _check_default_is_sure(
   experts_layout = " ".join(["e"] + ["i"] * (rank - 2) + ["o"])
   blocks_out_first = " ".join(["e", "o"] + ["i"] * (rank - 2))
   parts = next((d for d in logical_shape if d in (2, 3)), None)
+  probes = (
+      f"; learned queries or tokens [1, tokens, dim] (a MAP head's probe), one v per token, "
+      f"Rule({own!r}, 'token')"
+      if rank == 3 and logical_shape[0] == 1 else ""
+  )
   fused = (
       f"; a fused projection [in, parts, heads, head_dim] (flaxformer's qkv_fused), each part its "
       f"own blocks, Rule({own!r}, {'q,k,v' if parts == 3 else 'k,v'!r}, layout='i p n h')"
@@ -2112,7 +2177,7 @@ def _check_default_is_sure(
       f"(headwise) kernel, Rule({own!r}, 'neuron', layout={experts_layout!r}) (a block's output "
       f"before its input, [blocks, out, in]: layout={blocks_out_first!r}); a convolution or any "
       f"[in..., out] kernel, Rule({own!r}, 'neuron')"
-      f"{fused}.{stack_hint}"
+      f"{probes}{fused}.{stack_hint}"
   )
 
 

@@ -1116,3 +1116,112 @@ def test_grok1_mixture_of_experts_in_haiku():
   assert got[layer + "moe/linear"]["w"] == got[layer + "moe/linear_v"]["w"] == (e, f)
   assert got[layer + "moe/linear_1"]["w"] == (e, d)
   assert got[layer + "router"]["w"] == (e,)
+
+
+# openpi's LoRA over Gemma's einsums (lora.py): each factor's einsum, A then
+# B; the factor's axes that reach the output are its blocks, the others (the
+# contracted ones) are averaged. C: the k|v or gate|up parts, L: the rank.
+_OPENPI_LORA_EINSUMS = {
+    "q_einsum": ("BTD,NDL->BTNL", "BTNL,NLH->BTNH"),
+    "kv_einsum": ("BSD,CKDL->CBSKL", "CBSKL,CKLH->CBSKH"),
+    "attn_vec_einsum": ("BTNH,NHL->BTL", "BTL,NLD->BTD"),
+    "gating_einsum": ("BTD,CDL->CBTL", "CBTL,CLF->CBTF"),
+    "linear": ("BTF,FL->BTL", "BTL,LD->BTD"),
+}
+
+
+def test_openpi_lora_factors_keep_the_heads_and_parts_of_their_einsum():
+  """openpi (pi0's LoRA fine-tuning) keeps the adapted einsum's leading axes
+  in both factors: q_einsum/lora_a [N, D, r], kv_einsum/lora_b [2, K, r, H],
+  gating_einsum_lora_a [2, D, r]. The [in..., rank] / [rank, out...] reading
+  put every head, k with v and gate with up in one v (and kept B's rank). Its
+  action expert's einsums are q_einsum_1, kv_einsum_1, attn_vec_einsum_1:
+  read as the VLM's (they raised). v against float64 NumPy, one v per axis
+  each factor's einsum keeps, with the layer axis of openpi's nn.scan."""
+  layers = 2
+  sizes = {"N": 4, "K": 1, "D": 32, "H": 8, "L": 4, "F": 64, "C": 2}
+  shapes, kept = {}, {}
+  for name, eqns in _OPENPI_LORA_EINSUMS.items():
+    in_mlp = name in ("gating_einsum", "linear")
+    for suffix in ("",) if in_mlp else ("", "_1"):
+      for which, eqn in zip("ab", eqns):
+        inputs, out = eqn.split("->")
+        letters = inputs.split(",")[1]
+        path = (("mlp", f"{name}_lora_{which}") if in_mlp
+                else ("attn", f"{name}{suffix}", f"lora_{which}"))
+        shapes[path] = (layers, *(sizes[c] for c in letters))
+        kept[path] = (0, *(1 + i for i, c in enumerate(letters) if c in out))
+
+  def nest(flat):
+    tree = {}
+    for path, value in flat.items():
+      node = tree.setdefault("layers", {})
+      for m in path[:-1]:
+        node = node.setdefault(m, {})
+      node[path[-1]] = value
+    return tree
+
+  rng = np.random.default_rng(0)
+  grads = {path: rng.standard_normal(shape).astype(np.float32) for path, shape in shapes.items()}
+  tx = optax_mini.scale_by_adam_mini(b2=0.0, blocks=BlockRules(stacked={"layers": 0}))
+  params = nest({path: jnp.zeros(shape) for path, shape in shapes.items()})
+  _, state = tx.update(nest({path: jnp.asarray(g) for path, g in grads.items()}), tx.init(params))
+  for path, g in grads.items():
+    node = state.nu["layers"]
+    for m in path:
+      node = node[m]
+    averaged = tuple(a for a in range(g.ndim) if a not in kept[path])
+    expected = np.mean(g.astype(np.float64) ** 2, axis=averaged)
+    np.testing.assert_allclose(np.asarray(node), expected, rtol=1e-5, err_msg="/".join(path))
+  # the action expert's weights: per head (q), k per kv head and v per neuron, per output
+  n, k, d, h = sizes["N"], sizes["K"], sizes["D"], sizes["H"]
+  expert = {"layers": {"attn": {"q_einsum_1": {"w": leaf(layers, n, d, h)},
+                                "kv_einsum_1": {"w": leaf(layers, 2, k, d, h)},
+                                "attn_vec_einsum_1": {"w": leaf(layers, n, h, d)}}}}
+  specs = optax_mini.block_specs(expert, blocks=BlockRules(stacked={"layers": 0}))["layers"]["attn"]
+  assert v_shapes(expert, blocks=BlockRules(stacked={"layers": 0}))["layers"]["attn"] == {
+      "q_einsum_1": {"w": (layers, n)}, "kv_einsum_1": {"w": (layers, 2, k, h)},
+      "attn_vec_einsum_1": {"w": (layers, d)}}
+  assert [p.name for p in specs["kv_einsum_1"]["w"].parts] == ["k", "v"]
+
+
+def test_an_attention_output_with_its_querys_shape_is_stored_output_first():
+  """DeepMind's simply stores o_proj/w [model, heads, head_dim] like its
+  q_proj ("ihd,...hd->...i"), where tunix stores [heads, head_dim, model]
+  under the same name. Read as tunix's, every output neuron and head shared
+  one v per head_dim position (Qwen3-8B: 4,608 v where 147,456). v against
+  float64 NumPy: one per output neuron (simply's axis 0, tunix's axis 2)."""
+  d, heads, kv, hd = 64, 4, 2, 16
+  rng = np.random.default_rng(0)
+  for o_shape, kept in (((d, heads, hd), 0), ((heads, hd, d), 2)):
+    shapes = {"q_proj": (d, heads, hd), "k_proj": (d, kv, hd), "v_proj": (d, kv, hd), "o_proj": o_shape}
+    grads = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+    tx = optax_mini.scale_by_adam_mini(b2=0.0)  # nothing passed: the shapes say it all
+    params = {"block_0": {"attn": {n: {"w": jnp.zeros(s)} for n, s in shapes.items()}}}
+    _, state = tx.update({"block_0": {"attn": {n: {"w": jnp.asarray(g)} for n, g in grads.items()}}},
+                         tx.init(params))
+    nu = {n: np.asarray(state.nu["block_0"]["attn"][n]["w"]) for n in shapes}
+    g64 = {n: g.astype(np.float64) ** 2 for n, g in grads.items()}
+    np.testing.assert_allclose(nu["o_proj"], g64["o_proj"].mean(
+        axis=tuple(a for a in range(3) if a != kept)), rtol=1e-5)
+    np.testing.assert_allclose(nu["q_proj"], g64["q_proj"].mean(axis=(0, 2)), rtol=1e-5)  # per head
+    np.testing.assert_allclose(nu["v_proj"], g64["v_proj"].mean(axis=0), rtol=1e-5)
+
+
+def test_a_map_heads_probe_is_one_v_per_query_and_a_one_input_dense_per_neuron():
+  """Octo: its MAP heads' learned queries probe [1, queries, dim] raised,
+  with options that averaged the queries; its proprio projection, a Dense of
+  one input (kernel [1, dim]), was read as one learned token (one v for the
+  whole kernel). v against float64 NumPy."""
+  queries, dim = 6, 32
+  rng = np.random.default_rng(0)
+  grads = {"map_head": {"probe": rng.standard_normal((1, queries, dim)).astype(np.float32)},
+           "cls": {"probe": rng.standard_normal((1, 1, dim)).astype(np.float32)},
+           "obs_proprio_projection": {"kernel": rng.standard_normal((1, dim)).astype(np.float32)}}
+  tx = optax_mini.scale_by_adam_mini(b2=0.0)
+  _, state = tx.update(jax.tree.map(jnp.asarray, grads), tx.init(jax.tree.map(jnp.zeros_like, grads)))
+  sq = jax.tree.map(lambda g: g.astype(np.float64) ** 2, grads)
+  np.testing.assert_allclose(state.nu["map_head"]["probe"], sq["map_head"]["probe"].mean(axis=2), rtol=1e-5)
+  np.testing.assert_allclose(state.nu["cls"]["probe"], sq["cls"]["probe"].mean(axis=2), rtol=1e-5)
+  np.testing.assert_allclose(state.nu["obs_proprio_projection"]["kernel"],
+                             sq["obs_proprio_projection"]["kernel"].mean(axis=0), rtol=1e-5)

@@ -583,3 +583,17 @@ def test_an_unknown_3d_kernel_error_offers_a_block_diagonal_kernel_stored_output
   _, state = tx.update({"mlstm_cell": {"igate": {"kernel": g}}}, tx.init(params))
   expected = np.mean(np.asarray(g, np.float64) ** 2, axis=2)  # one mean per head's output
   np.testing.assert_allclose(np.asarray(state.nu["mlstm_cell"]["igate"]["kernel"]), expected, rtol=1e-5)
+
+
+def test_a_head_size_that_fits_one_tower_only_suggests_one_per_tower():
+  """openpi's pi0: SigLIP's [1152, 16, 72] attention beside Gemma's heads of
+  256. One head_dim raised on one tower or the other, and the error said
+  only 'check head_dim'; it names the per-tower mapping."""
+  params = {"img": {"attn": {"query": {"kernel": jnp.zeros((64, 4, 12))},
+                             "out": {"kernel": jnp.zeros((4, 12, 64))}}},
+            "llm": {"q_einsum": {"w": jnp.zeros((4, 64, 16))}}}
+  with pytest.raises(ValueError, match=r"head_dim=\{'<its path pattern>': 12, '<the rest>': 16\}"):
+    init(params, head_dim=16)
+  nu = init(params, head_dim={"img": 12, "llm": 16})[0].nu
+  assert nu["img"]["attn"]["query"]["kernel"].shape == (4,)
+  assert nu["llm"]["q_einsum"]["w"].shape == (4,)

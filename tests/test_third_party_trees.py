@@ -148,6 +148,27 @@ def _tower(tower, field):  # a count from one tower's config
   return lambda c: c[tower][field]
 
 
+def _openpi_lora(suffix, sizes, rank):
+  """openpi's LoRA factors of one Gemma (``suffix``: the action expert's
+  ``_1``), v per layer: A [.., in, r] one per leading axis and rank
+  direction, B [.., r, out] one per output neuron of the adapted einsum."""
+  def per(f):
+    return lambda c: f(sizes(c), c["lora"][rank])
+  mlp = "mlp" + suffix
+  return [
+      (f"*/attn/q_einsum{suffix}/lora_a", per(lambda s, r: s["num_heads"] * r)),
+      (f"*/attn/q_einsum{suffix}/lora_b", per(lambda s, r: s["num_heads"] * s["head_dim"])),
+      (f"*/attn/kv_einsum{suffix}/lora_a", per(lambda s, r: 2 * s["num_kv_heads"] * r)),
+      (f"*/attn/kv_einsum{suffix}/lora_b", per(lambda s, r: 2 * s["num_kv_heads"] * s["head_dim"])),
+      (f"*/attn/attn_vec_einsum{suffix}/lora_a", per(lambda s, r: r)),
+      (f"*/attn/attn_vec_einsum{suffix}/lora_b", per(lambda s, r: s["d_model"])),
+      (f"*/{mlp}/gating_einsum_lora_a", per(lambda s, r: 2 * r)),
+      (f"*/{mlp}/gating_einsum_lora_b", per(lambda s, r: 2 * s["mlp_dim"])),
+      (f"*/{mlp}/linear_lora_a", per(lambda s, r: r)),
+      (f"*/{mlp}/linear_lora_b", per(lambda s, r: s["d_model"])),
+  ]
+
+
 def _experts(c):
   return c["num_experts"]
 
@@ -394,6 +415,42 @@ EXPECTED = {
         ("*feed_forward/linear1_[01]/weight", _mlp), ("*feed_forward/linear2/weight", _d),
         ("*/scale", _one),
     ],
+    "openpi": [
+        # pi0: SigLIP So400m (big_vision's, scanned) and PaliGemma's Gemma
+        # with the action expert's layers beside its own in one scanned stack
+        # (`_1`: the expert's, its sizes in config["expert"]).
+        ("*/bias", None),
+        ("*/MultiHeadDotProductAttention_0/query/kernel", _tower("vision", "num_heads")),
+        ("*/MultiHeadDotProductAttention_0/key/kernel", _tower("vision", "num_heads")),
+        ("*/MultiHeadDotProductAttention_0/value/kernel",
+         lambda c: c["vision"]["num_heads"] * c["vision"]["head_dim"]),
+        ("*/MultiHeadDotProductAttention_0/out/kernel", _tower("vision", "d_model")),
+        ("*/MlpBlock_0/Dense_0/kernel", _tower("vision", "mlp_dim")),
+        ("*/MlpBlock_0/Dense_1/kernel", _tower("vision", "d_model")),
+        ("PaliGemma/img/embedding/kernel", _tower("vision", "d_model")),  # the patch conv, per output channel
+        ("PaliGemma/img/pos_embedding", lambda c: _patches(c["vision"])),
+        ("PaliGemma/img/head/kernel", _d),
+        ("PaliGemma/llm/embedder/input_embedding", _vocab),
+        ("*/attn/q_einsum/w", _heads), ("*/attn/q_einsum_1/w", _tower("expert", "num_heads")),
+        ("*/attn/kv_einsum/w", lambda c: c["num_kv_heads"] * (1 + c["head_dim"])),
+        ("*/attn/kv_einsum_1/w", lambda c: c["expert"]["num_kv_heads"] * (1 + c["expert"]["head_dim"])),
+        ("*/attn/attn_vec_einsum/w", _d), ("*/attn/attn_vec_einsum_1/w", _tower("expert", "d_model")),
+        ("*/mlp/gating_einsum", lambda c: 2 * c["mlp_dim"]),
+        ("*/mlp_1/gating_einsum", lambda c: 2 * c["expert"]["mlp_dim"]),
+        ("*/mlp/linear", _d), ("*/mlp_1/linear", _tower("expert", "d_model")),
+        # LoRA (lora.Einsum keeps the einsum's leading axes in both factors):
+        # A one v per head / part and rank direction, B one per output neuron;
+        # the attention output's heads are contracted.
+        *(
+            entry
+            for suffix, sizes, rank in (("", lambda c: c, "llm"), ("_1", lambda c: c["expert"], "expert"))
+            for entry in _openpi_lora(suffix, sizes, rank)
+        ),
+        ("*/scale", _one),
+        # the action projections, one v per output
+        ("action_out_proj/kernel", lambda c: c["native"]["Pi0Config"]["action_dim"]),
+        ("*_proj/kernel", _tower("expert", "d_model")), ("action_time_mlp_*/kernel", _tower("expert", "d_model")),
+    ],
     "levanter": [
         # haliax NamedArrays: the array under [0]; the library reads the axis names.
         ("*/bias/0", None),
@@ -554,7 +611,11 @@ def test_int8_first_moment_on_every_tree(fixture):
 #: Trees whose widths take smaller quantization blocks: GPT-OSS's 2880 =
 #: 64 * 45 has no divisor of 128 or 256, so its blocks are 64 elements and
 #: the scales weigh 4/64 of the codes (0.133x, not 0.127x).
-INT8_RATIO_BOUND = {"maxtext_gpt_oss_20b": 0.134}
+#: openpi's LoRA tree: SigLIP's width 1152 = 9 * 128 takes blocks of 128 and
+#: its biases keep a float32 m (SigLIP is 415M of its 468M trainable
+#: parameters), and the LoRA factors' last axis is the rank, 16 or 32 wide,
+#: the blocks as wide: 0.132x.
+INT8_RATIO_BOUND = {"maxtext_gpt_oss_20b": 0.134, "openpi_pi0_lora": 0.132}
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
@@ -573,6 +634,10 @@ def test_fixture_matches_its_config(fixture):
     patch = c["patch_size"] ** 2 * c["num_channels"] * c["d_model"]
     matrices = (patch + c["num_layers"] * per_layer + _image_positions(c) * c["d_model"]
                 + c["d_model"] * (c["num_labels"] or 0))
+    assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
+    return
+  if record["library"] == "openpi":
+    matrices = _openpi_matrices(c)
     assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
     return
   if "vision" in c:  # a vision tower beside the decoder: add its matrices
@@ -608,6 +673,32 @@ def test_fixture_matches_its_config(fixture):
   matrices = embedding + c["num_layers"] * per_layer_matrices
   # Everything else (norms, biases, position tables) is small.
   assert matrices <= total <= matrices * 1.02, (record["name"], total, matrices)
+
+
+def _openpi_matrices(c: dict) -> int:
+  """pi0's trainable matrices from its config: SigLIP's (patch conv,
+  positions, layers, the head into the decoder's width), the action
+  projections, and either both Gemmas' (full fine-tuning: PaliGemma's and
+  the action expert's layers, one embedding) or their LoRA factors only
+  (the rest frozen)."""
+  v, a = c["vision"], c["native"]["Pi0Config"]["action_dim"]
+  vision = (v["patch_size"] ** 2 * v["num_channels"] * v["d_model"] + _patches(v) * v["d_model"]
+            + v["num_layers"] * (4 * v["d_model"] ** 2 + 2 * v["d_model"] * v["mlp_dim"])
+            + v["d_model"] * c["d_model"])
+  e = c["expert"]["d_model"]
+  action = 2 * a * e + 2 * e * e + e * e + e * a  # in, state, time MLP in (2e -> e) and out, out
+  decoder = 0 if c["lora"] else c["vocab_size"] * c["d_model"]
+  for g, rank in ((c, "llm"), (c["expert"], "expert")):
+    d, n, k, h, f = g["d_model"], g["num_heads"], g["num_kv_heads"], g["head_dim"], g["mlp_dim"]
+    if c["lora"]:
+      r = c["lora"][rank]
+      # q (a [n, d, r], b [n, r, h]), kv (2k of each), attn_vec (a [n, h, r], b [n, r, d]),
+      # gating (a [2, d, r], b [2, r, f]), linear (a [f, r], b [r, d])
+      decoder += c["num_layers"] * r * (n * d + n * h + 2 * k * (d + h) + n * h + n * d
+                                        + 2 * (d + f) + f + d)
+    else:
+      decoder += c["num_layers"] * (2 * n * d * h + 2 * k * d * h + 3 * d * f)
+  return vision + action + decoder
 
 
 def _qwen3_5_matrices(c: dict) -> int:
@@ -703,6 +794,8 @@ LIVE = {
               "google-tunix 0.1.7 installed without TensorFlow Datasets and grain"),
     "axlearn": ("axlearn", "record_axlearn",
                 "a source checkout of apple/axlearn at 34aed43 (the PyPI release is from 2024)"),
+    "openpi": ("openpi", "record_openpi",
+               "a source checkout of Physical-Intelligence/openpi at 15a9616 (not on PyPI; it pins jax 0.5.3)"),
     "levanter": ("levanter", "record_levanter",
                  "levanter 1.2.dev1644 and its dependencies (ray, wandb, datasets, ...)"),
 }
