@@ -998,7 +998,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
                      "w1", "w2", "w3", "wi", "wi_0", "wi_1", "wo", "fc1", "fc2", "c_fc",
                      # jax-llm-examples' experts: we_gate, we_up [E, d, ffn],
                      # we_down [E, ffn, d], gpt-oss's we_gate_up [E, d, 2 ffn].
-                     "we_gate", "we_up", "we_down", "we_gate_up")
+                     "we_gate", "we_up", "we_down", "we_gate_up",
+                     # DeepMind's simply: ffn_0, ffn_0_gate [E, d, ffn], ffn_1 [E, ffn, d].
+                     "ffn_0", "ffn_0_gate", "ffn_1")
     ),
 )
 

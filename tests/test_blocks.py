@@ -1225,3 +1225,21 @@ def test_a_map_heads_probe_is_one_v_per_query_and_a_one_input_dense_per_neuron()
   np.testing.assert_allclose(state.nu["cls"]["probe"], sq["cls"]["probe"].mean(axis=2), rtol=1e-5)
   np.testing.assert_allclose(state.nu["obs_proprio_projection"]["kernel"],
                              sq["obs_proprio_projection"]["kernel"].mean(axis=0), rtol=1e-5)
+
+
+def test_simply_experts_are_one_v_per_expert_neuron():
+  """simply's mixture (Qwen3-30B-A3B): ffn_0 and ffn_0_gate [E, d, ffn]
+  ("eio,e...i->e...o"), ffn_1 [E, ffn, d] raised as unknown 3-D kernels; one
+  v per expert and output neuron, against float64 NumPy."""
+  d, experts, ffn = 32, 4, 16
+  rng = np.random.default_rng(0)
+  grads = {"ffn": {"router": {"w": rng.standard_normal((d, experts))},
+                   "ffn_0": {"w": rng.standard_normal((experts, d, ffn))},
+                   "ffn_0_gate": {"w": rng.standard_normal((experts, d, ffn))},
+                   "ffn_1": {"w": rng.standard_normal((experts, ffn, d))}}}
+  grads = jax.tree.map(lambda g: g.astype(np.float32), grads)
+  tx = optax_mini.scale_by_adam_mini(b2=0.0)
+  _, state = tx.update(jax.tree.map(jnp.asarray, grads), tx.init(jax.tree.map(jnp.zeros_like, grads)))
+  for name, averaged in (("router", 0), ("ffn_0", 1), ("ffn_0_gate", 1), ("ffn_1", 1)):
+    g = grads["ffn"][name]["w"].astype(np.float64)
+    np.testing.assert_allclose(state.nu["ffn"][name]["w"], np.mean(g ** 2, axis=averaged), rtol=1e-5)
