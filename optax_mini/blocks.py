@@ -605,13 +605,13 @@ KERAS_CONV_TRANSPOSE_LAYOUTS = ("i o i", "i i o i", "i i i o i")
 #: an attention output's ``[heads, head_dim]``) to the rank, B the rank to
 #: its outputs (``[out]``, or a query's ``[heads, head_dim]``).
 LORA_A_LAYOUTS = ("i o", "i i o", "i i i o")
+LORA_B_LAYOUTS = ("i o", "i o o", "i o o o")
 #: openpi's LoRA factors of Gemma's einsums, A and B alike (each keeps the
 #: einsum's leading axes; see the rule).
 OPENPI_LORA_LAYOUTS = {
     "q_einsum": "o i o", "k_einsum": "o i o", "kv_einsum": "o o i o", "qkv_einsum": "o o i o",
     "attn_vec_einsum": "i i o",
 }
-LORA_B_LAYOUTS = ("i o", "i o o", "i o o o")
 #: The size check on an experts axis: no more experts than input features
 #: (DeepSeek-V3: 256 experts of 7168 inputs; Qwen3-Next's down projections
 #: 512 of 512). A kernel that fails it is no ``[experts, in, out]``
@@ -628,6 +628,7 @@ POSITION_TABLE_LAYOUTS = ("o i", "o o i", "o o o i")
 #: A leaf only AXLearn's trees hold: its attention's input projection
 #: (``i_proj/q_proj/weight``, RoFormer's ``i_proj/i_proj/qkv_proj/weight``).
 AXLEARN_SIGNATURE = "i_proj/*_proj/weight"
+
 
 def _per_expert(name: str) -> tuple[str, str]:
   """``name`` and its per-expert copies (openpi's pi0 holds its action
@@ -648,12 +649,6 @@ _HEADS_IN = "n i h"
 DEFAULT_RULES: tuple[Rule, ...] = (
     # Official: any name containing "bias" is plain Adam, checked first.
     *_rules("element", *BIAS_PATTERNS),
-    # LoRA adapters: flax's nnx.LoRA (lora_a, lora_b), qwix's (tunix's)
-    # <weight>_lora_a/_lora_b beside the weight they adapt, PEFT's lora_A /
-    # lora_B modules. A is [in..., rank], B [rank, out...]: one v per output,
-    # A's rank directions and B's outputs (the adapted layer's neurons). They
-    # come first: they sit under the names of the layers they adapt
-    # (q_proj/w_lora_a is no [in, heads*head_dim] query kernel).
     # openpi's LoRA over Gemma's einsums (lora.Einsum, lora.FeedForward):
     # A is the weight with its last axis the rank, B with its second to
     # last, so both keep the einsum's leading axes (heads, k|v or gate|up
@@ -667,6 +662,12 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         for factor in ("lora_a", "lora_b")
     ),
     *(Rule(f"gating_einsum_{factor}", "neuron", ("i o", "o i o")) for factor in ("lora_a", "lora_b")),
+    # LoRA adapters: flax's nnx.LoRA (lora_a, lora_b), qwix's (tunix's)
+    # <weight>_lora_a/_lora_b beside the weight they adapt, PEFT's lora_A /
+    # lora_B modules. A is [in..., rank], B [rank, out...]: one v per output,
+    # A's rank directions and B's outputs (the adapted layer's neurons). They
+    # come first: they sit under the names of the layers they adapt
+    # (q_proj/w_lora_a is no [in, heads*head_dim] query kernel).
     *(Rule(name, "neuron", LORA_A_LAYOUTS) for name in ("lora_a", "*_lora_a")),
     *(Rule(name, "neuron", LORA_B_LAYOUTS) for name in ("lora_b", "*_lora_b")),
     # Apple's AXLearn names every parameter ``weight`` and mixes layouts in
@@ -1725,7 +1726,7 @@ def _resolve(
                     for m in [re.search(r"axis \(h\) has size (\d+)", reason)] if m})
   if head_dim is not None and sizes_h:
     # A model whose towers differ in head size (SigLIP's 72 beside Gemma's
-    # 256): one size per tower; its 3-D kernels need none.
+    # 256): one size per tower (a tower of 3-D kernels may need none).
     stack_hint += (
         f" If this part of the model has heads of {sizes_h[0]}, give one head size per tower: "
         f"head_dim={{'<its path pattern>': {sizes_h[0]}, '<the rest>': {head_dim}}} (a tower of "
