@@ -485,9 +485,15 @@ def _pattern_matches(pattern: str, components: tuple[str, ...], reaching: int = 
 BIAS_PATTERNS = ("bias", "*_bias", "beta", "offset", "*_bias_table", "b")
 
 
+#: LoRA factors whose names a bias pattern would claim (gemma's ``lora/b``).
+LORA_FACTORS = ("lora/a", "lora/b")
+
+
 def is_bias(components: Sequence[str]) -> bool:
   """Whether a normalised path names a bias (see :data:`BIAS_PATTERNS`)."""
-  return any(_pattern_matches(p, tuple(components)) for p in BIAS_PATTERNS)
+  components = tuple(components)
+  return any(_pattern_matches(p, components) for p in BIAS_PATTERNS) and not any(
+      _pattern_matches(p, components, len(components)) for p in LORA_FACTORS)
 
 
 def _rules(target: str, *patterns: str) -> tuple[Rule, ...]:
@@ -513,9 +519,12 @@ def is_norm_scale(components: Sequence[str]) -> bool:
     return False
   if components[-1] == "kernel":
     return any(fnmatch.fnmatchcase(components[-2], p) for p in NORM_MODULES)
+  # The norm module is the scale's parent or grandparent (xlstm-jax's
+  # ffn_norm/sharded/scale), not any ancestor: DBRX's norm_attn_norm holds
+  # its attention, RoBERTa-PreLayerNorm's roberta_prelayernorm the model.
   return (
       any(fnmatch.fnmatchcase(components[-1], p) for p in NORM_SCALES)
-      and any(fnmatch.fnmatchcase(c, p) for c in components[:-1] for p in NORM_MODULES)
+      and any(fnmatch.fnmatchcase(c, p) for c in components[-3:-1] for p in NORM_MODULES)
   )
 
 
@@ -543,8 +552,13 @@ def _layout_text(groups: Sequence[str]) -> str:
 def _transposed(layout: str) -> str:
   """A layout with its axes in reverse order, as PyTorch stores the Flax
   kernel it describes: ``"i (n h)"`` -> ``"(n h) i"``, ``"i i i o"`` (a
-  ``[kh, kw, in, out]`` convolution) -> ``"o i i i"`` (``[out, in, kh, kw]``)."""
-  return _layout_text(tuple(reversed(_parse_layout(layout))))
+  ``[kh, kw, in, out]`` convolution) -> ``"o i i i"`` (``[out, in, kh, kw]``).
+  A leading experts axis stays first: ``"e i o"`` -> ``"e o i"`` (JetMoE's
+  and Granite MoE's ``[experts, out, in]``, applied as ``F.linear(x, w[e])``)."""
+  groups = _parse_layout(layout)
+  if len(groups) > 2 and groups[0] == "e":
+    return _layout_text(groups[:1] + tuple(reversed(groups[1:])))
+  return _layout_text(tuple(reversed(groups)))
 
 
 #: The role of each part name a fused kernel's rule may use: ``q`` and ``k``
@@ -648,6 +662,10 @@ _HEADS_IN = "n i h"
 #: the rules cannot confirm from its shape raises instead of being guessed.
 DEFAULT_RULES: tuple[Rule, ...] = (
     # Official: any name containing "bias" is plain Adam, checked first.
+    # gemma's gm.nn.LoRA: lora/a [in..., rank], lora/b [rank, out...] (its
+    # B is no Haiku bias "b"): before the biases.
+    Rule("lora/a", "neuron", LORA_A_LAYOUTS),
+    Rule("lora/b", "neuron", LORA_B_LAYOUTS),
     *_rules("element", *BIAS_PATTERNS),
     # openpi's LoRA over Gemma's einsums (lora.Einsum, lora.FeedForward):
     # A is the weight with its last axis the rank, B with its second to
@@ -777,11 +795,30 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("kv_fused/kernel", "k,v", "i p n h"),
     # Gemma 3 stores gate|up as [2, F, D], Gemma 2 as [2, D, F]
     # (transpose_gating_einsum); the MLP widens (F > D), which tells them apart.
+    # Gemma 4's shared dense MLP beside its experts, mlp2, narrows (26B-A4B:
+    # F 2112 < D 2816), so its gate|up [2, F, D] is told by name, not width.
+    Rule("mlp2/gating_einsum", "gate,up", "p o i"),
     Rule("gating_einsum", "gate,up", ("p o i", "p i o"), where="o > i"),
     # Gemma 4 (E2B/E4B): the embedder's projection into each layer's input,
     # [D, layers, per_layer_dim] ("BTD,DNP->BTNP"): one v per output (it
     # would otherwise match "*embed*", and be cut per input row).
     Rule("per_layer_model_projection/w", "neuron", "i o o"),
+    # Gemma 3n's per_layer_input_projection [D, layers, per_layer_dim] the
+    # same ("...td,dnp->...tnp"); the embedder's projections of soft tokens
+    # (images, audio) into the text width, mm_input_projection and
+    # audio_input_projection [in, D] ("...tm,md->...td"), one v per output
+    # (under "embedder" they would be read as tables); HF's Gemma 3 stores
+    # it as a raw parameter, mm_input_projection_weight [in, D] (x @ W).
+    # Gemma 3n's AltUp: altup_unembed_projection_k [D, D] ("...F,FD->...D",
+    # not a table), prediction_coefs [modalities, i, j] ("...p,pij->...ij").
+    Rule("per_layer_input_projection/w", "neuron", "i o o"),
+    Rule("mm_input_projection", "neuron"),
+    Rule("audio_input_projection", "neuron"),
+    _StoredRule("mm_input_projection_weight", "neuron", "i o"),
+    Rule("altup_unembed_projection_*", "neuron"),
+    Rule("altup/prediction_coefs", "neuron", "i o o"),
+    # XLNet's segment keys rel_attn/seg_embed [segments, heads, head_dim].
+    Rule("rel_attn/seg_embed", "token", "o o i"),
     # keras-hub Gemma/Gemma 3 EinsumDense: heads-first "btd,ndh->btnh".
     Rule("decoder_block_*/attention/query", "heads", _HEADS_IN),
     Rule("decoder_block_*/attention/key", "heads", _HEADS_IN),
@@ -1734,6 +1771,16 @@ def _resolve(
     )
   if any("e" in group and len(group) > 1 for layout, _ in misfits for group in _parse_layout(layout)):
     settings += f", num_experts={rules.num_experts}"
+  checked = [layout for layout, reason in misfits if reason.startswith("its sizes fail")]
+  if checked and rule.where and rules.num_heads is not None:
+    # The check is the rule's guess for a model without head counts
+    # (multi-head); with the counts given, a grouped-query model (Falcon's
+    # query_key_value) fails it. A user rule has none.
+    stack_hint += (
+        f" With the head counts right, the check {rule.where!r} is this rule's guess for a "
+        f"multi-head model: give the leaf its own rule, Rule({own!r}, {target!r}, "
+        f"layout={checked[0]!r}) (a user rule's layout is read as stored, with no check)."
+    )
   raise ValueError(
       f"{head}, but fits none of its layouts ({letters}): {reasons} (with {settings}).{stack_hint} "
       f"{'Else c' if stack_hint else 'C'}heck head_dim / BlockRules(num_heads=..., num_kv_heads=...), "
@@ -2067,10 +2114,12 @@ def _claim_leaf(
   _check_not_an_undeclared_stack(components, logical_shape, stack, where)
   if named is not None and named.source == _penzai.SOURCE:
     _check_penzai_claim(None, False, nd, named, shape, where, components)
-  if nd >= 2 and stack and named is None and is_norm_scale(components):
+  if nd >= 2 and (stack or _unrolled(components)) and named is None and is_norm_scale(components):
     # A norm's scale of several axes in a declared stack (xlstm-jax's
     # multi-head norm outnorm/sharded/scale [layers, shards, heads,
-    # head_dim]): one v per tensor, as the official rule gives any norm.
+    # head_dim]) or in one of unrolled layers (Cohere's per-head q_norm
+    # [heads, head_dim] under layers/0): one v per tensor, as the official
+    # rule gives any norm.
     # (Without a declared stack it raised above: an undeclared stack.)
     resolved, _ = _resolve(Rule("", "tensor"), logical_shape, head_dim, rules, where, True, None,
                            None, _own_pattern(components))
@@ -2217,15 +2266,22 @@ def _check_penzai_claim(
   )
 
 
+def _unrolled(components: tuple[str, ...]) -> bool:
+  """Whether the leaf sits in one of a list of layers (``layers/0/...``):
+  its own axes then hold no layer stack."""
+  return any(c.isdigit() for c in components[:-1])
+
+
 def _check_not_an_undeclared_stack(
     components: tuple[str, ...], logical_shape: tuple[int, ...], stack: tuple[int, ...], where: str
 ) -> None:
   """Raises if a norm's scale has more than one axis and no layer axis is
   declared: its tree is most likely a stack of layers (see :data:`NORM_MODULES`),
   and every kernel in it would have its layers averaged into one block."""
-  if stack or len(logical_shape) < 2 or not is_norm_scale(components):
+  if stack or len(logical_shape) < 2 or not is_norm_scale(components) or _unrolled(components):
     return
-  at = next(i for i, c in enumerate(components[:-1]) if any(fnmatch.fnmatchcase(c, p) for p in NORM_MODULES))
+  at = next(i for i in range(max(len(components) - 3, 0), len(components) - 1)
+            if any(fnmatch.fnmatchcase(components[i], p) for p in NORM_MODULES))
   module, layers = components[at], "/".join(components[:at]) or "<path of the stacked layers>"
   layers = _repeat_stack(components[: at - 1]) or layers
   raise ValueError(

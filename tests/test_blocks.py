@@ -1243,3 +1243,95 @@ def test_simply_experts_are_one_v_per_expert_neuron():
   for name, averaged in (("router", 0), ("ffn_0", 1), ("ffn_0_gate", 1), ("ffn_1", 1)):
     g = grads["ffn"][name]["w"].astype(np.float64)
     np.testing.assert_allclose(state.nu["ffn"][name]["w"], np.mean(g ** 2, axis=averaged), rtol=1e-5)
+
+
+def _nu_after_one_step(grads, **kwargs):
+  """v after one update with b2 = 0: each block's mean of g**2."""
+  tx = optax_mini.scale_by_adam_mini(b2=0.0, **kwargs)
+  params = jax.tree.map(jnp.zeros_like, grads)
+  _, state = tx.update(jax.tree.map(jnp.asarray, grads), tx.init(params))
+  return state.nu
+
+
+def test_gemma_multimodal_3n_and_4_projections_are_one_v_per_output():
+  """gemma 4.0.1: the embedder's projections of soft tokens into the text
+  width, mm_input_projection/w and audio_input_projection/w [in, D]
+  ("...tm,md->...td"), and Gemma 3n's per_layer_input_projection/w [D,
+  layers, P] and AltUp's altup_unembed_projection_k [D, D] were read as
+  tables under "embedder"/"unembed" (one v per input); AltUp's
+  prediction_coefs [modalities, i, j] raised; Gemma 4's narrowing shared MLP
+  mlp2/gating_einsum [2, F, D] was read [2, D, F] by its width. Against
+  float64 NumPy, each axis its einsum keeps."""
+  rng = np.random.default_rng(0)
+  d, vision, layers, per_layer, f = 32, 24, 3, 8, 16
+  shapes = {
+      ("embedder", "mm_input_projection", "w"): ((vision, d), (0,)),
+      ("embedder", "audio_input_projection", "w"): ((d, d), (0,)),
+      ("embedder", "per_layer_input_projection", "w"): ((d, layers, per_layer), (0,)),
+      ("altup_unembed_projection_0", "altup_unembed_projection_0"): ((d, d), (0,)),
+      ("layer_0", "altup", "prediction_coefs"): ((4, 4, 4), (0,)),
+      ("layer_0", "mlp2", "gating_einsum"): ((2, f, d), (2,)),
+  }
+  grads = {}
+  for path, (shape, _) in shapes.items():
+    node = grads
+    for c in path[:-1]:
+      node = node.setdefault(c, {})
+    node[path[-1]] = rng.standard_normal(shape).astype(np.float32)
+  nu = _nu_after_one_step(grads)
+  for path, (_, averaged) in shapes.items():
+    g, v = grads, nu
+    for c in path:
+      g, v = g[c], v[c]
+    np.testing.assert_allclose(v, np.mean(g.astype(np.float64) ** 2, axis=averaged), rtol=1e-5,
+                               err_msg="/".join(path))
+
+
+def test_gemma_lora_factors_are_lora_factors_not_biases():
+  """gm.nn.LoRA names its factors lora/a [in..., r] and lora/b [r, out...]:
+  B matched Haiku's bias name "b" (one v per element, never decayed), and an
+  A under the embedder's projection was read as a table."""
+  rng = np.random.default_rng(0)
+  rank, d, heads, hd = 4, 32, 2, 8
+  grads = {
+      "attn": {"q_einsum": {"_LoRAEinsum_0": {"lora": {
+          "a": rng.standard_normal((d, rank)), "b": rng.standard_normal((rank, heads, hd))}}}},
+      "embedder": {"mm_input_projection": {"_LoRAEinsum_0": {"lora": {
+          "a": rng.standard_normal((24, rank)), "b": rng.standard_normal((rank, d))}}}},
+  }
+  grads = jax.tree.map(lambda g: g.astype(np.float32), grads)
+  nu = _nu_after_one_step(grads)
+  for module in (nu["attn"]["q_einsum"], nu["embedder"]["mm_input_projection"]):
+    lora = module["_LoRAEinsum_0"]["lora"]
+    assert lora["a"].shape == (rank,)  # one per rank direction
+  q = grads["attn"]["q_einsum"]["_LoRAEinsum_0"]["lora"]["b"].astype(np.float64)
+  np.testing.assert_allclose(nu["attn"]["q_einsum"]["_LoRAEinsum_0"]["lora"]["b"],
+                             np.mean(q ** 2, axis=0), rtol=1e-5)  # one per output neuron
+  mask = optax_mini.default_weight_decay_mask(grads)
+  assert mask["attn"]["q_einsum"]["_LoRAEinsum_0"]["lora"] == {"a": True, "b": True}
+
+
+def test_pytorch_checkpoint_experts_projector_and_norm_names():
+  """HF PyTorch checkpoints (weight_layout='torch'): JetMoE's experts
+  input_linear [E, 2F, D] (F.linear(x, w[e])) had the torch reading of
+  [E, in, out] reverse the experts axis to last; Gemma 3's raw
+  mm_input_projection_weight [in, D] (x @ W) was transposed by its name;
+  DBRX's attention under norm_attn_norm was taken for a norm's scale; a
+  per-head norm [heads, head_dim] in unrolled layers (Cohere's q_norm) for
+  an undeclared stack; XLNet's two segment keys were averaged. Against
+  float64 NumPy."""
+  rng = np.random.default_rng(0)
+  e, f2, d = 4, 24, 16
+  flat = {
+      "model.layers.0.mlp.input_linear.weight": ((e, f2, d), (2,)),
+      "model.multi_modal_projector.mm_input_projection_weight": ((d, 2 * d), (0,)),
+      "transformer.blocks.0.norm_attn_norm.attn.out_proj.weight": ((d, d), (1,)),
+      "model.layers.0.self_attn.q_norm.weight": ((2, 8), (0, 1)),
+      # XLNet's segment keys [segments, heads, head_dim]: one v per (segment, head)
+      "transformer.layer.0.rel_attn.seg_embed": ((2, 4, 8), (2,)),
+  }
+  grads = {k: rng.standard_normal(shape).astype(np.float32) for k, (shape, _) in flat.items()}
+  nu = _nu_after_one_step(grads, blocks=BlockRules(weight_layout="torch"))
+  for key, (_, averaged) in flat.items():
+    np.testing.assert_allclose(nu[key], np.mean(grads[key].astype(np.float64) ** 2, axis=averaged),
+                               rtol=1e-5, err_msg=key)

@@ -597,3 +597,26 @@ def test_a_head_size_that_fits_one_tower_only_suggests_one_per_tower():
   nu = init(params, head_dim={"img": 12, "llm": 16})[0].nu
   assert nu["img"]["attn"]["query"]["kernel"].shape == (4,)
   assert nu["llm"]["q_einsum"]["w"].shape == (4,)
+
+
+def test_falcons_grouped_query_key_value_error_gives_a_rule_that_holds():
+  """HF's Falcon (PyTorch) query_key_value [(heads + 2 kv) * head_dim, d],
+  grouped per key/value head (view(kv, heads / kv + 2, head_dim)): with the
+  right head counts it still raised, the rule's multi-head size check
+  failing, and the error said to check the head counts. It offers the rule
+  without the check; followed, q and k get one v per head and v one per
+  neuron, against float64 NumPy."""
+  heads, kv, hd, d = 8, 2, 4, 32
+  key = "transformer.h.0.self_attention.query_key_value.weight"
+  w = np.random.default_rng(0).standard_normal(((heads + 2 * kv) * hd, d)).astype(np.float32)
+  counts = dict(weight_layout="torch", num_heads=heads, num_kv_heads=kv)
+  with pytest.raises(ValueError, match=r"Rule\('query_key_value/weight', 'q,k,v', layout='\(n p h\) i'\)"):
+    init({key: w}, head_dim=hd, blocks=BlockRules(**counts))
+  rules = BlockRules(**counts, rules=[optax_mini.Rule("query_key_value/weight", "q,k,v", layout="(n p h) i")])
+  tx = optax_mini.scale_by_adam_mini(b2=0.0, head_dim=hd, blocks=rules)
+  _, state = tx.update({key: jnp.asarray(w)}, tx.init({key: jnp.zeros_like(w)}))
+  sq = (w.astype(np.float64) ** 2).reshape(kv, heads // kv + 2, hd, d)
+  want = np.empty((kv, heads // kv + 2, hd))
+  want[:, :-1] = sq[:, :-1].mean(axis=(2, 3))[..., None]  # each query head and the group's key
+  want[:, -1] = sq[:, -1].mean(axis=-1)  # the group's value, per neuron
+  np.testing.assert_allclose(np.asarray(state.nu[key]).reshape(want.shape), want, rtol=1e-5)
