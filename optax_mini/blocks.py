@@ -816,7 +816,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("audio_input_projection", "neuron"),
     _StoredRule("mm_input_projection_weight", "neuron", "i o"),
     Rule("altup_unembed_projection_*", "neuron"),
-    Rule("altup/prediction_coefs", "neuron", "i o o"),
+    Rule("altup/prediction_coefs", "neuron", ("i o", "i o o")),
     # XLNet's segment keys rel_attn/seg_embed [segments, heads, head_dim].
     Rule("rel_attn/seg_embed", "token", "o o i"),
     # keras-hub Gemma/Gemma 3 EinsumDense: heads-first "btd,ndh->btnh".

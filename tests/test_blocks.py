@@ -1327,6 +1327,8 @@ def test_pytorch_checkpoint_experts_projector_and_norm_names():
       "model.multi_modal_projector.mm_input_projection_weight": ((d, 2 * d), (0,)),
       "transformer.blocks.0.norm_attn_norm.attn.out_proj.weight": ((d, d), (1,)),
       "model.layers.0.self_attn.q_norm.weight": ((2, 8), (0, 1)),
+      # Gemma 3n's AltUp prediction coefficients, an nn.Linear [n * n, n]: per output
+      "model.language_model.layers.0.altup.prediction_coefs.weight": ((16, 4), (1,)),
       # XLNet's segment keys [segments, heads, head_dim]: one v per (segment, head)
       "transformer.layer.0.rel_attn.seg_embed": ((2, 4, 8), (2,)),
   }
