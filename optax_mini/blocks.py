@@ -1884,6 +1884,31 @@ def _attention_outputs(
   return outputs
 
 
+#: The default rules for GPT-2's attention output ``c_proj``, square, so
+#: its shape cannot say which axis is the output. It is laid out as the
+#: fused ``c_attn`` beside it, whose output is its wider axis: HF Flax's
+#: FlaxConv1D kernels ``[out, in]``, PyTorch GPT-2's ``Conv1D`` weights
+#: ``[in, out]``, GPTBigCode's (StarCoder's) ``nn.Linear`` weights ``[out,
+#: in]`` under the same names, a Dense port's ``[in, out]``.
+GPT2_C_PROJ = ("attn/c_proj", "crossattention/c_proj")
+
+
+def _c_proj_layouts(
+    components: tuple[tuple[str, ...], ...], shapes: tuple[tuple[int, ...], ...], rules: BlockRules,
+) -> dict[tuple[str, ...], str]:
+  """Each attention module's ``c_proj`` layout, as stored, from its
+  ``c_attn`` (see :data:`GPT2_C_PROJ`)."""
+  layouts = {}
+  for path, shape in zip(components, shapes):
+    if len(path) < 2 or path[-2] != "c_attn" or path[-1] not in ("kernel", "weight"):
+      continue
+    stack = _stack_axes_for(path, len(shape), rules.stacked, "/".join(path))
+    logical = tuple(size for axis, size in enumerate(shape) if axis not in stack)
+    if len(logical) == 2 and logical[0] != logical[1]:
+      layouts[path[:-2]] = "o i" if logical[0] > logical[1] else "i o"
+  return layouts
+
+
 def _example_head_dim(size: int) -> int:
   for candidate in (128, 64, 32, 16, 8):
     if size % candidate == 0 and size > candidate:
@@ -1995,9 +2020,11 @@ def _claim(
     named: _haliax.AxisNames | None = None,
     attention_out: tuple[int, int, int] | None = None,
     beside: frozenset[int] = frozenset(),
+    c_proj_layout: str | None = None,
 ) -> tuple[BlockSpec, int | None]:
   try:
-    return _claim_leaf(components, shape, head_dim, rules, where, named, attention_out, beside)
+    return _claim_leaf(components, shape, head_dim, rules, where, named, attention_out, beside,
+                       c_proj_layout)
   except ValueError as e:
     declared = [pattern for pattern, _ in rules.stacked]
     if not declared or named is not None or _stack_axes_for(components, len(shape), rules.stacked, where):
@@ -2021,6 +2048,7 @@ def _claim_leaf(
     named: _haliax.AxisNames | None = None,
     attention_out: tuple[int, int, int] | None = None,
     beside: frozenset[int] = frozenset(),
+    c_proj_layout: str | None = None,
 ) -> tuple[BlockSpec, int | None]:
   """The leaf's spec and the index (in ``rules.all_rules()``) of the rule
   that claimed it, ``None`` for the fallback; the index lets
@@ -2088,6 +2116,9 @@ def _claim_leaf(
     # A user rule's own layout describes the leaf as stored; the defaults'
     # (and a role's usual layouts) describe Flax kernels.
     literal = (index < len(rules.rules) or isinstance(rule, _StoredRule)) and rule.layout is not None
+    if index >= len(rules.rules) and c_proj_layout is not None and rule.pattern in GPT2_C_PROJ:
+      # GPT-2's c_proj laid out as the c_attn beside it (C_PROJ_AS_C_ATTN).
+      rule, literal = _StoredRule(rule.pattern, target, c_proj_layout), True
     if (index >= len(rules.rules) and rule.layout is None and attention_out is not None
         and nd == 3 and components[-2] in ATTENTION_OUTPUTS
         and logical_shape == attention_out[2:] + attention_out[:2] != attention_out):
@@ -2552,8 +2583,10 @@ def _flat_claims_from_rules(
       stack = _stack_axes_for(c, len(shape), rules.stacked, path_str(path))
       logical = tuple(size for axis, size in enumerate(shape) if axis not in stack)
       _check_not_an_undeclared_stack(c, logical, stack, path_str(path))
+  c_proj = _c_proj_layouts(components, shapes, rules)
   return tuple(
-      _claim(c, shape, head_dim, rules, path_str(path), names, outputs.get(c[:-2]), beside)
+      _claim(c, shape, head_dim, rules, path_str(path), names, outputs.get(c[:-2]), beside,
+             c_proj.get(c[:-2]) if c[-2:-1] == ("c_proj",) else None)
       for c, path, shape, names in zip(components, paths, shapes, named)
   )
 

@@ -1337,3 +1337,25 @@ def test_pytorch_checkpoint_experts_projector_and_norm_names():
   for key, (_, averaged) in flat.items():
     np.testing.assert_allclose(nu[key], np.mean(grads[key].astype(np.float64) ** 2, axis=averaged),
                                rtol=1e-5, err_msg=key)
+
+
+def test_gpt2_c_proj_is_laid_out_as_the_c_attn_beside_it():
+  """GPTBigCode (StarCoder) keeps GPT-2's names on nn.Linear weights [out,
+  in]: its square attention c_proj was read as GPT-2's Conv1D [in, out] (one
+  v per input neuron). c_proj takes the orientation of the c_attn beside it
+  (its output the wider axis): GPT-2's Conv1D [d, 3d], StarCoder's Linear
+  [d + 2 head_dim, d]. v against float64 NumPy, one per output neuron."""
+  rng = np.random.default_rng(0)
+  d, hd = 16, 4
+  cases = (
+      ((d, 3 * d), 0, BlockRules(weight_layout="torch")),  # GPT-2: Conv1D [in, out]
+      ((d + 2 * hd, d), 1, BlockRules(weight_layout="torch", num_heads=d // hd, num_kv_heads=1, rules=[
+          optax_mini.Rule("attn/c_attn", "q,k,v", layout="(p n h) i")])),  # StarCoder: Linear [out, in]
+  )
+  for c_attn, averaged, rules in cases:
+    grads = {"transformer.h.0.attn.c_attn.weight": rng.standard_normal(c_attn).astype(np.float32),
+             "transformer.h.0.attn.c_proj.weight": rng.standard_normal((d, d)).astype(np.float32)}
+    nu = _nu_after_one_step(grads, head_dim=hd, blocks=rules)
+    g = grads["transformer.h.0.attn.c_proj.weight"].astype(np.float64)
+    np.testing.assert_allclose(nu["transformer.h.0.attn.c_proj.weight"], np.mean(g ** 2, axis=averaged),
+                               rtol=1e-5)
