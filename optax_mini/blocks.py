@@ -798,6 +798,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # Gemma 4's shared dense MLP beside its experts, mlp2, narrows (26B-A4B:
     # F 2112 < D 2816), so its gate|up [2, F, D] is told by name, not width.
     Rule("mlp2/gating_einsum", "gate,up", "p o i"),
+    # Gemma 4's experts in gemma's own MoE (26B-A4B): mlp/gating_einsum/w
+    # [experts, 2, F, D] ("gecd,ekfd->kgecf"), each expert's gate and up.
+    Rule("gating_einsum/w", "gate,up", "e p o i", where=EXPERTS_CHECK),
     Rule("gating_einsum", "gate,up", ("p o i", "p i o"), where="o > i"),
     # Gemma 4 (E2B/E4B): the embedder's projection into each layer's input,
     # [D, layers, per_layer_dim] ("BTD,DNP->BTNP"): one v per output (it

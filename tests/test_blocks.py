@@ -1271,6 +1271,8 @@ def test_gemma_multimodal_3n_and_4_projections_are_one_v_per_output():
       ("altup_unembed_projection_0", "altup_unembed_projection_0"): ((d, d), (0,)),
       ("layer_0", "altup", "prediction_coefs"): ((4, 4, 4), (0,)),
       ("layer_0", "mlp2", "gating_einsum"): ((2, f, d), (2,)),
+      # Gemma 4's experts [E, 2, F, D] (its error's advice was a layer stack)
+      ("layer_0", "mlp", "gating_einsum", "w"): ((4, 2, f // 2, d), (3,)),
   }
   grads = {}
   for path, (shape, _) in shapes.items():
