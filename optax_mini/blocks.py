@@ -661,11 +661,10 @@ _HEADS_IN = "n i h"
 #: their trees partition as the official rules intend. A leaf whose layout
 #: the rules cannot confirm from its shape raises instead of being guessed.
 DEFAULT_RULES: tuple[Rule, ...] = (
-    # Official: any name containing "bias" is plain Adam, checked first.
     # gemma's gm.nn.LoRA: lora/a [in..., rank], lora/b [rank, out...] (its
     # B is no Haiku bias "b"): before the biases.
-    Rule("lora/a", "neuron", LORA_A_LAYOUTS),
-    Rule("lora/b", "neuron", LORA_B_LAYOUTS),
+    *(Rule(name, "neuron", layouts) for name, layouts in zip(LORA_FACTORS, (LORA_A_LAYOUTS, LORA_B_LAYOUTS))),
+    # Official: any name containing "bias" is plain Adam, checked first.
     *_rules("element", *BIAS_PATTERNS),
     # openpi's LoRA over Gemma's einsums (lora.Einsum, lora.FeedForward):
     # A is the weight with its last axis the rank, B with its second to
@@ -793,14 +792,14 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # kv_fused [in, 2, heads, head_dim].
     Rule("qkv_fused/kernel", "q,k,v", "i p n h"),
     Rule("kv_fused/kernel", "k,v", "i p n h"),
-    # Gemma 3 stores gate|up as [2, F, D], Gemma 2 as [2, D, F]
-    # (transpose_gating_einsum); the MLP widens (F > D), which tells them apart.
     # Gemma 4's shared dense MLP beside its experts, mlp2, narrows (26B-A4B:
     # F 2112 < D 2816), so its gate|up [2, F, D] is told by name, not width.
     Rule("mlp2/gating_einsum", "gate,up", "p o i"),
     # Gemma 4's experts in gemma's own MoE (26B-A4B): mlp/gating_einsum/w
     # [experts, 2, F, D] ("gecd,ekfd->kgecf"), each expert's gate and up.
     Rule("gating_einsum/w", "gate,up", "e p o i", where=EXPERTS_CHECK),
+    # Gemma 3 stores gate|up as [2, F, D], Gemma 2 as [2, D, F]
+    # (transpose_gating_einsum); the MLP widens (F > D), which tells them apart.
     Rule("gating_einsum", "gate,up", ("p o i", "p i o"), where="o > i"),
     # Gemma 4 (E2B/E4B): the embedder's projection into each layer's input,
     # [D, layers, per_layer_dim] ("BTD,DNP->BTNP"): one v per output (it
@@ -1863,25 +1862,30 @@ ATTENTION_OUTPUTS_OUT_FIRST = ("post",)
 ATTENTION_QUERIES = ("q_proj", "query", "q", "wq")
 
 
+def _logical_shape(path: tuple[str, ...], shape: tuple[int, ...], rules: BlockRules) -> tuple[int, ...]:
+  """One layer's shape of the leaf at ``path``: its declared stack axes removed."""
+  stack = _stack_axes_for(path, len(shape), rules.stacked, "/".join(path))
+  return tuple(size for axis, size in enumerate(shape) if axis not in stack)
+
+
 def _attention_outputs(
     components: tuple[tuple[str, ...], ...], shapes: tuple[tuple[int, ...], ...], rules: BlockRules,
 ) -> dict[tuple[str, ...], tuple[int, int, int]]:
   """Each attention module's (path, output kernel's ``[heads, head_dim,
   out]`` of one layer): see :data:`ATTENTION_OUTPUTS`."""
   outputs = {}
+  shape_of = dict(zip(components, shapes))
   for path, shape in zip(components, shapes):
     if len(path) < 2 or path[-1] not in ("kernel", "w"):
       continue
     out_first = path[-2] in ATTENTION_OUTPUTS_OUT_FIRST and path[-1] == "w"
     if path[-2] not in ATTENTION_OUTPUTS and not out_first:
       continue
-    stack = _stack_axes_for(path, len(shape), rules.stacked, "/".join(path))
-    logical = tuple(size for axis, size in enumerate(shape) if axis not in stack)
+    logical = _logical_shape(path, shape, rules)
     if len(logical) == 3 and not out_first:
-      queries = {path[:-2] + (name, path[-1]) for name in ATTENTION_QUERIES}
+      queries = (path[:-2] + (name, path[-1]) for name in ATTENTION_QUERIES)
       out_first = len(set(logical)) > 1 and any(
-          tuple(size for axis, size in enumerate(other) if axis not in stack) == logical
-          for other_path, other in zip(components, shapes) if other_path in queries)
+          q in shape_of and _logical_shape(q, shape_of[q], rules) == logical for q in queries)
     if len(logical) == 3:
       outputs[path[:-2]] = logical[1:] + logical[:1] if out_first else logical
   return outputs
@@ -1905,8 +1909,7 @@ def _c_proj_layouts(
   for path, shape in zip(components, shapes):
     if len(path) < 2 or path[-2] != "c_attn" or path[-1] not in ("kernel", "weight"):
       continue
-    stack = _stack_axes_for(path, len(shape), rules.stacked, "/".join(path))
-    logical = tuple(size for axis, size in enumerate(shape) if axis not in stack)
+    logical = _logical_shape(path, shape, rules)
     if len(logical) == 2 and logical[0] != logical[1]:
       layouts[path[:-2]] = "o i" if logical[0] > logical[1] else "i o"
   return layouts
@@ -2120,7 +2123,7 @@ def _claim_leaf(
     # (and a role's usual layouts) describe Flax kernels.
     literal = (index < len(rules.rules) or isinstance(rule, _StoredRule)) and rule.layout is not None
     if index >= len(rules.rules) and c_proj_layout is not None and rule.pattern in GPT2_C_PROJ:
-      # GPT-2's c_proj laid out as the c_attn beside it (C_PROJ_AS_C_ATTN).
+      # GPT-2's c_proj laid out as the c_attn beside it (GPT2_C_PROJ).
       rule, literal = _StoredRule(rule.pattern, target, c_proj_layout), True
     if (index >= len(rules.rules) and rule.layout is None and attention_out is not None
         and nd == 3 and components[-2] in ATTENTION_OUTPUTS
@@ -2153,8 +2156,7 @@ def _claim_leaf(
     # multi-head norm outnorm/sharded/scale [layers, shards, heads,
     # head_dim]) or in one of unrolled layers (Cohere's per-head q_norm
     # [heads, head_dim] under layers/0): one v per tensor, as the official
-    # rule gives any norm.
-    # (Without a declared stack it raised above: an undeclared stack.)
+    # rule gives any norm. (Else it raised above: an undeclared stack.)
     resolved, _ = _resolve(Rule("", "tensor"), logical_shape, head_dim, rules, where, True, None,
                            None, _own_pattern(components))
     return finish(resolved, "tensor (default: a norm's scale)"), None
