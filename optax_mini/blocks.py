@@ -620,6 +620,15 @@ KERAS_CONV_TRANSPOSE_LAYOUTS = ("i o i", "i i o i", "i i i o i")
 #: its outputs (``[out]``, or a query's ``[heads, head_dim]``).
 LORA_A_LAYOUTS = ("i o", "i i o", "i i i o")
 LORA_B_LAYOUTS = ("i o", "i o o", "i o o o")
+#: Keras' LoRA A of an EinsumDense, ``kernel.shape[:-1] + (rank,)``: the
+#: adapted kernel's input, its heads (kept, either side of the input: the
+#: size check puts them on the shorter axis) and the rank; 4-D and 5-D are
+#: convolutions' ``[window..., in, rank]``.
+KERAS_LORA_A_LAYOUTS = ("i o", "n i o", "i n o", "i i i o", "i i i i o")
+#: Keras layers whose LoRA A contracts every axis but the rank: attention
+#: outputs (``[heads, head_dim, rank]``) and convolutions by their names.
+KERAS_LORA_CONTRACTED = ("attention_output", "o_proj", "out_proj", "output_proj", "out")
+KERAS_CONVS = ("conv*", "*_conv", "*_conv_*", "*conv[0-9]*", "patch_embedding")
 #: openpi's LoRA factors of Gemma's einsums, A and B alike (each keeps the
 #: einsum's leading axes; see the rule).
 OPENPI_LORA_LAYOUTS = {
@@ -687,6 +696,24 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # (q_proj/w_lora_a is no [in, heads*head_dim] query kernel).
     *(Rule(name, "neuron", LORA_A_LAYOUTS) for name in ("lora_a", "*_lora_a")),
     *(Rule(name, "neuron", LORA_B_LAYOUTS) for name in ("lora_b", "*_lora_b")),
+    # Keras' LoRA (enable_lora on Dense, EinsumDense, Conv and Embedding:
+    # keras-hub's backbone.enable_lora): A lora_kernel_a is the adapted
+    # kernel with its last axis the rank, B lora_kernel_b [rank, last],
+    # einsum(equation, x, A) @ B. An EinsumDense query's A keeps its heads:
+    # keras-hub Gemma's [heads, in, rank] ("btd,ndh->btnh"), Llama's and
+    # MultiHeadAttention's [in, heads, rank] ("bqm,muh->bquh"): one v per
+    # head and rank direction ("value": every axis but the input kept), and
+    # B's outputs (the head_dim every head shares). An attention output's A
+    # [heads, head_dim, rank] and a convolution's [window..., in, rank]
+    # contract all but the rank.
+    *(Rule(f"{name}/lora_kernel_a", "neuron", ("i o", "i i o")) for name in KERAS_LORA_CONTRACTED),
+    *(Rule(f"{name}/lora_kernel_a", "neuron", LORA_A_LAYOUTS) for name in KERAS_CONVS),
+    Rule("lora_kernel_a", "value", KERAS_LORA_A_LAYOUTS, where="n < i"),
+    Rule("lora_kernel_b", "neuron", "i o"),
+    # ... an Embedding's A [vocab, rank] is a table (one v per token, as the
+    # table it adapts), its B [rank, dim] one per output.
+    Rule("lora_embeddings_a", "token", "o i"),
+    Rule("lora_embeddings_b", "neuron", "i o"),
     # Apple's AXLearn names every parameter ``weight`` and mixes layouts in
     # one model: Linear [in, out] (feed_forward/linear1_0, linear2, the
     # router gate_weight [in, experts]), q/k/v_proj [model, heads, head_dim]

@@ -1361,3 +1361,69 @@ def test_gpt2_c_proj_is_laid_out_as_the_c_attn_beside_it():
     g = grads["transformer.h.0.attn.c_proj.weight"].astype(np.float64)
     np.testing.assert_allclose(nu["transformer.h.0.attn.c_proj.weight"], np.mean(g ** 2, axis=averaged),
                                rtol=1e-5)
+
+
+# Keras' LoRA (EinsumDense / Dense / Conv / Embedding .enable_lora): A is the
+# adapted kernel with its last axis the rank ("r"), B [rank, last]; the layer
+# computes einsum(equation, x, A) @ B. keras-hub's equations: Gemma's
+# query/value and attention output, Llama's (and MultiHeadAttention's) query
+# and value, a Dense, a Conv2D patch embedding.
+_KERAS_LORA_KERNELS = {
+    ("decoder_block_0", "attention", "query"): "btd,ndh->btnh",
+    ("decoder_block_0", "attention", "value"): "btd,kdh->btkh",
+    ("decoder_block_0", "attention", "attention_output"): "btnh,nhd->btd",
+    ("transformer_layer_0", "self_attention", "query"): "bqm,muh->bquh",
+    ("transformer_layer_0", "self_attention", "value"): "bkm,mvh->bkvh",
+    ("transformer_layer_0", "self_attention", "attention_output"): "bquh,uhm->bqm",
+    ("image_encoder", "encoder_block_0", "query_proj"): "btd,de->bte",
+    ("vit", "patch_embedding"): "bxyc,xycd->bd",
+}
+
+
+def test_keras_lora_factors_keep_their_heads():
+  """backbone.enable_lora(rank) (keras-hub's Gemma / Llama recipe) names the
+  factors lora_kernel_a / lora_kernel_b, which no LoRA rule matched: they
+  took their module's query rule, A [heads, in, r] averaging the rank as a
+  head_dim (one v per head) and B [r, head_dim] read as a flat query (one v
+  for it all), or raised. Now A keeps every axis its einsum keeps (heads and
+  rank), B one v per output, an Embedding's A one per token; with nothing,
+  head_dim or the head counts passed alike. Against float64 NumPy."""
+  sizes = {"b": 1, "t": 1, "q": 1, "k": 2, "d": 32, "m": 32, "n": 4, "u": 4, "v": 2, "h": 8,
+           "e": 24, "x": 2, "y": 2, "c": 3, "r": 3}
+  rng = np.random.default_rng(0)
+  grads, kept = {}, {}
+  for path, equation in _KERAS_LORA_KERNELS.items():
+    inputs, out = equation.split("->")
+    kernel = inputs.split(",")[1]
+    for name, letters in (("lora_kernel_a", kernel[:-1] + "r"), ("lora_kernel_b", "r" + kernel[-1])):
+      a_out = out.replace(kernel[-1], "r") if name == "lora_kernel_a" else kernel[-1]
+      grads[(*path, name)] = rng.standard_normal([sizes[c] for c in letters]).astype(np.float32)
+      kept[(*path, name)] = tuple(i for i, c in enumerate(letters) if c in a_out)
+  vocab = 50
+  grads[("token_embedding", "lora_embeddings_a")] = rng.standard_normal((vocab, 3)).astype(np.float32)
+  kept[("token_embedding", "lora_embeddings_a")] = (0,)  # one v per token, as its table
+  grads[("token_embedding", "lora_embeddings_b")] = rng.standard_normal((3, 32)).astype(np.float32)
+  kept[("token_embedding", "lora_embeddings_b")] = (1,)
+
+  def nest(flat):
+    tree = {}
+    for path, value in flat.items():
+      node = tree
+      for c in path[:-1]:
+        node = node.setdefault(c, {})
+      node[path[-1]] = value
+    return tree
+
+  for kwargs in ({}, {"head_dim": 8}, {"blocks": BlockRules(num_heads=4, num_kv_heads=2)}):
+    nu = _nu_after_one_step(nest(grads), **kwargs)
+    for path, g in grads.items():
+      node = nu
+      for c in path:
+        node = node[c]
+      averaged = tuple(a for a in range(g.ndim) if a not in kept[path])
+      np.testing.assert_allclose(node, np.mean(g.astype(np.float64) ** 2, axis=averaged), rtol=1e-5,
+                                 err_msg=f"{'/'.join(path)} {kwargs}")
+  # A query's A whose heads are as many as its inputs cannot say which is
+  # which: it raises, naming the leaf.
+  with pytest.raises(ValueError, match=r"query.*lora_kernel_a.*\(8, 8, 3\)"):
+    optax_mini.block_specs({"attention": {"query": {"lora_kernel_a": leaf(8, 8, 3)}}})
