@@ -233,6 +233,14 @@ EXPECTED = {
         ("*/scale", _one), ("*/bias", None),
     ],
     "keras-hub": [
+        # LoRA (enable_lora): A is the kernel with its last axis the rank, so
+        # a query's keeps its heads (one v per head and rank direction), a
+        # Dense's one per rank direction; B [rank, out] one per output.
+        ("image_encoder/*/lora_kernel_a", lambda c: c["lora_rank"]),
+        ("image_encoder/*/lora_kernel_b", _tower("vision", "d_model")),
+        ("*/query/lora_kernel_a", lambda c: c["num_heads"] * c["lora_rank"]),
+        ("*/value/lora_kernel_a", lambda c: c["num_kv_heads"] * c["lora_rank"]),
+        ("*/lora_kernel_b", lambda c: c["head_dim"]),
         ("token_embedding/embeddings", _vocab), ("token_embedding/reverse_embeddings", _vocab),
         ("*/query/kernel", _heads), ("*/key/kernel", _kv_heads), ("*/value/kernel", _kv_neurons),
         ("*/attention_output/kernel", _d),
@@ -624,6 +632,16 @@ def test_fixture_matches_its_config(fixture):
   record = load(fixture)
   c = record["config"]
   total = sum(math.prod(leaf["shape"]) for leaf in record["leaves"])
+  if c.get("lora_rank") and record["library"] == "keras-hub":
+    # enable_lora's factors alone: each layer's query A [.., N, .., r] and B
+    # [r, H], value A [.., K, .., r] and B; SigLIP's Dense query_proj and
+    # value_proj A [dv, r], B [r, dv] and their biases (trainable too).
+    r = c["lora_rank"]
+    decoder = c["num_layers"] * r * (c["d_model"] * (c["num_heads"] + c["num_kv_heads"]) + 2 * c["head_dim"])
+    v = c.get("vision")
+    vision = v["num_layers"] * 2 * (2 * r * v["d_model"] + v["d_model"]) if v else 0
+    assert total == decoder + vision, (record["name"], total, decoder + vision)
+    return
   if c["d_model"] is None:  # the CNN: its convolutions and linear layers
     native = c["native"]
     convs = sum(o * (i * native["kernel_size"] ** 2 + 1) for i, o, _ in native["convs"])

@@ -175,12 +175,32 @@ _SPECS = {
     ),
 }
 
+# LoRA fine-tuning trees: a backbone above after ``backbone.enable_lora(rank)``
+# (keras-hub's recipe), whose trainable variables are then the factors alone:
+# ``lora_kernel_a`` (the adapted kernel with its last axis the rank) and
+# ``lora_kernel_b [rank, kernel.shape[-1]]`` of every query and value layer.
+_LORA = {
+    "keras_hub_gemma_2b_lora_r4": ("keras_hub_gemma_2b", 4),
+    "keras_hub_llama2_7b_lora_r4": ("keras_hub_llama2_7b", 4),
+    "keras_hub_pali_gemma_3b_224_lora_r4": ("keras_hub_pali_gemma_3b_224", 4),
+}
+
 # What the user passes where the config's head_dim is not it (FORMAT.md).
 _USER_PASSES = {
     "keras_hub_pali_gemma_3b_224": {"head_dim": {"image_encoder": 72}},
+    "keras_hub_pali_gemma_3b_224_lora_r4": {"head_dim": {"image_encoder": 72}},
 }
 
-NAMES = tuple(_SPECS)
+NAMES = tuple(_SPECS) + tuple(_LORA)
+
+
+def _spec(name):
+    """(class name, constructor kwargs, description, LoRA rank or None)."""
+    if name in _LORA:
+        base, rank = _LORA[name]
+        cls_name, kw, desc = _SPECS[base]
+        return cls_name, kw, f"{desc}; backbone.enable_lora(rank={rank})", rank
+    return (*_SPECS[name], None)
 
 _NOTES_LLAMA = (
     "Layout verified in keras_hub 0.32.0 source (llama_attention.py, "
@@ -268,6 +288,17 @@ _NOTES_PALI_GEMMA = (
     "(heads split by 'ops.reshape(x, (batch, seq, self.num_heads, self.head_dim))', head_dim = "
     "1152 // 16 = 72), mlp_dense_1 [1152, 4304], mlp_dense_2, layer_norm_1/2 and "
     "encoder_layer_norm gamma/beta; image_classifier [1152, 2048] projects into the decoder."
+)
+
+
+_NOTES_LORA = (
+    " LoRA (keras 3.15.1 einsum_dense.py / dense.py enable_lora): lora_kernel_a has the "
+    "kernel's shape with its last axis the rank, lora_kernel_b [rank, kernel.shape[-1]]; "
+    "the layer adds einsum(equation, x, lora_kernel_a) @ lora_kernel_b. keras-hub's "
+    "Backbone.enable_lora targets the layers its default_lora_layer_names() names (query, "
+    "value, query_dense, value_dense; PaliGemma adds its tower's query_proj and value_proj) "
+    "and freezes everything else, so the trainable variables are the factors (and those "
+    "layers' biases)."
 )
 
 
@@ -359,13 +390,17 @@ def _build_backbone(name):
     from keras.src.backend.common import global_state
     from keras.src.backend.common.stateless_scope import StatelessScope
 
-    cls_name, kw, _ = _SPECS[name]
+    cls_name, kw, _, rank = _spec(name)
     cls = getattr(keras_hub.models, cls_name)
     before = list(
         global_state.get_global_attribute("uninitialized_variables", []) or []
     )
     with StatelessScope(initialize_variables=False):
         backbone = cls(**kw)
+        if rank is not None:
+            # enable_lora reads the kernels' shapes and adds the factors as
+            # uninitialized variables too; the kernels become non-trainable.
+            backbone.enable_lora(rank=rank)
     # Our variables stay uninitialized on purpose: drop them from keras's
     # global "initialize later" list so nothing ever allocates them.
     global_state.set_global_attribute("uninitialized_variables", before)
@@ -378,11 +413,11 @@ def build(name):
     abstract_params: nested dict (``variable.path`` split on "/") of
     ``jax.ShapeDtypeStruct`` over the backbone's trainable variables.
     """
-    if name not in _SPECS:
+    if name not in NAMES:
         raise KeyError(f"unknown name {name!r}; known: {NAMES}")
     import jax
 
-    cls_name, kw, _ = _SPECS[name]
+    cls_name, kw, _, rank = _spec(name)
     backbone = _build_backbone(name)
     tree = {}
     variables = [(v.path, v) for v in backbone.trainable_variables]
@@ -399,6 +434,8 @@ def build(name):
             node = node.setdefault(p, {})
         node[parts[-1]] = jax.ShapeDtypeStruct(tuple(v.shape), v.dtype)
     config = _standard_config(cls_name, kw)
+    if rank is not None:
+        config["lora_rank"] = rank
     config["native"] = _jsonable(backbone.get_config())
     del backbone
     return tree, config
@@ -430,7 +467,7 @@ def record(name):
         }
         for path, leaf in flat
     ]
-    cls_name, kw, desc = _SPECS[name]
+    cls_name, kw, desc, rank = _spec(name)
     args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
     n_params = sum(int(_prod(leaf["shape"])) for leaf in leaves)
     return {
@@ -453,9 +490,10 @@ def record(name):
             "weights allocated; tree = {v.path.split('/'): "
             "ShapeDtypeStruct(v.shape, v.dtype) for v in "
             "backbone.trainable_variables}"
+            + (f"; backbone.enable_lora(rank={rank}) inside the same scope, before" if rank else "")
         ),
         "config": config,
-        "notes": _notes(cls_name),
+        "notes": _notes(cls_name) + (_NOTES_LORA if rank else ""),
         **({"user_passes": _USER_PASSES[name]} if name in _USER_PASSES else {}),
         "leaves": leaves,
     }
