@@ -694,6 +694,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # A's rank directions and B's outputs (the adapted layer's neurons). They
     # come first: they sit under the names of the layers they adapt
     # (q_proj/w_lora_a is no [in, heads*head_dim] query kernel).
+    # qwix gives A every weight axis the einsum's input has too: MaxText's
+    # experts wo ("BSEH,EHM->BSEM") get wo_lora_a [E, H, rank], one A per
+    # expert (and wi_0 on its capacity path, "EBCM,EMH->EBCH").
+    *(Rule(f"{module}/*_lora_a", "neuron", ("i o", "e i o"), where=EXPERTS_CHECK) for module in MOE_MODULES),
     *(Rule(name, "neuron", LORA_A_LAYOUTS) for name in ("lora_a", "*_lora_a")),
     *(Rule(name, "neuron", LORA_B_LAYOUTS) for name in ("lora_b", "*_lora_b")),
     # Keras' LoRA (enable_lora on Dense, EinsumDense, Conv and Embedding:
@@ -2607,6 +2611,7 @@ def _flat_claims_from_rules(
       if rule.beside is not None and any(_pattern_matches(rule.beside, c) for c in components)
   )
   _check_stacks_agree(components, paths, shapes, rules)
+  _check_lora_not_an_undeclared_stack(components, paths, shapes, rules, named)
   # An undeclared layer stack first: a stacked tree's kernels raise errors of
   # their own (a head layout the head counts would "settle" with the layer
   # axis read as heads), whose advice is wrong until the stack is declared.
@@ -2633,6 +2638,57 @@ def _stack_prefix(pattern: str, components: tuple[str, ...]) -> tuple[str, ...] 
     if all(fnmatch.fnmatchcase(components[start + i], parts[i]) for i in range(n)):
       return components[: start + n]
   return None
+
+
+#: Names of LoRA factors (flax's nnx.LoRA, qwix's, Keras', gemma's lora/a).
+LORA_NAMES = ("lora_a", "lora_b", "*_lora_a", "*_lora_b", "lora_kernel_a", "lora_kernel_b",
+              "lora_embeddings_a", "lora_embeddings_b")
+#: Path components that hold a stack of layers when scanned (``layers``,
+#: ``h``, ``blocks``, ``scan_*``; unrolled, they hold a list: ``layers/0``).
+_LAYER_CONTAINER = re.compile(r"(.*_)?layers?|h|blocks?|scan.*|.*_scan|encoderblock|decoderblock", re.I)
+
+
+def _is_lora_factor(components: tuple[str, ...]) -> bool:
+  return any(fnmatch.fnmatchcase(components[-1], p) for p in LORA_NAMES) or any(
+      _pattern_matches(p, components, len(components)) for p in LORA_FACTORS)
+
+
+def _check_lora_not_an_undeclared_stack(components, paths, shapes, rules: BlockRules, named) -> None:
+  """Raises if the LoRA factors under one layer container (``decoder/layers``)
+  all have three or more axes, one of their first two the same length in
+  every one, and no layer axis is declared: the factors of a scanned model
+  (MaxText's ``kernel_lora_a [in, layers, rank]``, ``kernel_lora_b [rank,
+  layers, out]``). A tree of LoRA factors alone (``nnx.Optimizer(...,
+  wrt=nnx.LoRAParam)``) has no norm scale to give the stack away, and each A
+  would have its layers averaged into its inputs."""
+  groups: dict[tuple[str, ...], list[tuple[str, tuple[int, ...]]]] = {}
+  for c, path, shape, names in zip(components, paths, shapes, named):
+    if names is not None or not _is_lora_factor(c) or _unrolled(c):
+      continue  # (a haliax or penzai leaf names its layer axis)
+    if any(_pattern_matches(r.pattern, c) for r in rules.rules):
+      continue
+    if _stack_axes_for(c, len(shape), rules.stacked, path_str(path)):
+      continue
+    containers = [i for i, part in enumerate(c[:-2]) if _LAYER_CONTAINER.fullmatch(part)]
+    if containers:
+      groups.setdefault(c[: containers[-1] + 1], []).append((path_str(path), tuple(shape)))
+  for prefix, leaves in groups.items():
+    if len(leaves) < 2 or any(len(shape) < 3 for _, shape in leaves):
+      continue
+    common = [a for a in (0, 1) if len({shape[a] for _, shape in leaves}) == 1 and leaves[0][1][a] > 1]
+    if not common:
+      continue
+    layers, axis = "/".join(prefix), common[-1]
+    shown = "; ".join(f"{w}: shape {s}" for w, s in leaves[:2])
+    raise ValueError(
+        f"The {len(leaves)} LoRA factors under {layers!r} ({shown}; ...) all have three or more "
+        f"axes, axis {axis} of length {leaves[0][1][axis]} in every one: this looks like a "
+        "stack of layers (a scanned Linen module, nnx.scan / nnx.vmap) with no layer axis "
+        "declared, and each factor would have its layers averaged together. Declare the "
+        f"stack: blocks=optax_mini.BlockRules(stacked={{{layers!r}: {axis}}}) (MaxText's scanned "
+        "layers have it second, nnx.vmap first); or, if these are not stacked layers, give "
+        "the factors rules with their layouts (BlockRules(rules=[...]))."
+    )
 
 
 def _check_stacks_agree(components, paths, shapes, rules: BlockRules) -> None:

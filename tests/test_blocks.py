@@ -1427,3 +1427,48 @@ def test_keras_lora_factors_keep_their_heads():
   # which: it raises, naming the leaf.
   with pytest.raises(ValueError, match=r"query.*lora_kernel_a.*\(8, 8, 3\)"):
     optax_mini.block_specs({"attention": {"query": {"lora_kernel_a": leaf(8, 8, 3)}}})
+
+
+def test_maxtext_lora_factors_of_a_scanned_decoder():
+  """qwix's LoRA in MaxText (its SFT trainer: nnx.Optimizer(..., wrt=
+  nnx.LoRAParam)) creates the factors inside the scanned decoder, stacked on
+  its layer axis 1: kernel_lora_a [in, layers, r], kernel_lora_b [r, layers,
+  out]. That tree holds no norm scale to give the stack away, and each A had
+  its layers averaged into its inputs, silently: it raises now, naming the
+  stack. Declared, every factor is one v per layer and output; the experts'
+  wo_lora_a [E, layers, H, r] ("BSEH,EHM->BSEM": one A per expert) keeps
+  its experts (they were averaged). Against float64 NumPy."""
+  layers, d, r, nh, e, h = 3, 64, 4, 128, 4, 32
+  shapes = {
+      ("self_attention", "query", "kernel_lora_a"): ((d, layers, r), (1, 2)),
+      ("self_attention", "query", "kernel_lora_b"): ((r, layers, nh), (1, 2)),
+      ("self_attention", "out", "kernel_lora_a"): ((nh, layers, r), (1, 2)),
+      ("self_attention", "out", "kernel_lora_b"): ((r, layers, d), (1, 2)),
+      ("moe_block", "wi_0_lora_a"): ((d, layers, r), (1, 2)),
+      ("moe_block", "wi_0_lora_b"): ((r, layers, e, h), (1, 2, 3)),
+      ("moe_block", "wo_lora_a"): ((e, layers, h, r), (0, 1, 3)),
+      ("moe_block", "wo_lora_b"): ((r, layers, d), (1, 2)),
+  }
+  rng = np.random.default_rng(0)
+  grads = {"decoder": {"layers": {}}}
+  for path, (shape, _) in shapes.items():
+    node = grads["decoder"]["layers"]
+    for c in path[:-1]:
+      node = node.setdefault(c, {})
+    node[path[-1]] = rng.standard_normal(shape).astype(np.float32)
+  with pytest.raises(ValueError, match=r"LoRA factors under 'decoder/layers'.*stacked=\{'decoder/layers': 1\}"):
+    optax_mini.block_specs(grads)
+  nu = _nu_after_one_step(grads, blocks=BlockRules(stacked={"decoder/layers": 1}))
+  for path, (shape, kept) in shapes.items():
+    g, v = grads["decoder"]["layers"], nu["decoder"]["layers"]
+    for c in path:
+      g, v = g[c], v[c]
+    averaged = tuple(a for a in range(len(shape)) if a not in kept)
+    np.testing.assert_allclose(v, np.mean(g.astype(np.float64) ** 2, axis=averaged), rtol=1e-5,
+                               err_msg="/".join(path))
+  # Unrolled layers (tunix: layers/0/...) hold no stack: the same factors
+  # without the layer axis read as one layer's.
+  unrolled = {"layers": {"0": {"self_attention": {"out": {"kernel_lora_a": leaf(16, 8, r),
+                                                          "kernel_lora_b": leaf(r, 8, d)}}}}}
+  got = v_shapes(unrolled)["layers"]["0"]["self_attention"]["out"]
+  assert got == {"kernel_lora_a": (r,), "kernel_lora_b": (8, d)}
