@@ -138,6 +138,26 @@ def _parameter(variable: Any, where: str) -> tuple[str, Any]:
   return str(label), value
 
 
+def _adapter_labels(layer: Any) -> frozenset[str]:
+  """The weights' labels of the LoRA factors in ``layer``: the Linears of a
+  ``penzai.toolshed.lora.LowRankAdapter``'s ``Update`` group (``LoRA_A``
+  maps the adapted Linear's inputs to the rank, ``LoRA_B`` the rank to its
+  outputs). Under a query or key they are no query/key kernel: B's outputs
+  are the query's heads and head sizes, each a neuron of its own."""
+  from penzai import pz  # noqa: PLC0415 (penzai_blocks' caller imported it)
+
+  lora = sys.modules.get("penzai.toolshed.lora")
+  if lora is None:
+    return frozenset()
+  labels = set()
+  for adapter in pz.select(layer).at_instances_of(lora.LowRankAdapter).get_sequence():
+    for group in pz.select(adapter).at_instances_of(pz.nn.NamedGroup).get_sequence():
+      if group.name == "Update":
+        for linear in pz.select(group).at_instances_of(pz.nn.Linear).get_sequence():
+          labels.add(_parameter(linear.weights, "a LoRA adapter's Linear")[0])
+  return frozenset(labels)
+
+
 def penzai_blocks(model: Any, *, rules: Any = (), stacked: Any = (), **options: Any) -> Any:
   """Exact :class:`~optax_mini.BlockRules` for a penzai model's parameters.
 
@@ -223,9 +243,12 @@ def penzai_blocks(model: Any, *, rules: Any = (), stacked: Any = (), **options: 
       if len(einsum.input_axes) == 2:
         first, second = (set(axes) for axes in einsum.input_axes)
         head_size |= (first & second) - set(einsum.output_axes)
+    adapters = _adapter_labels(attention)
     for sub in (attention.input_to_query, attention.input_to_key):
       for linear in pz.select(sub).at_instances_of(pz.nn.Linear).get_sequence():
         label, _ = _parameter(linear.weights, "an attention's query/key Linear")
+        if label in adapters:
+          continue  # a LoRA factor: one v per output neuron, as any Linear
         if not head_size:
           raise ValueError(
               f"optax_mini.penzai_blocks: {label!r} is a query/key weight, but its attention "
@@ -236,7 +259,9 @@ def penzai_blocks(model: Any, *, rules: Any = (), stacked: Any = (), **options: 
           )
         query_key[label] = frozenset(head_size)
     for linear in pz.select(attention.input_to_value).at_instances_of(pz.nn.Linear).get_sequence():
-      values.add(_parameter(linear.weights, "an attention's value Linear")[0])
+      label = _parameter(linear.weights, "an attention's value Linear")[0]
+      if label not in adapters:
+        values.add(label)
 
   for linear in select.at_instances_of(pz.nn.Linear).get_sequence():
     label, value = _parameter(linear.weights, "a Linear")

@@ -487,13 +487,18 @@ BIAS_PATTERNS = ("bias", "*_bias", "beta", "offset", "*_bias_table", "b")
 
 #: LoRA factors whose names a bias pattern would claim (gemma's ``lora/b``).
 LORA_FACTORS = ("lora/a", "lora/b")
+#: quax's LoRA for Equinox (``quax.examples.lora``): a ``LoraArray`` in place
+#: of a Linear's ``weight [out, in]``, its children ``_w`` (the frozen
+#: weight), ``a [out, rank]`` and ``b [rank, in]`` (``W + a @ b``): each
+#: factor's rows are its outputs.
+QUAX_LORA_FACTORS = ("weight/a", "weight/b")
 
 
 def is_bias(components: Sequence[str]) -> bool:
   """Whether a normalised path names a bias (see :data:`BIAS_PATTERNS`)."""
   components = tuple(components)
   return any(_pattern_matches(p, components) for p in BIAS_PATTERNS) and not any(
-      _pattern_matches(p, components, len(components)) for p in LORA_FACTORS)
+      _pattern_matches(p, components, len(components)) for p in LORA_FACTORS + QUAX_LORA_FACTORS)
 
 
 def _rules(target: str, *patterns: str) -> tuple[Rule, ...]:
@@ -673,6 +678,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # gemma's gm.nn.LoRA: lora/a [in..., rank], lora/b [rank, out...] (its
     # B is no Haiku bias "b"): before the biases.
     *(Rule(name, "neuron", layouts) for name, layouts in zip(LORA_FACTORS, (LORA_A_LAYOUTS, LORA_B_LAYOUTS))),
+    *(Rule(name, "neuron", ("o i", "e o i")) for name in QUAX_LORA_FACTORS),
+    # (its _w, under stop_gradient, has zero gradients: one v per output row,
+    # so that it needs no head_dim under a query)
+    Rule("weight/_w", "neuron", ("o i", "e o i")),
     # Official: any name containing "bias" is plain Adam, checked first.
     *_rules("element", *BIAS_PATTERNS),
     # openpi's LoRA over Gemma's einsums (lora.Einsum, lora.FeedForward):
@@ -2650,7 +2659,7 @@ _LAYER_CONTAINER = re.compile(r"(.*_)?layers?|h|blocks?|scan.*|.*_scan|encoderbl
 
 def _is_lora_factor(components: tuple[str, ...]) -> bool:
   return any(fnmatch.fnmatchcase(components[-1], p) for p in LORA_NAMES) or any(
-      _pattern_matches(p, components, len(components)) for p in LORA_FACTORS)
+      _pattern_matches(p, components, len(components)) for p in LORA_FACTORS + QUAX_LORA_FACTORS)
 
 
 def _check_lora_not_an_undeclared_stack(components, paths, shapes, rules: BlockRules, named) -> None:

@@ -1472,3 +1472,27 @@ def test_maxtext_lora_factors_of_a_scanned_decoder():
                                                           "kernel_lora_b": leaf(r, 8, d)}}}}}
   got = v_shapes(unrolled)["layers"]["0"]["self_attention"]["out"]
   assert got == {"kernel_lora_a": (r,), "kernel_lora_b": (8, d)}
+
+
+def test_quax_lora_factors_are_one_v_per_row():
+  """quax's LoRA for Equinox (quax.examples.lora: a LoraArray in place of a
+  Linear's weight [out, in], children _w, a [out, rank], b [rank, in], W + a
+  @ b) had b taken for Haiku's bias (plain Adam, never decayed) and a read
+  as a Flax [in, out] kernel, its outputs averaged. Each factor's rows are
+  its outputs: one v per row, with or without weight_layout='torch', the
+  frozen _w (zero gradients) needing no head_dim under a query. Against
+  float64 NumPy."""
+  rng = np.random.default_rng(0)
+  out, rank, inp = 12, 3, 20
+  grads = {"layers": {"0": {"self_attn": {"q_proj": {"weight": {
+      "_w": rng.standard_normal((out, inp)), "a": rng.standard_normal((out, rank)),
+      "b": rng.standard_normal((rank, inp))}}}}}}
+  grads = jax.tree.map(lambda g: g.astype(np.float32), grads)
+  weight = grads["layers"]["0"]["self_attn"]["q_proj"]["weight"]
+  for rules in (None, BlockRules(weight_layout="torch")):
+    nu = _nu_after_one_step(grads, blocks=rules)["layers"]["0"]["self_attn"]["q_proj"]["weight"]
+    for name in ("_w", "a", "b"):
+      np.testing.assert_allclose(nu[name], np.mean(weight[name].astype(np.float64) ** 2, axis=1),
+                                 rtol=1e-5, err_msg=name)
+  mask = optax_mini.default_weight_decay_mask(grads)["layers"]["0"]["self_attn"]["q_proj"]["weight"]
+  assert mask["a"] and mask["b"]

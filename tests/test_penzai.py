@@ -340,3 +340,31 @@ def test_an_unbound_model_and_an_unknown_layer_raise():
       model, rules=[optax_mini.Rule("adapter/weights", "neuron", layout="o i")])
   report = optax_mini.explain(frozen, blocks=with_rule)
   assert report.rows[-1].v_shape == (8,)
+
+
+@pytest.mark.parametrize("name", ["llama GQA", "llama GQA, layer stack", "gemma-like MQA, tied"])
+def test_lora_factors_get_one_v_per_output_neuron(name):
+  """penzai.toolshed.lora puts a LowRankAdapter (LoRA_A: the Linear's inputs
+  to the rank, LoRA_B: the rank to its outputs) beside every Linear it
+  adapts. Under a query or key, B's outputs are the heads and a head's size:
+  it was read as a query kernel (one v per head, the head sizes averaged;
+  Gemma's one key head one v per layer). Each factor keeps every axis but its
+  inputs (and a LayerStack's layer axis)."""
+  from penzai.toolshed import lora  # noqa: PLC0415
+
+  frozen = pz.freeze_params(MODELS[name]())
+  selection = pz.select(frozen).at_instances_of(pz.nn.Linear).where(lambda lin: bool(lin.in_axis_names))
+  model = lora.loraify_linears_in_selection(selection, rank=3, init_base_rng=jax.random.key(3))
+  linears = {lin.weights.label: lin for lin in pz.select(model).at_instances_of(pz.nn.Linear).get_sequence()
+             if hasattr(lin.weights, "label")}
+  params = tuple(pv for pv in params_of(model) if "LoRA_" in pv.label)
+  specs = jax.tree_util.tree_leaves(
+      optax_mini.block_specs(params, blocks=optax_mini.penzai_blocks(model)),
+      is_leaf=lambda x: isinstance(x, optax_mini.BlockSpec))
+  queries = 0
+  for pv, spec in zip(params, specs):
+    names = data_names(pv.value)
+    kept = {names[a] for a in spec.layout(tuple(pv.value.data_array.shape)).v_axes}
+    assert kept == set(names) - set(linears[pv.label].in_axis_names), (pv.label, names, kept)
+    queries += "query" in pv.label and pv.label.endswith("LoRA_B.weights")
+  assert queries == LAYERS if "stack" not in name else queries == 1
