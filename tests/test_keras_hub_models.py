@@ -9,6 +9,7 @@ probes and pooling queries."""
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import optax_mini
@@ -243,3 +244,45 @@ def test_keras_hub_backbone_blocks(keras_hub, name):
         got.setdefault(suffix, set()).add(row.num_blocks)
   assert got == {suffix: blocks if isinstance(blocks, set) else {blocks}
                  for suffix, blocks in want.items()}
+
+
+@pytest.mark.parametrize("name", ["GemmaBackbone", "LlamaBackbone"])
+def test_lora_fine_tuning_keeps_each_heads_factors_apart(keras_hub, name):
+  """keras-hub's LoRA recipe, backbone.enable_lora(rank), on the JAX
+  backend: the trainable variables are then the query's and value's
+  lora_kernel_a (the kernel with its last axis the rank: Gemma's [heads, D,
+  r], Llama's [D, heads, r]) and lora_kernel_b [r, head_dim]. Through
+  stateless_call, v after one step (b2 = 0) against float64 NumPy of the
+  real gradients: A averaged over its input only (one v per head and rank
+  direction), B over the rank (one per output); then a step of adam_mini
+  is finite."""
+  import jax  # noqa: PLC0415
+
+  kwargs = {"vocabulary_size": VOCAB, "num_layers": 1, "num_query_heads": HEADS, "num_key_value_heads": 2,
+            "hidden_dim": D, "intermediate_dim": MLP}
+  backbone = getattr(keras_hub.models, name)(**kwargs, **({"head_dim": HEAD} if name == "GemmaBackbone" else {}))
+  backbone.enable_lora(rank=3)
+  paths = [v.path for v in backbone.trainable_variables]
+  assert paths and all(p.endswith(("lora_kernel_a", "lora_kernel_b")) for p in paths)
+  keys = jax.random.split(jax.random.key(0), len(paths))
+  # B starts at zero (so would A's gradient): random factors, as after some steps.
+  trainable = [0.1 * jax.random.normal(k, v.shape) for k, v in zip(keys, backbone.trainable_variables)]
+  frozen = [v.value for v in backbone.non_trainable_variables]
+  inputs = {"token_ids": jax.random.randint(jax.random.key(1), (2, 8), 0, VOCAB),
+            "padding_mask": jnp.ones((2, 8), "int32")}
+
+  def loss(trainable):
+    out, _ = backbone.stateless_call(trainable, frozen, inputs)
+    return jnp.mean(out ** 2)
+
+  grads = dict(zip(paths, jax.grad(loss)(trainable)))
+  params = dict(zip(paths, trainable))
+  tx = optax_mini.scale_by_adam_mini(b2=0.0)
+  _, state = tx.update(grads, tx.init(params))
+  for path, g in grads.items():
+    g = np.asarray(g, np.float64)
+    averaged = (g.shape.index(D),) if path.endswith("lora_kernel_a") else (0,)
+    np.testing.assert_allclose(state.nu[path], np.mean(g ** 2, axis=averaged), rtol=1e-5, err_msg=path)
+  tx = optax_mini.adam_mini(1e-3)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert all(np.isfinite(np.asarray(u)).all() for u in updates.values())
