@@ -1783,12 +1783,14 @@ def _resolve(
             and any({"n", "h"} <= set(g) for g in _parse_layout(x))] or needs
     groups = _parse_layout(flat[0])
     size = next((logical_shape[a] for a, g in enumerate(groups) if "h" in g and a < nd), 0)
+    example = _example_head_dim(size)
     raise ValueError(
         f"{head} laid out {flat[0]!r}, a flat heads*head_dim axis: one v per "
-        "attention head needs the head size. Pass head_dim=<size of one head> (e.g. "
-        f"head_dim={_example_head_dim(size)}) to adam_mini / scale_by_adam_mini / "
+        "attention head needs the head size. Pass head_dim=<size of one head> ("
+        + (f"e.g. head_dim={example}, " if example else "")
+        + f"a divisor of its {size}-long axis) to adam_mini / scale_by_adam_mini / "
         "explain, or override this leaf with "
-        f"blocks=BlockRules(rules=[({own!r}, 'neuron')])."
+        f"blocks=BlockRules(rules=[({own!r}, 'neuron')]) if it is no attention kernel."
     )
   reasons = "; ".join(f"as {layout!r}: {reason}" for layout, reason in misfits)
   # Every layout shorter than the leaf, and no layer axis declared: most
@@ -1955,11 +1957,13 @@ def _c_proj_layouts(
   return layouts
 
 
-def _example_head_dim(size: int) -> int:
+def _example_head_dim(size: int) -> int | None:
+  """A head size to show in an error, or None: never the whole axis (one
+  head as wide as it: one v for the kernel)."""
   for candidate in (128, 64, 32, 16, 8):
     if size % candidate == 0 and size > candidate:
       return candidate
-  return size
+  return None
 
 
 def _stack_axes_for(
@@ -2328,7 +2332,9 @@ def _check_penzai_claim(
       f"reading it by the rule {_rule_name(rule)!r} ({rule.target if isinstance(rule.target, str) else 'BlockSpec'})"
       " with Flax's layouts")
   axes = ", ".join(f"{n or '<positional>'}: {d}" for n, d in zip(named.names, shape))
-  example = " ".join(["i"] * (nd - 1) + ["o"])
+  # A placeholder, not a layout: copied as is, any concrete one would be a
+  # guess of which axes its layer contracts (the very thing unknown here).
+  example = "<a letter for each of " + ", ".join(n or "<positional>" for n in named.names) + ">"
   raise ValueError(
       f"{where}: shape {shape} is a penzai NamedArray with axes {{{axes}}}. Penzai keeps "
       "a parameter's axes in the order its model was built or loaded in (its Hugging Face "
@@ -2337,8 +2343,8 @@ def _check_penzai_claim(
       "Pass the rules read from the model: adam_mini(..., blocks=optax_mini.penzai_blocks(model)) "
       "(the model whose parameters these are, bound); for a parameter of a layer it does not "
       "know, a rule with its layout, one letter per axis in the array's order (i input, o "
-      "output, n heads, h a head's size, e kept): penzai_blocks(model, rules=[Rule("
-      f"{_own_pattern(components)!r}, 'neuron', layout={example!r})])."
+      "output, n heads, h a head's size, e kept): "
+      f"penzai_blocks(model, rules=[Rule({_own_pattern(components)!r}, 'neuron', layout={example!r})])."
   )
 
 

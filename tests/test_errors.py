@@ -31,8 +31,18 @@ def test_a_haiku_query_without_head_dim_suggests_a_head_size_that_fits():
   # Haiku's MultiHeadAttention ``query/w [in, heads*key_size]``: the message
   # named the 3-D layout 'i n h' and suggested head_dim=0.
   params = {"transformer/layer_0/mha/query": {"w": jnp.zeros((96, 192))}}
-  with pytest.raises(ValueError, match=r"laid out 'i \(n h\)'.*e\.g\. head_dim=64\)"):
+  with pytest.raises(ValueError, match=r"laid out 'i \(n h\)'.*e\.g\. head_dim=64, a divisor"):
     init(params)
+
+
+def test_a_flat_query_suggests_no_head_as_wide_as_its_axis():
+  # quax's LoRA factor weight/a [out, rank] under q_proj (before its rule):
+  # "e.g. head_dim=8", its rank, made the whole factor one v. No head size
+  # below the axis divides 20: none is suggested.
+  params = {"attn": {"q_proj": {"kernel": jnp.zeros((16, 20))}}}
+  with pytest.raises(ValueError, match=r"head_dim=<size of one head> \(a divisor of its 20-long axis\)") as err:
+    init(params)
+  assert "head_dim=20" not in str(err.value)
 
 
 def test_head_dim_that_does_not_divide():

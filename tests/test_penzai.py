@@ -334,8 +334,11 @@ def test_an_unbound_model_and_an_unknown_layer_raise():
       jnp.zeros((8, D))).tag("rank", "embedding"))
   frozen = pz.freeze_params(params) + (extra,)
   blocks = optax_mini.penzai_blocks(model)
-  with pytest.raises(ValueError, match=r"\['adapter\.weights'\].*penzai NamedArray"):
+  with pytest.raises(ValueError, match=r"\['adapter\.weights'\].*penzai NamedArray") as raised:
     optax_mini.adam_mini(1e-3, blocks=blocks).init(frozen)
+  # Its example layout names the axes to give letters to: no concrete layout
+  # (copied, an "i i o" averaged a query's heads).
+  assert "layout='<a letter for each of rank, embedding>'" in str(raised.value)
   with_rule = optax_mini.penzai_blocks(
       model, rules=[optax_mini.Rule("adapter/weights", "neuron", layout="o i")])
   report = optax_mini.explain(frozen, blocks=with_rule)
