@@ -727,6 +727,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # table it adapts), its B [rank, dim] one per output.
     Rule("lora_embeddings_a", "token", "o i"),
     Rule("lora_embeddings_b", "neuron", "i o"),
+    # (PEFT's, stored [rank, vocab] and [dim, rank]: F.embedding(x, A.T) @ B.T)
+    Rule("lora_embedding_a", "token", "i o"),
+    Rule("lora_embedding_b", "neuron", "o i"),
     # Apple's AXLearn names every parameter ``weight`` and mixes layouts in
     # one model: Linear [in, out] (feed_forward/linear1_0, linear2, the
     # router gate_weight [in, experts]), q/k/v_proj [model, heads, head_dim]

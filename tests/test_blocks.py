@@ -510,6 +510,15 @@ def test_lora_factors_get_one_v_per_output():
           "model.layers.0.self_attn.q_proj.lora_B.default.weight": leaf(heads * head_dim, rank)}
   got = v_shapes(peft, head_dim=head_dim, blocks=BlockRules(weight_layout="torch"))
   assert list(got.values()) == [(rank,), (heads * head_dim,)]
+  # PEFT's embedding adapters, lora_embedding_A [rank, vocab] (a table read
+  # through its transpose: one v per token, as the table it adapts; it was
+  # one per rank direction, every token averaged) and lora_embedding_B
+  # [dim, rank] (one per output).
+  vocab = 50
+  peft = {"model.embed_tokens.lora_embedding_A.default": leaf(rank, vocab),
+          "model.embed_tokens.lora_embedding_B.default": leaf(dim, rank)}
+  got = v_shapes(peft, blocks=BlockRules(weight_layout="torch"))
+  assert list(got.values()) == [(vocab,), (dim,)]
 
 
 def test_blocks_survive_inject_hyperparams():
