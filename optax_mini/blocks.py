@@ -1861,6 +1861,11 @@ def _stack_hint(where: str) -> str:
   )
 
 
+#: Path components that hold a stack of layers when scanned (``layers``,
+#: ``h``, ``blocks``, ``scan_*``; unrolled, they hold a list: ``layers/0``).
+_LAYER_CONTAINER = re.compile(r"(.*_)?layers?|h|blocks?|scan.*|.*_scan|encoderblock|decoderblock", re.I)
+
+
 def _stack_example(where: str) -> str:
   """A stack pattern to suggest for the leaf at ``where`` (a path string):
   AXLearn's ``repeat/layer``; else the path up to its last component named
@@ -1870,8 +1875,7 @@ def _stack_example(where: str) -> str:
   repeat = _repeat_stack(parts[:-1])
   if repeat:
     return repeat
-  containers = [i for i, p in enumerate(parts[:-2]) if re.fullmatch(
-      r"(.*_)?layers?|h|blocks?|scan.*|.*_scan|encoderblock|decoderblock", p, re.I)]
+  containers = [i for i, p in enumerate(parts[:-2]) if _LAYER_CONTAINER.fullmatch(p)]
   if containers:
     return "/".join(parts[: containers[-1] + 1])
   return "/".join(parts[:-2]) or "layers"
@@ -2661,9 +2665,6 @@ def _stack_prefix(pattern: str, components: tuple[str, ...]) -> tuple[str, ...] 
 #: Names of LoRA factors (flax's nnx.LoRA, qwix's, Keras', gemma's lora/a).
 LORA_NAMES = ("lora_a", "lora_b", "*_lora_a", "*_lora_b", "lora_kernel_a", "lora_kernel_b",
               "lora_embeddings_a", "lora_embeddings_b")
-#: Path components that hold a stack of layers when scanned (``layers``,
-#: ``h``, ``blocks``, ``scan_*``; unrolled, they hold a list: ``layers/0``).
-_LAYER_CONTAINER = re.compile(r"(.*_)?layers?|h|blocks?|scan.*|.*_scan|encoderblock|decoderblock", re.I)
 
 
 def _is_lora_factor(components: tuple[str, ...]) -> bool:
