@@ -460,6 +460,17 @@ class _StoredRule(Rule):
   __slots__ = ()
 
 
+class _LeafRule(Rule):
+  """A default rule for a parameter's own name: its pattern must end at the
+  leaf (``latents``, never ``latents/kernel``, a module's)."""
+
+  __slots__ = ()
+
+
+def _rule_matches(rule: Rule, components: tuple[str, ...]) -> bool:
+  return _pattern_matches(rule.pattern, components, len(components) if isinstance(rule, _LeafRule) else 0)
+
+
 @functools.lru_cache(maxsize=4096)
 def _pattern_matches(pattern: str, components: tuple[str, ...], reaching: int = 0) -> bool:
   """Whether ``pattern`` equals a run of whole components that ends past
@@ -645,6 +656,11 @@ OPENPI_LORA_LAYOUTS = {
 #: 512 of 512). A kernel that fails it is no ``[experts, in, out]``
 #: (MaxText's fused ``mlp/wi`` is ``[in, gate|up, out]``) and raises instead.
 EXPERTS_CHECK = "e <= i"
+
+#: The names of parameters that are arrays of learned vectors, not kernels
+#: (matched as the leaf's own name only: see :class:`_LeafRule`).
+LEARNED_VECTORS = ("prompt", "soft_prompt", "latents", "queries", "query_tokens", "*_tokens",
+                   "registers", "codebook", "bottleneck")
 
 #: Names of learned position tables (HF's ViT and DINOv2
 #: ``position_embeddings``, big_vision's ``pos_embedding``, ``pos_embed``,
@@ -1047,6 +1063,14 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # and TokenLearner's MAPHead_0): probe [1, queries, dim], one v per
     # query, as a table's row (a single query [1, 1, dim] gets one).
     Rule("probe", "token", POSITION_TABLE_LAYOUTS),
+    # Other arrays of learned vectors, [n, dim] (or [1, n, dim]), by the
+    # parameter's own name (a module of that name holds kernels): soft
+    # prompts (google-research/prompt-tuning's prompt/prompt [length,
+    # embed]), Perceiver-style latents and learned queries, memory, register
+    # and tape tokens (scenic's AdaTape tape_tokens [bank, dim]), a
+    # codebook, MBT's bottleneck tokens: one v per learned vector, as the
+    # official per-row reading of such a PyTorch parameter gives.
+    *(_LeafRule(name, "token", POSITION_TABLE_LAYOUTS) for name in LEARNED_VECTORS),
     # Learned position tables: one v per position, whatever leads it (ViT's
     # [1, positions, dim], a 2-D grid's [1, height, width, dim]).
     *(Rule(name, "token", POSITION_TABLE_LAYOUTS) for name in POSITION_TABLES),
@@ -2150,7 +2174,7 @@ def _claim_leaf(
   bias_at = next((i for i in reversed(range(len(components)))
                   if any(fnmatch.fnmatchcase(components[i], p) for p in BIAS_PATTERNS)), None)
   for index, rule in enumerate(rules.all_rules()):
-    if not _pattern_matches(rule.pattern, components):
+    if not _rule_matches(rule, components):
       continue
     if rule.beside is not None and index not in beside:
       continue
@@ -2289,10 +2313,11 @@ def _check_default_is_sure(
   experts_layout = " ".join(["e"] + ["i"] * (rank - 2) + ["o"])
   blocks_out_first = " ".join(["e", "o"] + ["i"] * (rank - 2))
   parts = next((d for d in logical_shape if d in (2, 3)), None)
+  tokens_layout = " ".join(["o"] * (rank - 1) + ["i"])
   probes = (
-      f"; learned queries or tokens [1, tokens, dim] (a MAP head's probe), one v per token, "
-      f"Rule({own!r}, 'token')"
-      if rank == 3 and logical_shape[0] == 1 else ""
+      f"; learned queries or tokens [1, ..., tokens, dim] (a MAP head's probe, bottleneck "
+      f"tokens), one v per token, Rule({own!r}, 'token', layout={tokens_layout!r})"
+      if logical_shape[0] == 1 else ""
   )
   fused = (
       f"; a fused projection [in, parts, heads, head_dim] (flaxformer's qkv_fused), each part its "

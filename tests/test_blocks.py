@@ -1505,3 +1505,39 @@ def test_quax_lora_factors_are_one_v_per_row():
                                  rtol=1e-5, err_msg=name)
   mask = optax_mini.default_weight_decay_mask(grads)["layers"]["0"]["self_attn"]["q_proj"]["weight"]
   assert mask["a"] and mask["b"]
+
+
+def test_arrays_of_learned_vectors_get_one_v_per_vector():
+  """Soft prompts (google-research/prompt-tuning: encoder/prompt/prompt/prompt
+  [length, embed], one row per prepended token), scenic's AdaTape tape bank
+  (tape_tokens [bank, dim]), Perceiver-style latents and a VQ codebook were
+  read as [in, out] kernels: one v per feature, every learned vector
+  averaged; [1, n, dim] query tokens (keras-hub BLIP-2's) and 4-D bottleneck
+  tokens (scenic MTV's [1, frames, n, dim]) raised. One v per learned vector,
+  as the official per-row reading of such a PyTorch parameter. A module of
+  those names holds kernels: its leaves keep their kernel reading."""
+  rng = np.random.default_rng(0)
+  arrays = {
+      ("encoder", "prompt", "prompt", "prompt"): (20, 48),
+      ("TapeBank_0", "tape_tokens"): (30, 16),
+      ("perceiver", "latents"): (12, 32),
+      ("qformer", "query_tokens"): (1, 8, 32),
+      ("mtv", "bottleneck"): (1, 3, 4, 16),
+      ("vq", "codebook"): (64, 8),
+  }
+  grads = {}
+  for path, shape in arrays.items():
+    node = grads
+    for c in path[:-1]:
+      node = node.setdefault(c, {})
+    node[path[-1]] = rng.standard_normal(shape).astype(np.float32)
+  nu = _nu_after_one_step(grads)
+  for path in arrays:
+    g, v = grads, nu
+    for c in path:
+      g, v = g[c], v[c]
+    np.testing.assert_allclose(v, np.mean(g.astype(np.float64) ** 2, axis=-1), rtol=1e-5,
+                               err_msg="/".join(path))
+  modules = {"attn": {"queries": {"kernel": leaf(16, 16)}}, "latents": {"kernel": leaf(16, 24)}}
+  got = v_shapes(modules)
+  assert got["attn"]["queries"]["kernel"] == (16,) and got["latents"]["kernel"] == (24,)

@@ -630,3 +630,16 @@ def test_falcons_grouped_query_key_value_error_gives_a_rule_that_holds():
   want[:, :-1] = sq[:, :-1].mean(axis=(2, 3))[..., None]  # each query head and the group's key
   want[:, -1] = sq[:, -1].mean(axis=-1)  # the group's value, per neuron
   np.testing.assert_allclose(np.asarray(state.nu[key]).reshape(want.shape), want, rtol=1e-5)
+
+
+def test_an_unknown_array_of_learned_tokens_is_offered_the_token_reading():
+  # scenic's objectvivit box_categories [1, 4, 1, 768]-like arrays: the 4-D
+  # error offered no token reading (only 3-D [1, n, d] had it), and its
+  # "[in..., out] kernel" option averaged the tokens. Followed, the offered
+  # rule gives one v per token.
+  params = {"mtv": {"learned": jnp.zeros((1, 3, 4, 16))}}
+  with pytest.raises(ValueError, match=r"one v per token, Rule\('mtv/learned', 'token', layout='o o o i'\)"):
+    init(params)
+  rules = BlockRules(rules=[optax_mini.Rule("mtv/learned", "token", layout="o o o i")])
+  state = optax_mini.scale_by_adam_mini(blocks=rules).init(params)
+  assert state.nu["mtv"]["learned"].shape == (1, 3, 4)
