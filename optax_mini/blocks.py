@@ -2693,6 +2693,8 @@ LORA_NAMES = ("lora_a", "lora_b", "*_lora_a", "*_lora_b", "lora_kernel_a", "lora
 
 
 def _is_lora_factor(components: tuple[str, ...]) -> bool:
+  if not components:  # a bare array, the whole tree
+    return False
   return any(fnmatch.fnmatchcase(components[-1], p) for p in LORA_NAMES) or any(
       _pattern_matches(p, components, len(components)) for p in LORA_FACTORS + QUAX_LORA_FACTORS)
 
