@@ -661,6 +661,10 @@ EXPERTS_CHECK = "e <= i"
 #: (matched as the leaf's own name only: see :class:`_LeafRule`).
 LEARNED_VECTORS = ("prompt", "soft_prompt", "latents", "queries", "query_tokens", "*_tokens",
                    "registers", "codebook", "bottleneck")
+#: The same as a PyTorch port's ``nn.Embedding`` of learned tokens (scenic's
+#: SAM ``mask_tokens.weight [4, dim]``, ``iou_token.weight [1, dim]``): a
+#: table, ``[n, dim]`` in either framework.
+PORTED_TOKEN_TABLES = ("*_tokens/weight", "*_token/weight")
 
 #: Names of learned position tables (HF's ViT and DINOv2
 #: ``position_embeddings``, big_vision's ``pos_embedding``, ``pos_embed``,
@@ -1078,6 +1082,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # containing "embed", "embd" or "wte"; token_emb is AXLearn's (and
     # x-transformers') table, tok_emb nanoGPT ports'.
     *_rules("token", "*embed*", "*embd*", "wte", "wpe", "token_emb", "tok_emb"),
+    *(_LeafRule(name, "token", POSITION_TABLE_LAYOUTS) for name in PORTED_TOKEN_TABLES),
     # Codebooks are tables too: wav2vec2's quantizer codevectors [1, groups *
     # entries, dim / groups], one v per code vector.
     Rule("codevectors", "token", POSITION_TABLE_LAYOUTS),

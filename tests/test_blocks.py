@@ -1541,3 +1541,11 @@ def test_arrays_of_learned_vectors_get_one_v_per_vector():
   modules = {"attn": {"queries": {"kernel": leaf(16, 16)}}, "latents": {"kernel": leaf(16, 24)}}
   got = v_shapes(modules)
   assert got["attn"]["queries"]["kernel"] == (16,) and got["latents"]["kernel"] == (24,)
+  # scenic's SAM, a port of PyTorch code: its mask decoder's learned tokens
+  # are nn.Embed-like mask_tokens.weight [4, dim] (it raised asking for the
+  # weight layout, and 'flax' averaged the four tokens): one v per token,
+  # whichever layout is given.
+  sam = {"mask_decoder": {"mask_tokens.weight": leaf(4, 32), "iou_token.weight": leaf(1, 32)}}
+  for layout in (None, "torch", "flax"):
+    got = v_shapes(sam, blocks=BlockRules(weight_layout=layout))["mask_decoder"]
+    assert got == {"mask_tokens.weight": (4,), "iou_token.weight": (1,)}, layout
