@@ -395,7 +395,9 @@ class Rule(NamedTuple):
   e.g. ``"i (n h)"`` (a flat ``[in, heads*head_dim]`` query kernel),
   ``"n i h"`` (Gemma's heads-first ``q_einsum``), ``"(p n h) i"`` (GPT-2's
   ``[out, in]`` fused ``c_attn``), ``"i (n p h)"`` (BLOOM's per-head
-  interleaved ``query_key_value``). A tuple of layouts lists candidates: the
+  interleaved ``query_key_value``). A part may be named more than once, the
+  parts of one name sharing its heads (CodeGen's four groups of q | v | k:
+  ``"q,v,k,q,v,k,q,v,k,q,v,k"``). A tuple of layouts lists candidates: the
   one the shape fits is used, and a leaf that fits several with different
   blocks is an error that says how to settle it (never a guess). A layout
   given in ``BlockRules(rules=...)`` describes the leaf as it is stored; the
@@ -806,6 +808,16 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # experts/down_proj.
     Rule("experts/expert_feedforward_*", "neuron", MLP_LAYOUTS, where=EXPERTS_CHECK),
     Rule("experts/gate_up_proj", "gate,up", "e i (o p)", where=EXPERTS_CHECK),
+    # HF Granite MoE's ParallelExperts under block_sparse_moe: input_linear
+    # [E, 2F, d] and output_linear [E, d, F], F.linear(x, weight[e]) (read
+    # as PyTorch stores an experts' kernel, its experts first).
+    *(Rule(f"block_sparse_moe/{name}", "neuron", MLP_LAYOUTS, where=EXPERTS_CHECK)
+      for name in ("input_linear", "output_linear")),
+    # HF Aria's grouped GEMM experts, experts/fc1 [E, d, 2F] and fc2 [E, F,
+    # d], applied as tokens @ weight[e]: [experts, in, out] as stored, though
+    # named as a PyTorch weight.
+    *(_StoredRule(f"experts/{name}/weight", "neuron", "e i o", where=EXPERTS_CHECK)
+      for name in ("fc1", "fc2")),
     # A mixture's router mlp/gate: EasyDeL's DeepSeek-V2 and GLM-4-MoE store
     # it [experts, d] (PyTorch's orientation under a Flax kernel's name),
     # its other models [d, experts]; there are fewer experts than inputs
@@ -1015,6 +1027,11 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # MiniMax's lightning attention (HF; EasyDeL): qkv_proj reshaped
     # (heads, 3 * head_dim) and split per head, beside its output_gate.
     Rule("self_attn/qkv_proj", "q,k,v", "i (n p h)", beside="self_attn/output_gate"),
+    # CodeGen's (HF PyTorch: transformer/h/N/attn/qkv_proj beside out_proj):
+    # four groups of q | v | k ("qkv.reshape(..., mp_num, -1)", mp_num = 4;
+    # "torch.split(qkv_split, local_dim, dim=-1)" gives query, value, key).
+    Rule("h/*/attn/qkv_proj/weight", ",".join(("q", "v", "k") * 4), "i (p n h)",
+         where="pnh == 3*i", beside="attn/out_proj"),
     # MaxText's fused_qkv: [emb, q + 2 kv heads, head_dim], the heads axis
     # split into [q | k | v] runs ("jnp.split(qkv_proj, [q, q + kv], axis=2)");
     # its GPT-3's [emb, 3, heads, head_dim].
@@ -1612,8 +1629,13 @@ def _fit_parts(groups, sizes, shape, names, roles, rules, where) -> _Resolved:
     kv = rules.num_kv_heads if rules.num_kv_heads is not None else rules.num_heads
     heads.update(k=kv, v=kv)
     if rules.num_heads is not None:
+      # A part named more than once (CodeGen's four groups of q | v | k)
+      # holds its share of the heads.
       other = math.prod(sizes[part_axis][c] for c in inner if c != "n")
-      part_sizes = [heads.get(n, rules.num_heads) * other for n in names]
+      share = {n: heads.get(n, rules.num_heads) / names.count(n) for n in names}
+      if any(s != int(s) for s in share.values()):
+        raise _Misfit(f"its {len(names)} parts cannot share num_heads={rules.num_heads} evenly")
+      part_sizes = [int(share[n]) * other for n in names]
       if sum(part_sizes) != shape[part_axis]:
         raise _Misfit(
             f"parts {dict(zip(names, part_sizes))} (from num_heads={rules.num_heads}, "

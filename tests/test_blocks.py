@@ -182,6 +182,31 @@ def test_wqkv_is_read_as_its_library_stores_it_or_raises():
   assert report.num_v == 8 + 2 + 2 * 8
 
 
+def test_codegen_qkv_proj_is_four_groups_of_query_value_key():
+  """CodeGen's PyTorch qkv_proj [3 * d, d] holds four groups of q | v | k
+  (modeling_codegen: "qkv.reshape(..., mp_num, -1)" with mp_num = 4, then
+  query, value, key split from each). It raised, asking for head counts that
+  read it as [q | k | v] runs (values averaged as heads, the last group's
+  heads per neuron). v against float64 NumPy, with head_dim alone and with
+  the head counts too."""
+  d, heads, hd = 64, 8, 8  # two heads in each group
+  g = np.random.default_rng(0).standard_normal((3 * d, d)).astype(np.float32)
+  attn = lambda qkv: {"transformer": {"h": {"0": {"attn": {  # noqa: E731
+      "qkv_proj": {"weight": qkv}, "out_proj": {"weight": jnp.zeros((d, d))}}}}}}
+  sq = (g.astype(np.float64) ** 2).reshape(4, 3, d // 4, d).mean(axis=-1)  # [group, part, row]
+  want = sq.copy()
+  for part in (0, 2):  # query, key: one v per head
+    want[:, part] = np.repeat(sq[:, part].reshape(4, -1, hd).mean(-1), hd, axis=-1)
+  for blocks in (BlockRules(weight_layout="torch"),
+                 BlockRules(weight_layout="torch", num_heads=heads, num_kv_heads=heads)):
+    tx = optax_mini.scale_by_adam_mini(b2=0.0, head_dim=hd, blocks=blocks)
+    _, state = tx.update(attn(jnp.asarray(g)), tx.init(attn(jnp.zeros((3 * d, d)))))
+    nu = state.nu["transformer"]["h"]["0"]["attn"]["qkv_proj"]["weight"]
+    np.testing.assert_allclose(np.asarray(nu), want.reshape(-1), rtol=1e-5)
+  report = optax_mini.explain(attn(leaf(3 * d, d)), head_dim=hd, blocks=TORCH)
+  assert report.num_v == 4 * (2 + 2 + d // 4) + d
+
+
 def test_gpt_neox_query_key_value_kernel_raises_but_its_checkpoint_does_not():
   # EasyDeL's GPT-NeoX splits attention/query_key_value/kernel into
   # [q | k | v] runs, HF's interleaves (q, k, v) per head: for a Flax kernel
@@ -1342,6 +1367,29 @@ def test_pytorch_checkpoint_experts_projector_and_norm_names():
       "model.language_model.layers.0.altup.prediction_coefs.weight": ((16, 4), (1,)),
       # XLNet's segment keys [segments, heads, head_dim]: one v per (segment, head)
       "transformer.layer.0.rel_attn.seg_embed": ((2, 4, 8), (2,)),
+  }
+  grads = {k: rng.standard_normal(shape).astype(np.float32) for k, (shape, _) in flat.items()}
+  nu = _nu_after_one_step(grads, blocks=BlockRules(weight_layout="torch"))
+  for key, (_, averaged) in flat.items():
+    np.testing.assert_allclose(nu[key], np.mean(grads[key].astype(np.float64) ** 2, axis=averaged),
+                               rtol=1e-5, err_msg=key)
+
+
+def test_pytorch_checkpoint_experts_stored_in_or_out_first():
+  """HF's Aria keeps its grouped-GEMM experts as [E, in, out] under a
+  PyTorch weight's name (experts/fc1 [E, d, 2F], fc2 [E, F, d]: tokens @
+  weight[e]); the torch reading, [E, out, in], kept each expert's inputs and
+  averaged its outputs, silently (fc2 is square: no shape tells). Granite
+  MoE's ParallelExperts under block_sparse_moe, [E, out, in] (F.linear(x,
+  weight[e])), raised. One v per expert and output neuron, against float64
+  NumPy."""
+  rng = np.random.default_rng(0)
+  e, f, d = 4, 12, 16
+  flat = {
+      "model.layers.0.mlp.experts.fc1.weight": ((e, d, 2 * f), (1,)),
+      "model.layers.0.mlp.experts.fc2.weight": ((e, d, d), (1,)),
+      "model.layers.0.block_sparse_moe.input_linear.weight": ((e, 2 * f, d), (2,)),
+      "model.layers.0.block_sparse_moe.output_linear.weight": ((e, d, f), (2,)),
   }
   grads = {k: rng.standard_normal(shape).astype(np.float32) for k, (shape, _) in flat.items()}
   nu = _nu_after_one_step(grads, blocks=BlockRules(weight_layout="torch"))
