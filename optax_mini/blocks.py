@@ -1426,6 +1426,44 @@ def _layout_candidates(layout: Any) -> tuple[str, ...]:
   return (layout,) if isinstance(layout, str) else tuple(layout)
 
 
+def _spatial_axes(shape: tuple[int, ...]) -> str | None:
+  """Where a 4-D convolution kernel's two spatial axes are, if its shape
+  says: ``"first"`` (Flax, ``[kh, kw, in, out]``), ``"last"`` (PyTorch,
+  ``[out, in, kh, kw]``), or ``None``. The spatial pair is equal, and both
+  channel axes are at least twice as long and of 8 or more (a 3-to-3
+  channel ``[3, 3, 7, 7]`` could be either)."""
+  def spatial(pair, channels):
+    return pair[0] == pair[1] and min(channels) >= max(8, 2 * pair[0])
+
+  first, last = spatial(shape[:2], shape[2:]), spatial(shape[2:], shape[:2])
+  return "first" if first and not last else "last" if last and not first else None
+
+
+def _conv_orientation_settles(fits, transposed, shape, rules, where, weight, own, target):
+  """The readings of a 4-D ``weight`` that put its kernel's spatial axes
+  where its shape has them. Undeclared, the shape settles the orientation
+  (``[3, 3, 512, 512]`` is a Flax kernel, ``[512, 512, 3, 3]`` PyTorch's);
+  declared against the shape (flaxmodels' StyleGAN2 names its Flax
+  ``[kh, kw, in, out]`` kernels ``weight``), it raises: read reversed, its
+  v would be one per kernel row."""
+  spatial = _spatial_axes(shape)
+  if spatial is None:
+    return fits
+  agreeing = {x: fit for x, fit in fits.items() if (x in transposed) == (spatial == "last")}
+  if agreeing or rules.weight_layout is None:
+    return agreeing or fits
+  stored, declared = ("Flax", "torch") if spatial == "first" else ("PyTorch", "flax")
+  layout = "i i i o" if spatial == "first" else "o i i i"
+  raise ValueError(
+      f"{where}: shape {shape}, a parameter named {weight!r} read with "
+      f"weight_layout={declared!r}, has its two equal, small (spatial) axes where a {stored} "
+      f"convolution keeps them ({'[kh, kw, in, out]' if spatial == 'first' else '[out, in, kh, kw]'}): "
+      "read as declared, its v would be kept along a spatial axis, its output channels averaged. "
+      f"If its library stores it so, give this leaf a rule as stored: blocks=optax_mini."
+      f"BlockRules(rules=[Rule({own!r}, {target!r}, layout={layout!r})], weight_layout={declared!r})."
+  )
+
+
 def _default_layouts(role: str, shape: tuple[int, ...]) -> tuple[str, ...]:
   """The usual layouts of a role's kernels of ``shape`` (Flax: ``[in, out]``).
 
@@ -1747,6 +1785,8 @@ def _resolve(
       fits[layout] = _fit(_parse_layout(layout), logical_shape, role, head_dim, rules, rule.where)
     except _Misfit as e:
       misfits.append((layout, str(e)))
+  if weight and nd == 4 and fits and ("," in target or role in _ORIENTED_ROLES):
+    fits = _conv_orientation_settles(fits, transposed, logical_shape, rules, where, weight, own, target)
   distinct = set(fits.values())
   if len(distinct) > 1 and attention_out is not None and not transposed:
     # Its attention module's output kernel [heads, head_dim, out] says which

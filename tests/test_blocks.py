@@ -1597,3 +1597,29 @@ def test_arrays_of_learned_vectors_get_one_v_per_vector():
   for layout in (None, "torch", "flax"):
     got = v_shapes(sam, blocks=BlockRules(weight_layout=layout))["mask_decoder"]
     assert got == {"mask_tokens.weight": (4,), "iou_token.weight": (1,)}, layout
+
+
+def test_a_convolution_weights_shape_settles_or_checks_its_orientation():
+  """A 4-D parameter named weight whose two equal, small axes lead it is a
+  Flax [kh, kw, in, out] kernel (flaxmodels' StyleGAN2 names its kernels
+  so), whose last two is PyTorch's [out, in, kh, kw]. Undeclared, the
+  shape settles it (it raised); declared against the shape, it raises (read
+  so, v was kept along a spatial axis and the output channels averaged).
+  A 3-to-3 channel [3, 3, 7, 7] still asks. v against float64 NumPy."""
+  rng = np.random.default_rng(0)
+  flax_conv, torch_conv = (3, 3, 16, 8), (8, 16, 3, 3)
+  for shape, kept in ((flax_conv, 3), (torch_conv, 0)):
+    g = {"conv": {"weight": rng.standard_normal(shape).astype(np.float32)}}
+    nu = _nu_after_one_step(g)["conv"]["weight"]
+    want = np.mean(g["conv"]["weight"].astype(np.float64) ** 2, axis=tuple(a for a in range(4) if a != kept))
+    np.testing.assert_allclose(nu, want, rtol=1e-5)
+  for shape, declared in ((flax_conv, "torch"), (torch_conv, "flax")):
+    params = {"conv": {"weight": leaf(*shape)}}
+    with pytest.raises(ValueError, match=r"spatial axis.*layout='(i i i o|o i i i)'"):
+      optax_mini.block_specs(params, blocks=BlockRules(weight_layout=declared))
+  # Its rule, as the error gives it, reads it as stored.
+  spec = optax_mini.block_specs({"conv": {"weight": leaf(*flax_conv)}}, blocks=BlockRules(
+      weight_layout="torch", rules=[optax_mini.Rule("conv/weight", "neuron", layout="i i i o")]))
+  assert spec["conv"]["weight"].reduce_axes == (0, 1, 2)
+  with pytest.raises(ValueError, match="laid out two ways"):
+    optax_mini.block_specs({"conv": {"weight": leaf(3, 3, 7, 7)}})
