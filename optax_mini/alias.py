@@ -22,9 +22,10 @@ def default_weight_decay_mask(
 
   The official package's choice (no decay on ``norm``/``ln``/``bias`` names;
   embeddings and ``lm_head`` decayed), expressed on shapes plus the bias
-  name: a leaf is decayed when it has two or more axes and no path component
-  is ``bias`` / ``*_bias`` (so ``[heads, head_dim]`` attention biases are not
-  decayed). Layer-stack axes declared in ``blocks`` (``BlockRules(stacked=)``)
+  name: a leaf is decayed when it has two or more axes and neither its name
+  nor its module's is a bias's (``bias``, ``*_bias``, Haiku's ``b``; so
+  ``[heads, head_dim]`` attention biases are not decayed), nor is it an
+  ``<x>_b`` beside an ``<x>_w`` (AlphaFold's ``gating_b``). Layer-stack axes declared in ``blocks`` (``BlockRules(stacked=)``)
   do not count: a scanned ``[layers, dim]`` norm scale is not decayed; nor is
   a norm's scale of several axes (a tensor-parallel or multi-head norm's
   ``[shards, heads, head_dim]``: a scale's name under a norm module).
@@ -40,9 +41,11 @@ def default_weight_decay_mask(
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
   paths, _ = blocks_lib.leaf_paths(params, tuple(p for p, _ in leaves_with_path))
   decay = []
+  paired = blocks_lib.paired_biases([blocks_lib.normalize_path(path) for path in paths])
   for path, (_, leaf), spec in zip(paths, leaves_with_path, treedef.flatten_up_to(specs)):
     components = blocks_lib.normalize_path(path)
-    kept = not blocks_lib.is_bias(components) and not blocks_lib.is_norm_scale(components)
+    biased = blocks_lib.is_bias(components) or components in paired
+    kept = not biased and not blocks_lib.is_norm_scale(components)
     decay.append(len(getattr(leaf, "shape", ())) - len(spec.stack_axes) >= 2 and kept)
   return treedef.unflatten(decay)
 

@@ -469,8 +469,32 @@ class _LeafRule(Rule):
   __slots__ = ()
 
 
+class _NearRule(Rule):
+  """A default rule for a parameter's name or its module's: its pattern
+  must end at the leaf or its parent (a bias ``attn/bias`` or T5's
+  ``relative_attention_bias/embedding``, a table ``embed_tokens/weight``),
+  never higher: AlphaFold's ``msa_row_attention_with_pair_bias`` and
+  ``template_embedding`` hold whole layers."""
+
+  __slots__ = ()
+
+
+def _named_end(components: tuple[str, ...]) -> int:
+  """The length of the path up to its last named component: a haliax
+  ``NamedArray``'s array is a child ``0`` of the parameter
+  (``token_embeddings/weight/0``)."""
+  end = len(components)
+  while end > 1 and components[end - 1].isdigit():
+    end -= 1
+  return end
+
+
 def _rule_matches(rule: Rule, components: tuple[str, ...]) -> bool:
-  return _pattern_matches(rule.pattern, components, len(components) if isinstance(rule, _LeafRule) else 0)
+  if isinstance(rule, _LeafRule):  # the last component, whatever it is
+    return _pattern_matches(rule.pattern, components, len(components))
+  if isinstance(rule, _NearRule):
+    return _pattern_matches(rule.pattern, components, _named_end(components) - 1)
+  return _pattern_matches(rule.pattern, components)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -487,8 +511,11 @@ def _pattern_matches(pattern: str, components: tuple[str, ...], reaching: int = 
   return False
 
 
-#: Path components that name a bias: plain Adam, and no weight decay (the
-#: official code checks "bias" first, for both). Keras calls a normalization
+#: Names of a bias, the parameter's own or its module's (T5's
+#: ``relative_attention_bias/embedding``): plain Adam, and no weight decay (the
+#: official code checks "bias" first, for both). A deeper module's name does
+#: not count: AlphaFold's ``msa_row_attention_with_pair_bias`` holds an
+#: attention layer's kernels and norms. Keras calls a normalization
 #: layer's bias ``beta``, Haiku ``offset``; Swin's and BEiT's relative
 #: position tables are ``relative_position_bias_table`` (a bias to the
 #: attention logits, and "bias" to the official substring match). Haiku's
@@ -510,12 +537,25 @@ QUAX_LORA_FACTORS = ("weight/a", "weight/b")
 def is_bias(components: Sequence[str]) -> bool:
   """Whether a normalised path names a bias (see :data:`BIAS_PATTERNS`)."""
   components = tuple(components)
-  return any(_pattern_matches(p, components) for p in BIAS_PATTERNS) and not any(
+  return any(_pattern_matches(p, components, _named_end(components) - 1) for p in BIAS_PATTERNS) and not any(
       _pattern_matches(p, components, len(components)) for p in LORA_FACTORS + QUAX_LORA_FACTORS)
 
 
-def _rules(target: str, *patterns: str) -> tuple[Rule, ...]:
-  return tuple(Rule(p, target) for p in patterns)
+def paired_biases(components: Sequence[tuple[str, ...]]) -> frozenset[tuple[str, ...]]:
+  """The leaves named ``<x>_b`` beside a leaf ``<x>_w`` of the same module:
+  a weight and its bias by name (AlphaFold's attention ``output_w`` and
+  ``output_b``, ``gating_w`` and ``gating_b`` [heads, head_dim], which
+  starts at ones). Only as a pair: ``q_b`` alone (jax-llm-examples'
+  DeepSeek) is a kernel."""
+  present = set(components)
+  return frozenset(
+      c for c in present
+      if len(c[-1]) > 2 and c[-1].endswith("_b") and c[:-1] + (c[-1][:-2] + "_w",) in present
+  )
+
+
+def _rules(target: str, *patterns: str, near: bool = False) -> tuple[Rule, ...]:
+  return tuple((_NearRule if near else Rule)(p, target) for p in patterns)
 
 
 #: A normalization layer's scale: a module matching one of ``NORM_MODULES``
@@ -705,7 +745,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # so that it needs no head_dim under a query)
     Rule("weight/_w", "neuron", ("o i", "e o i")),
     # Official: any name containing "bias" is plain Adam, checked first.
-    *_rules("element", *BIAS_PATTERNS),
+    *_rules("element", *BIAS_PATTERNS, near=True),
     # openpi's LoRA over Gemma's einsums (lora.Einsum, lora.FeedForward):
     # A is the weight with its last axis the rank, B with its second to
     # last, so both keep the einsum's leading axes (heads, k|v or gate|up
@@ -1061,18 +1101,47 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # keras-hub's untied output projection is [d_model, vocab]: one v per
     # token, i.e. per output (it would otherwise match "*embed*").
     Rule("reverse_embeddings", "neuron", "i o"),
-    # A Flax `kernel` under an embedding-named module is a Dense or Conv
-    # kernel ([..., in, out]: ViT's patch_embeddings/projection [kh, kw, c, d],
-    # GPT-NeoX's embed_out [d, vocab]), not a [vocab, dim] table: one v per
-    # output, as the official per-row rule gives its [out, ...] weight.
+    # AlphaFold 2's attention (Haiku, monomer and multimer): query_w, key_w
+    # [in, heads, key_dim], value_w and gating_w [in, heads, value_dim],
+    # output_w [heads, value_dim, out]; the global column attention's single
+    # key and value heads [in, key_dim]; the multimer's invariant point
+    # attention projections [in, heads, dim] (its outer_product_mean/output_w
+    # [c, c, out] is any 3-D kernel's default: per output).
+    Rule("msa_column_global_attention/attention/key_w", "heads", "i h"),
+    Rule("msa_column_global_attention/attention/value_w", "neuron"),
+    *(Rule(name, "heads", _IN_HEADS) for name in (
+        "attention/query_w", "attention/key_w", "q_scalar_projection/weights",
+        "k_scalar_projection/weights", "q_point_projection/point_projection/weights",
+        "k_point_projection/point_projection/weights")),
+    *(Rule(name, "value", _IN_HEADS) for name in (
+        "attention/value_w", "attention/gating_w", "v_scalar_projection/weights",
+        "v_point_projection/point_projection/weights")),
+    *_rules("neuron", "attention/output_w", "outer_product_mean/output_w"),
+    # Learned position tables of other layouts: EasyDeL's Kimi-VL MoonViT
+    # patch_embed/pos_emb/kernel [dim, width, height] (a grid of positions,
+    # interpolated), Levanter's Hyena filter pos_emb/z [features, positions]
+    # (per layer when its stack is not declared): one v per position.
+    Rule("pos_emb/kernel", "token", "i o o"),
+    Rule("pos_emb/z", "token", ("i o", "o i o")),
+    # A Flax `kernel` (Haiku's `w`, AlphaFold's `weights`) under an
+    # embedding-named module is a Dense or Conv kernel ([..., in, out]: ViT's
+    # patch_embeddings/projection [kh, kw, c, d], GPT-NeoX's embed_out [d,
+    # vocab], AlphaFold's template_single_embedding/weights), not a [vocab,
+    # dim] table: one v per output, as the official per-row rule gives its
+    # [out, ...] weight.
+    # (Haiku's and AlphaFold's as the leaf itself: Reformer's axial
+    # position_embeddings/weights/0 is a list of tables.)
     *(
-        Rule(f"{name}{'/*' * depth}/kernel", "neuron")
-        for name in ("*embed*", "*embd*") for depth in range(3)
+        (Rule if leaf == "kernel" else _LeafRule)(f"{name}{'/*' * depth}/{leaf}", "neuron")
+        for name in ("*embed*", "*embd*") for depth in range(3) for leaf in ("kernel", "w", "weights")
     ),
     # HF's weight-normed positional convolution (wav2vec2, HuBERT:
     # pos_conv_embed/conv/weight_v [out, in / groups, k], as PyTorch stores
     # it): one v per output channel (under "*embed*" it is no table).
     _StoredRule("pos_conv_embed/conv/weight_v", "neuron", "o i i"),
+    # Its gain, weight_g [1, 1, k]: one v, as the official per-row rule
+    # gives its one row (and as a norm's scale).
+    Rule("pos_conv_embed/conv/weight_g", "tensor"),
     # Gemma 4's (gemma, tunix) per-layer input table [vocab, layers, dim]:
     # one v per token.
     Rule("embedder/per_layer_input_embedding", "token", "o i i"),
@@ -1092,13 +1161,17 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # codebook, MBT's bottleneck tokens: one v per learned vector, as the
     # official per-row reading of such a PyTorch parameter gives.
     *(_LeafRule(name, "token", POSITION_TABLE_LAYOUTS) for name in LEARNED_VECTORS),
+    # Attention sinks, one learned logit per head: sinks [heads] (HF's and
+    # EasyDeL's GPT-OSS) or [kv_heads, q_per_group] (Levanter's): one v per
+    # tensor, as any one-axis parameter gets.
+    _LeafRule("sinks", "tensor"),
     # Learned position tables: one v per position, whatever leads it (ViT's
     # [1, positions, dim], a 2-D grid's [1, height, width, dim]).
     *(Rule(name, "token", POSITION_TABLE_LAYOUTS) for name in POSITION_TABLES),
     # One v per token: embedding tables are [vocab, dim]. Official: any name
     # containing "embed", "embd" or "wte"; token_emb is AXLearn's (and
     # x-transformers') table, tok_emb nanoGPT ports'.
-    *_rules("token", "*embed*", "*embd*", "wte", "wpe", "token_emb", "tok_emb"),
+    *_rules("token", "*embed*", "*embd*", "wte", "wpe", "token_emb", "tok_emb", near=True),
     *(_LeafRule(name, "token", POSITION_TABLE_LAYOUTS) for name in PORTED_TOKEN_TABLES),
     # Codebooks are tables too: wav2vec2's quantizer codevectors [1, groups *
     # entries, dim / groups], one v per code vector.
@@ -1877,13 +1950,18 @@ def _resolve(
             and any({"n", "h"} <= set(g) for g in _parse_layout(x))] or needs
     groups = _parse_layout(flat[0])
     size = next((logical_shape[a] for a, g in enumerate(groups) if "h" in g and a < nd), 0)
-    example = _example_head_dim(size)
+    # No guessed number: a divisor that merely fits (128 for CLIP's 768-wide
+    # kernels of 64-wide heads) would be copied, and average heads together.
+    counts = sorted({c for c in (rules.num_heads, rules.num_kv_heads) if c and size % c == 0})
+    by_count = "".join(
+        f" With {c} heads this axis holds heads of {size // c}." for c in counts if size > c)
     raise ValueError(
         f"{head} laid out {flat[0]!r}, a flat heads*head_dim axis: one v per "
-        "attention head needs the head size. Pass head_dim=<size of one head> ("
-        + (f"e.g. head_dim={example}, " if example else "")
-        + f"a divisor of its {size}-long axis) to adam_mini / scale_by_adam_mini / "
-        "explain, or override this leaf with "
+        "attention head needs the head size. Pass head_dim=<size of one head>, the "
+        "model config's head_dim or its width over its attention heads (a divisor of "
+        f"this {size}-long axis; a dict {{path pattern: size}} where blocks or towers "
+        f"differ, as a UNet's do), to adam_mini / scale_by_adam_mini / explain.{by_count} "
+        "Or override this leaf with "
         f"blocks=BlockRules(rules=[({own!r}, 'neuron')]) if it is no attention kernel."
     )
   reasons = "; ".join(f"as {layout!r}: {reason}" for layout, reason in misfits)
@@ -1953,8 +2031,12 @@ def _stack_hint(where: str) -> str:
 
 
 #: Path components that hold a stack of layers when scanned (``layers``,
-#: ``h``, ``blocks``, ``scan_*``; unrolled, they hold a list: ``layers/0``).
-_LAYER_CONTAINER = re.compile(r"(.*_)?layers?|h|blocks?|scan.*|.*_scan|encoderblock|decoderblock", re.I)
+#: ``h``, ``blocks``, ``scan_*``; unrolled, they hold a list: ``layers/0``;
+#: Haiku's ``hk.layer_stack`` module ``__layer_stack_no_state``, AlphaFold's
+#: ``evoformer_iteration`` and ``extra_msa_stack``).
+_LAYER_CONTAINER = re.compile(
+    r"(.*_)?layers?|h|blocks?|scan.*|.*_scan|encoderblock|decoderblock|__layer_stack.*|.*_iteration|.*_stack",
+    re.I)
 
 
 def _stack_example(where: str) -> str:
@@ -2053,15 +2135,6 @@ def _c_proj_layouts(
     if len(logical) == 2 and logical[0] != logical[1]:
       layouts[path[:-2]] = "o i" if logical[0] > logical[1] else "i o"
   return layouts
-
-
-def _example_head_dim(size: int) -> int | None:
-  """A head size to show in an error, or None: never the whole axis (one
-  head as wide as it: one v for the kernel)."""
-  for candidate in (128, 64, 32, 16, 8):
-    if size % candidate == 0 and size > candidate:
-      return candidate
-  return None
 
 
 def _stack_axes_for(
@@ -2169,10 +2242,11 @@ def _claim(
     attention_out: tuple[int, int, int] | None = None,
     beside: frozenset[int] = frozenset(),
     c_proj_layout: str | None = None,
+    paired_bias: bool = False,
 ) -> tuple[BlockSpec, int | None]:
   try:
     return _claim_leaf(components, shape, head_dim, rules, where, named, attention_out, beside,
-                       c_proj_layout)
+                       c_proj_layout, paired_bias)
   except ValueError as e:
     declared = [pattern for pattern, _ in rules.stacked]
     if not declared or named is not None or _stack_axes_for(components, len(shape), rules.stacked, where):
@@ -2197,6 +2271,7 @@ def _claim_leaf(
     attention_out: tuple[int, int, int] | None = None,
     beside: frozenset[int] = frozenset(),
     c_proj_layout: str | None = None,
+    paired_bias: bool = False,
 ) -> tuple[BlockSpec, int | None]:
   """The leaf's spec and the index (in ``rules.all_rules()``) of the rule
   that claimed it, ``None`` for the fallback; the index lets
@@ -2238,9 +2313,16 @@ def _claim_leaf(
   # A user rule claims a bias only if its pattern names it ("attn/*/bias"):
   # a rule for a module ("attention/key") is for its kernel, and leaves the
   # module's bias plain Adam, as the official code's "bias first" does.
-  bias_at = next((i for i in reversed(range(len(components)))
+  bias_at = next((i for i in reversed(range(max(_named_end(components) - 2, 0), len(components)))
                   if any(fnmatch.fnmatchcase(components[i], p) for p in BIAS_PATTERNS)), None)
+  if paired_bias:
+    bias_at = len(components) - 1
   for index, rule in enumerate(rules.all_rules()):
+    if paired_bias and index == len(rules.rules):
+      # <x>_b beside <x>_w (paired_biases): a bias, before any default rule.
+      resolved, _ = _resolve(Rule("", "element"), logical_shape, head_dim, rules, where,
+                             bool(stack), None, None, _own_pattern(components))
+      return finish(resolved, "element (a bias: <x>_b beside <x>_w)"), None
     if not _rule_matches(rule, components):
       continue
     if rule.beside is not None and index not in beside:
@@ -2464,7 +2546,11 @@ def _check_not_an_undeclared_stack(
   at = next(i for i in range(max(len(components) - 3, 0), len(components) - 1)
             if any(fnmatch.fnmatchcase(components[i], p) for p in NORM_MODULES))
   module, layers = components[at], "/".join(components[:at]) or "<path of the stacked layers>"
-  layers = _repeat_stack(components[: at - 1]) or layers
+  # The stack, not the sublayer holding the norm: the deepest container
+  # above it (AlphaFold's evoformer_iteration, not its msa_transition).
+  containers = [i for i in range(at) if _LAYER_CONTAINER.fullmatch(components[i])]
+  layers = _repeat_stack(components[: at - 1]) or (
+      "/".join(components[: containers[-1] + 1]) if containers else layers)
   raise ValueError(
       f"{where}: shape {logical_shape} is a norm's scale ({module!r}) with {len(logical_shape)} "
       "axes, where a norm has one: this looks like a stack of layers (nnx.vmap / nnx.scan, "
@@ -2735,9 +2821,10 @@ def _flat_claims_from_rules(
       logical = tuple(size for axis, size in enumerate(shape) if axis not in stack)
       _check_not_an_undeclared_stack(c, logical, stack, path_str(path))
   c_proj = _c_proj_layouts(components, shapes, rules)
+  paired = paired_biases(components)
   return tuple(
       _claim(c, shape, head_dim, rules, path_str(path), names, outputs.get(c[:-2]), beside,
-             c_proj.get(c[:-2]) if c[-2:-1] == ("c_proj",) else None)
+             c_proj.get(c[:-2]) if c[-2:-1] == ("c_proj",) else None, c in paired)
       for c, path, shape, names in zip(components, paths, shapes, named)
   )
 

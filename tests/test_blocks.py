@@ -1623,3 +1623,75 @@ def test_a_convolution_weights_shape_settles_or_checks_its_orientation():
   assert spec["conv"]["weight"].reduce_axes == (0, 1, 2)
   with pytest.raises(ValueError, match="laid out two ways"):
     optax_mini.block_specs({"conv": {"weight": leaf(3, 3, 7, 7)}})
+
+
+def test_alphafold_names_a_module_above_layers_by_their_use():
+  """AlphaFold 2 (Haiku): a module named *embed* above a layer made its
+  kernels tables (template_embedding/.../embedding2d/weights [88, 64], one v
+  per input row; a Haiku embed_proj/w the same); a module named *_bias
+  above one made every kernel and norm under it a bias
+  (msa_row_attention_with_pair_bias: plain Adam, never decayed); its
+  biases output_b and gating_b [heads, head_dim] (beside output_w and
+  gating_w) were kernels (gating_b's heads averaged, and decayed). A bias or
+  table is now named by the leaf or its module, and <x>_b beside <x>_w is
+  a bias. v against float64 NumPy; the decay mask by name."""
+  rng = np.random.default_rng(0)
+  attention = {"query_w": (32, 4, 8), "gating_w": (32, 4, 8), "gating_b": (4, 8),
+               "output_w": (4, 8, 32), "output_b": (32,)}
+  shapes = {
+      "evoformer": {"msa_row_attention_with_pair_bias": {
+          "attention": attention, "query_norm": {"scale": (32,), "offset": (32,)}}},
+      "template_embedding": {"single_template_embedding": {"embedding2d": {"weights": (88, 64)}}},
+      "embed_proj": {"w": (64, 128), "b": (128,)},
+      "relative_attention_bias": {"embedding": (32, 4)},  # T5's: a bias, as the official code reads it
+      "q_b": (16, 4, 8),  # no q_w beside it: a kernel
+  }
+  grads = jax.tree.map(lambda s: rng.standard_normal(s).astype(np.float32), shapes,
+                       is_leaf=lambda x: isinstance(x, tuple))
+  blocks = BlockRules(rules=[optax_mini.Rule("attention/query_w", "heads", layout="i n h"),
+                             optax_mini.Rule("attention/gating_w", "value", layout="i n h"),
+                             optax_mini.Rule("attention/output_w", "neuron"),
+                             optax_mini.Rule("q_b", "neuron", layout="i o o")])
+  nu = _nu_after_one_step(grads, blocks=blocks)
+  sq = jax.tree.map(lambda g: g.astype(np.float64) ** 2, grads)
+  att, att_sq = nu["evoformer"]["msa_row_attention_with_pair_bias"], sq["evoformer"]["msa_row_attention_with_pair_bias"]
+  expected = {
+      "query_w": att_sq["attention"]["query_w"].mean(axis=(0, 2)),  # per head
+      "gating_w": att_sq["attention"]["gating_w"].mean(axis=0),
+      "output_w": att_sq["attention"]["output_w"].mean(axis=(0, 1)),
+      "gating_b": att_sq["attention"]["gating_b"],  # plain Adam
+      "output_b": att_sq["attention"]["output_b"],
+  }
+  for name, want in expected.items():
+    np.testing.assert_allclose(att["attention"][name], want, rtol=1e-5, err_msg=name)
+  np.testing.assert_allclose(att["query_norm"]["scale"], att_sq["query_norm"]["scale"].mean(), rtol=1e-5)
+  np.testing.assert_allclose(nu["template_embedding"]["single_template_embedding"]["embedding2d"]["weights"],
+                             sq["template_embedding"]["single_template_embedding"]["embedding2d"]["weights"].mean(0),
+                             rtol=1e-5)
+  np.testing.assert_allclose(nu["embed_proj"]["w"], sq["embed_proj"]["w"].mean(0), rtol=1e-5)
+  np.testing.assert_allclose(nu["relative_attention_bias"]["embedding"], sq["relative_attention_bias"]["embedding"],
+                             rtol=1e-5)
+  np.testing.assert_allclose(nu["q_b"], sq["q_b"].mean(0), rtol=1e-5)
+  mask = optax_mini.default_weight_decay_mask(grads, blocks=blocks)
+  assert mask["evoformer"]["msa_row_attention_with_pair_bias"]["attention"] == {
+      "query_w": True, "gating_w": True, "output_w": True, "gating_b": False, "output_b": False}
+  assert mask["relative_attention_bias"]["embedding"] is False and mask["q_b"] is True
+
+
+def test_position_grids_filter_positions_and_sinks():
+  """EasyDeL's Kimi-VL MoonViT patch_embed/pos_emb/kernel [dim, width,
+  height] was read as a Dense kernel under an embedding (one v per height);
+  Levanter's Hyena filter pos_emb/z [features, positions] as a table of
+  features (the positions averaged). One v per position now; attention
+  sinks, [heads] or Levanter's [kv_heads, q_per_group], one per tensor.
+  Against float64 NumPy."""
+  rng = np.random.default_rng(0)
+  grads = {"patch_embed": {"pos_emb": {"kernel": rng.standard_normal((32, 8, 6)).astype(np.float32)}},
+           "filter_fn": {"pos_emb": {"z": rng.standard_normal((3, 64)).astype(np.float32)}},
+           "attn": {"sinks": rng.standard_normal((4, 2)).astype(np.float32)}}
+  nu = _nu_after_one_step(grads)
+  sq = jax.tree.map(lambda g: g.astype(np.float64) ** 2, grads)
+  np.testing.assert_allclose(nu["patch_embed"]["pos_emb"]["kernel"], sq["patch_embed"]["pos_emb"]["kernel"].mean(0),
+                             rtol=1e-5)
+  np.testing.assert_allclose(nu["filter_fn"]["pos_emb"]["z"], sq["filter_fn"]["pos_emb"]["z"].mean(0), rtol=1e-5)
+  np.testing.assert_allclose(nu["attn"]["sinks"], sq["attn"]["sinks"].mean(), rtol=1e-5)
