@@ -2255,9 +2255,9 @@ def _claim(
     # one layer, its layer axis taken for a kernel axis: say so.
     raise ValueError(
         f"{e} Note: BlockRules.stacked declares layer stacks ({', '.join(map(repr, declared))}) "
-        "and none matches this leaf; if it is a stack of layers too (MaxText's DeepSeek "
-        "keeps decoder/dense_layers and decoder/moe_layers), add its pattern, e.g. "
-        "stacked={'decoder/*layers': 1}."
+        "and none matches this leaf. Only if it is in a stack of layers too, add that stack, "
+        f"e.g. stacked={{..., {_stack_example(where)!r}: <its layer axis>}} (MaxText's DeepSeek "
+        "keeps decoder/dense_layers and decoder/moe_layers: stacked={'decoder/*layers': 1})."
     ) from None
 
 
