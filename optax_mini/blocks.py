@@ -489,7 +489,17 @@ def _named_end(components: tuple[str, ...]) -> int:
   return end
 
 
+class _BiasRule(Rule):
+  """A bias's name (:data:`BIAS_PATTERNS`), matched as :func:`is_bias` does:
+  the leaf's own, or its module's unless the leaf is a kernel."""
+
+  __slots__ = ()
+
+
 def _rule_matches(rule: Rule, components: tuple[str, ...]) -> bool:
+  if isinstance(rule, _BiasRule):
+    at = _bias_index(components)
+    return at is not None and fnmatch.fnmatchcase(components[at], rule.pattern)
   if isinstance(rule, _LeafRule):  # the last component, whatever it is
     return _pattern_matches(rule.pattern, components, len(components))
   if isinstance(rule, _NearRule):
@@ -534,10 +544,28 @@ LORA_FACTORS = ("lora/a", "lora/b")
 QUAX_LORA_FACTORS = ("weight/a", "weight/b")
 
 
+#: A Linear's or Dense's own parameter names: under a module named like a
+#: bias, a layer that computes one (AlphaFold 3's adaptive norm
+#: single_cond_bias/weights [in, out]), not a bias.
+KERNEL_LEAVES = ("kernel", "w", "weights")
+
+
+def _bias_index(components: tuple[str, ...]) -> int | None:
+  """The index of the component that names the leaf a bias: the leaf's own
+  name, or its module's unless the leaf is a kernel (:data:`KERNEL_LEAVES`)."""
+  end = _named_end(components)
+  for at in (end - 1, end - 2):
+    if at < 0 or (at == end - 2 and components[end - 1] in KERNEL_LEAVES):
+      continue
+    if any(fnmatch.fnmatchcase(components[at], p) for p in BIAS_PATTERNS):
+      return at
+  return None
+
+
 def is_bias(components: Sequence[str]) -> bool:
   """Whether a normalised path names a bias (see :data:`BIAS_PATTERNS`)."""
   components = tuple(components)
-  return any(_pattern_matches(p, components, _named_end(components) - 1) for p in BIAS_PATTERNS) and not any(
+  return _bias_index(components) is not None and not any(
       _pattern_matches(p, components, len(components)) for p in LORA_FACTORS + QUAX_LORA_FACTORS)
 
 
@@ -550,7 +578,7 @@ def paired_biases(components: Sequence[tuple[str, ...]]) -> frozenset[tuple[str,
   present = set(components)
   return frozenset(
       c for c in present
-      if len(c[-1]) > 2 and c[-1].endswith("_b") and c[:-1] + (c[-1][:-2] + "_w",) in present
+      if c and len(c[-1]) > 2 and c[-1].endswith("_b") and c[:-1] + (c[-1][:-2] + "_w",) in present
   )
 
 
@@ -745,7 +773,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # so that it needs no head_dim under a query)
     Rule("weight/_w", "neuron", ("o i", "e o i")),
     # Official: any name containing "bias" is plain Adam, checked first.
-    *_rules("element", *BIAS_PATTERNS, near=True),
+    *(_BiasRule(p, "element") for p in BIAS_PATTERNS),
     # openpi's LoRA over Gemma's einsums (lora.Einsum, lora.FeedForward):
     # A is the weight with its last axis the rank, B with its second to
     # last, so both keep the einsum's leading axes (heads, k|v or gate|up
@@ -1117,6 +1145,23 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         "attention/value_w", "attention/gating_w", "v_scalar_projection/weights",
         "v_point_projection/point_projection/weights")),
     *_rules("neuron", "attention/output_w", "outer_product_mean/output_w"),
+    # AlphaFold 3: its grid attention's query and key, Linears with
+    # transpose_weights, [heads, head_dim, in]; the diffusion transformer's
+    # q/k/v [in, heads, head_dim]; per-head logit biases and the confidence
+    # head's per-atom logits [in, a, b] (per output).
+    Rule("pair_attention*/q_projection/weights", "heads", "n h i"),
+    Rule("pair_attention*/k_projection/weights", "heads", "n h i"),
+    Rule("*q_projection/weights", "heads", _IN_HEADS),
+    Rule("*k_projection/weights", "heads", _IN_HEADS),
+    *(Rule(f"{name}/weights", "value", _IN_HEADS) for name in (
+        "*v_projection", "pair_logits_projection", "experimentally_resolved_logits", "plddt_logits")),
+    # AlphaFold 3's pair attention gate, a Linear with transpose_weights:
+    # pair_attention*/gating_query/weights [out, in] (square, so no shape
+    # tells; its MSA attention's gating_query is [in, out]).
+    Rule("pair_attention*/gating_query/weights", "neuron", "o i"),
+    # Haiku's hk.nets.VectorQuantizer codebook, embeddings [dim, codes]
+    # (distances to each column): one v per code vector.
+    Rule("vector_quantizer/embeddings", "token", "i o"),
     # Learned position tables of other layouts: EasyDeL's Kimi-VL MoonViT
     # patch_embed/pos_emb/kernel [dim, width, height] (a grid of positions,
     # interpolated), Levanter's Hyena filter pos_emb/z [features, positions]
@@ -2313,8 +2358,7 @@ def _claim_leaf(
   # A user rule claims a bias only if its pattern names it ("attn/*/bias"):
   # a rule for a module ("attention/key") is for its kernel, and leaves the
   # module's bias plain Adam, as the official code's "bias first" does.
-  bias_at = next((i for i in reversed(range(max(_named_end(components) - 2, 0), len(components)))
-                  if any(fnmatch.fnmatchcase(components[i], p) for p in BIAS_PATTERNS)), None)
+  bias_at = _bias_index(components)
   if paired_bias:
     bias_at = len(components) - 1
   for index, rule in enumerate(rules.all_rules()):
@@ -2375,7 +2419,8 @@ def _claim_leaf(
   _check_not_an_undeclared_stack(components, logical_shape, stack, where)
   if named is not None and named.source == _penzai.SOURCE:
     _check_penzai_claim(None, False, nd, named, shape, where, components)
-  if nd >= 2 and (stack or _unrolled(components)) and named is None and is_norm_scale(components):
+  if (nd >= 2 and (stack or _unrolled(components) or _broadcast_scale(logical_shape)) and named is None
+      and is_norm_scale(components)):
     # A norm's scale of several axes in a declared stack (xlstm-jax's
     # multi-head norm outnorm/sharded/scale [layers, shards, heads,
     # head_dim]) or in one of unrolled layers (Cohere's per-head q_norm
@@ -2529,6 +2574,14 @@ def _check_penzai_claim(
   )
 
 
+def _broadcast_scale(shape: tuple[int, ...]) -> bool:
+  """A norm's scale shaped to broadcast, its first axis of size one (Haiku's
+  hk.BatchNorm scale [1, 1, 1, channels], a LayerNorm over several axes [1,
+  h, w, channels]): no layer stack to fear (a stack of one layer averages
+  nothing)."""
+  return shape[0] == 1
+
+
 def _unrolled(components: tuple[str, ...]) -> bool:
   """Whether the leaf sits in one of a list of layers (``layers/0/...``):
   its own axes then hold no layer stack."""
@@ -2541,7 +2594,8 @@ def _check_not_an_undeclared_stack(
   """Raises if a norm's scale has more than one axis and no layer axis is
   declared: its tree is most likely a stack of layers (see :data:`NORM_MODULES`),
   and every kernel in it would have its layers averaged into one block."""
-  if stack or len(logical_shape) < 2 or not is_norm_scale(components) or _unrolled(components):
+  if (stack or len(logical_shape) < 2 or not is_norm_scale(components) or _unrolled(components)
+      or _broadcast_scale(logical_shape)):
     return
   at = next(i for i in range(max(len(components) - 3, 0), len(components) - 1)
             if any(fnmatch.fnmatchcase(components[i], p) for p in NORM_MODULES))

@@ -1695,3 +1695,42 @@ def test_position_grids_filter_positions_and_sinks():
                              rtol=1e-5)
   np.testing.assert_allclose(nu["filter_fn"]["pos_emb"]["z"], sq["filter_fn"]["pos_emb"]["z"].mean(0), rtol=1e-5)
   np.testing.assert_allclose(nu["attn"]["sinks"], sq["attn"]["sinks"].mean(), rtol=1e-5)
+
+
+def test_haiku_nets_and_alphafold3_layouts():
+  """Haiku and AlphaFold 3, against their code: hk.nets.VectorQuantizer's
+  codebook embeddings [dim, codes] was a table of dims (the codes
+  averaged); hk.BatchNorm's scale [1, 1, 1, C] raised as an undeclared
+  stack, whose advice averaged the classifier's classes; AlphaFold 3's
+  pair_attention gating_query/weights is stored [out, in] (read [in, out]:
+  each v averaged the gate's outputs), its adaptive norm's
+  single_cond_bias/weights [in, out] is a Linear, not a bias (it was plain
+  Adam, never decayed); its grid attention's query [heads, head_dim, in]
+  (transpose_weights) raised. v against float64 NumPy; decay by name."""
+  rng = np.random.default_rng(0)
+  shapes = {
+      "vqvae/~/vector_quantizer": {"embeddings": (8, 32)},
+      "res_net/~/initial_batchnorm": {"scale": (1, 1, 1, 16), "offset": (1, 1, 1, 16)},
+      "res_net/~/logits": {"w": (16, 10), "b": (10,)},
+      "pairformer/pair_attention1/gating_query": {"weights": (12, 12)},
+      "pairformer/pair_attention1/single_cond_bias": {"weights": (12, 24)},
+      "pairformer/pair_attention1/q_projection": {"weights": (4, 8, 12)},  # [heads, head_dim, in]
+  }
+  grads = jax.tree.map(lambda s: rng.standard_normal(s).astype(np.float32), shapes,
+                       is_leaf=lambda x: isinstance(x, tuple))
+  nu = _nu_after_one_step(grads)
+  sq = jax.tree.map(lambda g: g.astype(np.float64) ** 2, grads)
+  np.testing.assert_allclose(nu["vqvae/~/vector_quantizer"]["embeddings"],
+                             sq["vqvae/~/vector_quantizer"]["embeddings"].mean(0), rtol=1e-5)  # per code
+  np.testing.assert_allclose(nu["res_net/~/initial_batchnorm"]["scale"],
+                             sq["res_net/~/initial_batchnorm"]["scale"].mean(), rtol=1e-5)
+  np.testing.assert_allclose(nu["res_net/~/logits"]["w"], sq["res_net/~/logits"]["w"].mean(0), rtol=1e-5)
+  np.testing.assert_allclose(nu["pairformer/pair_attention1/gating_query"]["weights"],
+                             sq["pairformer/pair_attention1/gating_query"]["weights"].mean(1), rtol=1e-5)
+  np.testing.assert_allclose(nu["pairformer/pair_attention1/single_cond_bias"]["weights"],
+                             sq["pairformer/pair_attention1/single_cond_bias"]["weights"].mean(0), rtol=1e-5)
+  np.testing.assert_allclose(nu["pairformer/pair_attention1/q_projection"]["weights"],
+                             sq["pairformer/pair_attention1/q_projection"]["weights"].mean((1, 2)), rtol=1e-5)
+  mask = optax_mini.default_weight_decay_mask(grads)
+  assert mask["pairformer/pair_attention1/single_cond_bias"]["weights"] is True
+  assert mask["res_net/~/initial_batchnorm"] == {"scale": False, "offset": False}

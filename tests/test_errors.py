@@ -649,3 +649,20 @@ def test_an_unknown_array_of_learned_tokens_is_offered_the_token_reading():
   rules = BlockRules(rules=[optax_mini.Rule("mtv/learned", "token", layout="o o o i")])
   state = optax_mini.scale_by_adam_mini(blocks=rules).init(params)
   assert state.nu["mtv"]["learned"].shape == (1, 3, 4)
+
+
+def test_an_undeclared_haiku_layer_stack_is_named_by_its_stack():
+  """AlphaFold's hk.layer_stack'ed evoformer_iteration holds sublayers, each
+  with its norms: the undeclared-stack error named the sublayer
+  (.../evoformer_iteration/msa_transition), one of nine to declare in turn.
+  It names the stack, and declaring it settles every sublayer."""
+  layers, c = 4, 16
+  iteration = {sub: {"input_layer_norm": {"scale": jnp.ones((layers, c)), "offset": jnp.zeros((layers, c))},
+                     "transition1": {"weights": jnp.zeros((layers, c, 4 * c)), "bias": jnp.zeros((layers, 4 * c))}}
+               for sub in ("msa_transition", "pair_transition")}
+  params = {"alphafold/alphafold_iteration/evoformer/evoformer_iteration": iteration}
+  with pytest.raises(ValueError, match=r"stacked=\{'alphafold/alphafold_iteration/evoformer/evoformer_iteration': 0\}"):
+    init(params)
+  state = init(params, blocks=BlockRules(stacked={"evoformer/evoformer_iteration": 0}))
+  nu = state[0].nu["alphafold/alphafold_iteration/evoformer/evoformer_iteration"]
+  assert nu["msa_transition"]["transition1"]["weights"].shape == (layers, 4 * c)  # per layer, per neuron
