@@ -1562,8 +1562,8 @@ def _conv_orientation_settles(fits, transposed, shape, rules, where, weight, own
   where its shape has them. Undeclared, the shape settles the orientation
   (``[3, 3, 512, 512]`` is a Flax kernel, ``[512, 512, 3, 3]`` PyTorch's);
   declared against the shape (flaxmodels' StyleGAN2 names its Flax
-  ``[kh, kw, in, out]`` kernels ``weight``), it raises: read reversed, its
-  v would be one per kernel row."""
+  ``[kh, kw, in, out]`` kernels ``weight``), it raises: read as declared,
+  its v would be kept along a spatial axis, the output channels averaged."""
   spatial = _spatial_axes(shape)
   if spatial is None:
     return fits
