@@ -2605,12 +2605,18 @@ def _check_not_an_undeclared_stack(
   containers = [i for i in range(at) if _LAYER_CONTAINER.fullmatch(components[i])]
   layers = _repeat_stack(components[: at - 1]) or (
       "/".join(components[: containers[-1] + 1]) if containers else layers)
+  # Two stacks nested (AlphaFold 3's layer_stack of layer_stacks, its
+  # scale [outer, inner, features]): both axes are layers.
+  nested = (len(containers) >= 2 and containers[-1] == containers[-2] + 1
+            and len(logical_shape) >= 3 and not _repeat_stack(components[: at - 1]))
+  axes = "(0, 1)" if nested else "0"
   raise ValueError(
       f"{where}: shape {logical_shape} is a norm's scale ({module!r}) with {len(logical_shape)} "
       "axes, where a norm has one: this looks like a stack of layers (nnx.vmap / nnx.scan, "
       "eqx.filter_vmap, a scanned Linen module) with no layer axis declared, and every "
       "kernel in it would have its layers averaged together. Declare the stack: "
-      f"blocks=optax_mini.BlockRules(stacked={{{layers!r}: 0}}) if its layer axis is the first "
+      f"blocks=optax_mini.BlockRules(stacked={{{layers!r}: {axes}}}) if its layer "
+      f"{'axes are the first two (two stacks nested)' if nested else 'axis is the first'} "
       "(nnx.vmap, eqx.filter_vmap; MaxText's, T5X's and flaxformer's scanned layers have it "
       f"second: {{{layers!r}: 1}}; it is the axis every leaf under {layers!r} has the same "
       "length on); or, for a norm that has more than one feature axis, give it "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -666,3 +668,20 @@ def test_an_undeclared_haiku_layer_stack_is_named_by_its_stack():
   state = init(params, blocks=BlockRules(stacked={"evoformer/evoformer_iteration": 0}))
   nu = state[0].nu["alphafold/alphafold_iteration/evoformer/evoformer_iteration"]
   assert nu["msa_transition"]["transition1"]["weights"].shape == (layers, 4 * c)  # per layer, per neuron
+
+
+def test_two_nested_layer_stacks_are_named_with_both_axes():
+  """AlphaFold 3's diffusion transformer nests hk.layer_stack in
+  hk.layer_stack ([super blocks, blocks, ...]): the hint declared axis 0
+  only, which left its norm scales [blocks, features] one v per super
+  block, the blocks averaged. It names both axes; declared so, each layer's
+  kernel keeps its own v."""
+  outer, inner, c = 3, 2, 16
+  path = "diffuser/transformer/__layer_stack_with_per_layer/__layer_stack_with_per_layer"
+  params = {f"{path}/adaptive_layernorm/layer_norm": {"scale": jnp.ones((outer, inner, c))},
+            f"{path}/transition1": {"weights": jnp.zeros((outer, inner, c, 4 * c))}}
+  with pytest.raises(ValueError, match=re.escape(f"stacked={{'{path}': (0, 1)}}")):
+    init(params)
+  state = init(params, blocks=BlockRules(stacked={path: (0, 1)}))
+  assert state[0].nu[f"{path}/transition1"]["weights"].shape == (outer, inner, 4 * c)
+  assert state[0].nu[f"{path}/adaptive_layernorm/layer_norm"]["scale"].shape == (outer, inner)
