@@ -469,6 +469,14 @@ class _LeafRule(Rule):
   __slots__ = ()
 
 
+class _KernelLeafRule(_LeafRule):
+  """A :class:`_LeafRule` for a kernel's own name that must be the path's
+  last component: Reformer's axial position_embeddings/weights/0 is a list
+  of tables, not a Haiku kernel ``weights``."""
+
+  __slots__ = ()
+
+
 class _NearRule(Rule):
   """A default rule for a parameter's name or its module's: its pattern
   must end at the leaf or its parent (a bias ``attn/bias`` or T5's
@@ -500,8 +508,10 @@ def _rule_matches(rule: Rule, components: tuple[str, ...]) -> bool:
   if isinstance(rule, _BiasRule):
     at = _bias_index(components)
     return at is not None and fnmatch.fnmatchcase(components[at], rule.pattern)
-  if isinstance(rule, _LeafRule):  # the last component, whatever it is
+  if isinstance(rule, _KernelLeafRule):  # the last component, whatever it is
     return _pattern_matches(rule.pattern, components, len(components))
+  if isinstance(rule, _LeafRule):  # the parameter's name (haliax's array index skipped)
+    return _pattern_matches(rule.pattern, components, _named_end(components))
   if isinstance(rule, _NearRule):
     return _pattern_matches(rule.pattern, components, _named_end(components) - 1)
   return _pattern_matches(rule.pattern, components)
@@ -547,7 +557,7 @@ QUAX_LORA_FACTORS = ("weight/a", "weight/b")
 #: A Linear's or Dense's own parameter names: under a module named like a
 #: bias, a layer that computes one (AlphaFold 3's adaptive norm
 #: single_cond_bias/weights [in, out]), not a bias.
-KERNEL_LEAVES = ("kernel", "w", "weights")
+KERNEL_LEAVES = ("kernel", "w", "weights", "*_w", "*_weights")
 
 
 def _bias_index(components: tuple[str, ...]) -> int | None:
@@ -555,7 +565,7 @@ def _bias_index(components: tuple[str, ...]) -> int | None:
   name, or its module's unless the leaf is a kernel (:data:`KERNEL_LEAVES`)."""
   end = _named_end(components)
   for at in (end - 1, end - 2):
-    if at < 0 or (at == end - 2 and components[end - 1] in KERNEL_LEAVES):
+    if at < 0 or (at == end - 2 and any(fnmatch.fnmatchcase(components[end - 1], p) for p in KERNEL_LEAVES)):
       continue
     if any(fnmatch.fnmatchcase(components[at], p) for p in BIAS_PATTERNS):
       return at
@@ -1136,7 +1146,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # attention projections [in, heads, dim] (its outer_product_mean/output_w
     # [c, c, out] is any 3-D kernel's default: per output).
     Rule("msa_column_global_attention/attention/key_w", "heads", "i h"),
-    Rule("msa_column_global_attention/attention/value_w", "neuron"),
+    Rule("msa_column_global_attention/attention/value_w", "neuron", "i o"),
     *(Rule(name, "heads", _IN_HEADS) for name in (
         "attention/query_w", "attention/key_w", "q_scalar_projection/weights",
         "k_scalar_projection/weights", "q_point_projection/point_projection/weights",
@@ -1144,7 +1154,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     *(Rule(name, "value", _IN_HEADS) for name in (
         "attention/value_w", "attention/gating_w", "v_scalar_projection/weights",
         "v_point_projection/point_projection/weights")),
-    *_rules("neuron", "attention/output_w", "outer_product_mean/output_w"),
+    # (Each of its rank only: a layer axis nobody declared raises.)
+    *(Rule(name, "neuron", "i i o") for name in ("attention/output_w", "outer_product_mean/output_w")),
     # AlphaFold 3: its grid attention's query and key, Linears with
     # transpose_weights, [heads, head_dim, in]; the diffusion transformer's
     # q/k/v [in, heads, head_dim]; per-head logit biases and the confidence
@@ -1177,7 +1188,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # (Haiku's and AlphaFold's as the leaf itself: Reformer's axial
     # position_embeddings/weights/0 is a list of tables.)
     *(
-        (Rule if leaf == "kernel" else _LeafRule)(f"{name}{'/*' * depth}/{leaf}", "neuron")
+        (Rule if leaf == "kernel" else _KernelLeafRule)(f"{name}{'/*' * depth}/{leaf}", "neuron")
         for name in ("*embed*", "*embd*") for depth in range(3) for leaf in ("kernel", "w", "weights")
     ),
     # HF's weight-normed positional convolution (wav2vec2, HuBERT:

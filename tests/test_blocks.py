@@ -1734,3 +1734,23 @@ def test_haiku_nets_and_alphafold3_layouts():
   mask = optax_mini.default_weight_decay_mask(grads)
   assert mask["pairformer/pair_attention1/single_cond_bias"]["weights"] is True
   assert mask["res_net/~/initial_batchnorm"] == {"scale": False, "offset": False}
+
+
+def test_a_kernel_under_a_bias_named_module_and_haliax_leaf_names():
+  """AlphaFold's msa_row_attention_with_pair_bias/feat_2d_weights [c_z,
+  heads] projects the pair into a per-head bias: a kernel (it was plain
+  Adam, never decayed). A haliax array is a child 0 of its parameter
+  (Levanter's attention sinks/0): a rule for the parameter's name still
+  claims it. An AlphaFold attention output_w with a layer axis nobody
+  declared raises (its rule is for one layer's [heads, head_dim, out])."""
+  rng = np.random.default_rng(0)
+  grads = {"msa_row_attention_with_pair_bias": {"feat_2d_weights": rng.standard_normal((16, 8)).astype(np.float32)},
+           "attn": {"sinks": {"0": rng.standard_normal((4, 2)).astype(np.float32)}}}
+  nu = _nu_after_one_step(grads)
+  sq = jax.tree.map(lambda g: g.astype(np.float64) ** 2, grads)
+  np.testing.assert_allclose(nu["msa_row_attention_with_pair_bias"]["feat_2d_weights"],
+                             sq["msa_row_attention_with_pair_bias"]["feat_2d_weights"].mean(0), rtol=1e-5)
+  np.testing.assert_allclose(nu["attn"]["sinks"]["0"], sq["attn"]["sinks"]["0"].mean(), rtol=1e-5)
+  assert optax_mini.default_weight_decay_mask(grads)["msa_row_attention_with_pair_bias"]["feat_2d_weights"] is True
+  with pytest.raises(ValueError, match="attention/output_w"):
+    optax_mini.block_specs({"evoformer_iteration": {"attention": {"output_w": leaf(4, 8, 8, 64)}}})
