@@ -2008,7 +2008,10 @@ def _resolve(
     size = next((logical_shape[a] for a, g in enumerate(groups) if "h" in g and a < nd), 0)
     # No guessed number: a divisor that merely fits (128 for CLIP's 768-wide
     # kernels of 64-wide heads) would be copied, and average heads together.
-    counts = sorted({c for c in (rules.num_heads, rules.num_kv_heads) if c and size % c == 0})
+    # (Only for an axis of heads alone: a fused one holds its parts too.)
+    flat_group = next((g for g in groups if "h" in g), "")
+    counts = sorted({c for c in (rules.num_heads, rules.num_kv_heads)
+                     if c and size % c == 0 and set(flat_group) == {"n", "h"}})
     by_count = "".join(
         f" With {c} heads this axis holds heads of {size // c}." for c in counts if size > c)
     raise ValueError(

@@ -41,6 +41,11 @@ def test_a_haiku_query_without_head_dim_asks_for_the_models_head_size():
   assert "head_dim=64" not in str(err.value) and "head_dim=128" not in str(err.value)
   with pytest.raises(ValueError, match=r"With 3 heads this axis holds heads of 64\."):
     init(params, blocks=optax_mini.BlockRules(num_heads=3))
+  # A fused q|k|v axis holds its parts too: no size from the head count.
+  fused = {"h": {"0": {"attn": {"c_attn": {"kernel": jnp.zeros((64, 192))}}}}}
+  with pytest.raises(ValueError, match="needs the head size") as err:
+    init(fused, blocks=optax_mini.BlockRules(num_heads=4))
+  assert "With 4 heads" not in str(err.value)
 
 
 def test_a_flat_query_suggests_no_head_as_wide_as_its_axis():
