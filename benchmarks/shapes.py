@@ -119,3 +119,47 @@ def materialize(shapes: Any, seed: int = 0, scale: float = 0.02) -> Any:
       (scale * jax.random.normal(k, x.shape, jnp.float32)).astype(x.dtype)
       for k, x in zip(keys, leaves)
   ])
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchMoeShape:
+  """A Qwen3-MoE checkpoint as ``safetensors.flax.load_file`` gives it: a
+  flat dict keyed by PyTorch's dotted names, one ``nn.Linear`` ``[out, in]``
+  per expert and projection (HF's checkpoint layout), so a leaf count in the
+  tens of thousands. The defaults are Qwen3-30B-A3B's config (48 layers of
+  128 experts: 18,867 leaves, 30.5B parameters)."""
+
+  name: str = "Qwen3-30B-A3B"
+  dim: int = 2048
+  n_layers: int = 48
+  n_experts: int = 128
+  n_heads: int = 32
+  n_kv_heads: int = 4
+  head_dim: int = 128
+  moe_dim: int = 768
+  vocab_size: int = 151936
+
+
+def torch_moe_shapes(c: TorchMoeShape, dtype: Any = jnp.float32) -> dict[str, Any]:
+  """The parameter dict of ``c`` as ``jax.ShapeDtypeStruct`` leaves."""
+  s = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
+  tree = {"model.embed_tokens.weight": s(c.vocab_size, c.dim), "model.norm.weight": s(c.dim),
+          "lm_head.weight": s(c.vocab_size, c.dim)}
+  for layer in range(c.n_layers):
+    p = f"model.layers.{layer}."
+    tree |= {
+        p + "input_layernorm.weight": s(c.dim),
+        p + "post_attention_layernorm.weight": s(c.dim),
+        p + "self_attn.q_proj.weight": s(c.n_heads * c.head_dim, c.dim),
+        p + "self_attn.k_proj.weight": s(c.n_kv_heads * c.head_dim, c.dim),
+        p + "self_attn.v_proj.weight": s(c.n_kv_heads * c.head_dim, c.dim),
+        p + "self_attn.o_proj.weight": s(c.dim, c.n_heads * c.head_dim),
+        p + "self_attn.q_norm.weight": s(c.head_dim),
+        p + "self_attn.k_norm.weight": s(c.head_dim),
+        p + "mlp.gate.weight": s(c.n_experts, c.dim),
+    }
+    for e in range(c.n_experts):
+      q = f"{p}mlp.experts.{e}."
+      tree |= {q + "gate_proj.weight": s(c.moe_dim, c.dim), q + "up_proj.weight": s(c.moe_dim, c.dim),
+               q + "down_proj.weight": s(c.dim, c.moe_dim)}
+  return tree

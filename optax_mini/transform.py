@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -382,21 +382,44 @@ def _axes_bound(mesh_axes: tuple[str, ...]) -> bool:
   return True
 
 
-def _v_zeros(leaf: Any, layout: blocks_lib.Layout, mesh_axes: tuple[str, ...] = ()) -> jax.Array:
-  # Built from eval_shape of the reduction itself so that, under a sharded
-  # (or sharding-in-types) jit, v carries the sharding a real update gives it
-  # (the adafactor recipe).
-  # Inside shard_map the pmean makes v invariant over the averaged mesh axes;
-  # tracing it here gives the zeros the same varying-axes type. Outside it
-  # (abstract init, state_shardings) the leaves are global: no pmean.
-  if not _axes_bound(mesh_axes):
-    mesh_axes = ()
+def _v_zeros(
+    leaves: Sequence[Any], layouts: Sequence[blocks_lib.Layout], mesh_axes: Sequence[tuple[str, ...]]
+) -> list[jax.Array]:
+  """Each leaf's v, zeros.
 
-  def reduce(x):
-    return _mean_square(x, layout, mesh_axes).astype(_v_dtype(x.dtype))
+  Built from eval_shape of the reduction itself so that, under a sharded
+  (or sharding-in-types) jit, v carries the sharding a real update gives it
+  (the adafactor recipe); one eval_shape for all leaves, not one each (a
+  PyTorch MoE checkpoint has tens of thousands).
+  Inside shard_map the pmean makes v invariant over the averaged mesh axes;
+  tracing it here gives the zeros the same varying-axes type. Outside it
+  (abstract init, state_shardings) the leaves are global: no pmean."""
+  mesh_axes = [axes if _axes_bound(axes) else () for axes in mesh_axes]
+  # The result's type is a function of the leaf's (shape, dtype, sharding,
+  # varying mesh axes), its layout and the averaged axes: traced once for
+  # each such kind of leaf (an MoE's experts share one).
+  kinds: dict[Any, int] = {}
+  of_leaf = []
+  for leaf, layout, axes in zip(leaves, layouts, mesh_axes):
+    try:
+      key = (jax.typeof(leaf), layout, axes)
+      of_leaf.append(kinds.setdefault(key, len(kinds)))
+    except (TypeError, ValueError):  # no type, or an unhashable one: traced on its own
+      of_leaf.append(kinds.setdefault(object(), len(kinds)))
+  firsts = {}
+  for index, kind in enumerate(of_leaf):
+    firsts.setdefault(kind, index)
+  firsts = list(firsts.values())
 
-  target = jax.eval_shape(reduce, leaf)
-  return jnp.zeros_like(target)
+  def reduce(xs):
+    return [
+        _mean_square(x, layouts[i], mesh_axes[i]).astype(_v_dtype(x.dtype))
+        for x, i in zip(xs, firsts)
+    ]
+
+  targets = jax.eval_shape(reduce, [leaves[i] for i in firsts])
+  # One array each (a state's leaves may be donated).
+  return [jnp.zeros_like(targets[kind]) for kind in of_leaf]
 
 
 def scale_by_adam_mini(
@@ -576,7 +599,7 @@ def scale_by_adam_mini(
     treedef, paths, leaves, layouts, mesh_axes, shards, named = layouts_for(params)
     blocks_lib.warn_unclaimed_rules(paths, [x.shape for x in leaves], head_dim, blocks, named)
     mu = [_mu_zeros(p, mu_dtype, mu_code, shard) for p, shard in zip(leaves, shards)]
-    nu = [_v_zeros(p, layout, axes) for p, layout, axes in zip(leaves, layouts, mesh_axes)]
+    nu = _v_zeros(leaves, layouts, mesh_axes)
     v_axes = [layout.v_axes for layout in layouts]
     if named is not None:
       # haliax: v and the block scales are named by the axes they keep, not

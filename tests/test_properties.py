@@ -243,3 +243,43 @@ def test_number_of_v_entries_equals_explain_and_the_hand_count(tree):
   nu = leaves_by_path(state[0].nu)
   for path, case in cases.items():
     assert nu[path].size == to_blocks(np.zeros(case.shape), case).shape[0], path
+
+
+def fnmatch_run(pattern, components, reaching):
+  """A rule pattern's meaning, written out: its ``/``-separated parts match,
+  each by ``fnmatch``, a run of whole components ending at index
+  ``reaching - 1`` or later."""
+  import fnmatch
+
+  parts = pattern.lower().strip("/").split("/")
+  n = len(parts)
+  return any(
+      start + n >= reaching
+      and all(fnmatch.fnmatchcase(components[start + i], parts[i]) for i in range(n))
+      for start in range(len(components) - n + 1)
+  )
+
+
+PATTERN_CHARS = st.sampled_from(
+    ["a", "b", "q", "_", "0", "1", ".", "-", "*", "?", "[0-9]", "[!a]", "[ab]", "[a-", "[",
+     "]", "^", "$", "(", "\\", "\n", "x*y", "conv"])
+COMPONENT = st.sampled_from(
+    ["a", "b", "ab", "q_proj", "conv1", "conv", "0", "12", "", "x.y", "a\nb", "[0-9]", "b_a", "?",
+     "a\x00b"])
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True)
+@given(
+    st.lists(st.lists(PATTERN_CHARS, max_size=3).map("".join), min_size=1, max_size=3).map("/".join),
+    st.lists(COMPONENT, max_size=5).map(tuple),
+    st.integers(-1, 6),
+)
+def test_a_rule_pattern_matches_as_fnmatch_does_component_by_component(pattern, components, reaching):
+  # Rules are matched through one compiled regular expression per pattern
+  # (a tree may have tens of thousands of leaves); it must mean what
+  # fnmatch on each component means, character classes and regex
+  # metacharacters in names included.
+  from optax_mini import blocks
+
+  assert blocks._pattern_matches(pattern, components, reaching) == fnmatch_run(
+      pattern, components, reaching)

@@ -267,6 +267,37 @@ def test_wide_output_layer_sharded_in_types():
   assert_trees_close(state, ref_state)
 
 
+def test_same_shaped_leaves_sharded_apart_keep_their_own_v_shardings():
+  # init builds v once for each kind of leaf (shape, dtype, sharding,
+  # layout): two kernels alike but for their shardings are two kinds, and
+  # the leaves of one kind still get arrays of their own (donated below).
+  mesh = mesh_of((4, 2), AxisType.Explicit)
+  rng = np.random.default_rng(5)
+  host = {name: {"kernel": rng.normal(size=(16, 32)).astype(np.float32)} for name in "abc"}
+  sharding = {"a": {"kernel": NamedSharding(mesh, P("fsdp", "tp"))},
+              "b": {"kernel": NamedSharding(mesh, P("tp", "fsdp"))},
+              "c": {"kernel": NamedSharding(mesh, P("fsdp", "tp"))}}
+  tx = optax_mini.adam_mini(1e-2)
+  with jax.set_mesh(mesh):
+    params = jax.device_put(host, sharding)
+    state = jax.jit(tx.init)(params)
+    nu = state[0].nu
+    # One v per output neuron (the last axis), sharded as that axis is.
+    assert normalized(nu["a"]["kernel"].sharding.spec, 1) == ("tp",)
+    assert normalized(nu["b"]["kernel"].sharding.spec, 1) == ("fsdp",)
+    assert normalized(nu["c"]["kernel"].sharding.spec, 1) == ("tp",)
+    eager = tx.init(params)[0].nu
+    assert eager["a"]["kernel"] is not eager["c"]["kernel"]
+    step = jax.jit(functools.partial(_apply, tx), donate_argnums=(0, 1))
+    grads = jax.device_put(jax.tree.map(lambda x: 0.5 * x, host), sharding)
+    params, state = step(params, state, grads)
+  ref_params = jax.tree.map(jnp.asarray, host)
+  ref_params, ref_state = _apply(tx, ref_params, tx.init(ref_params), jax.tree.map(
+      lambda x: jnp.asarray(0.5 * x), host))
+  assert_trees_close(params, ref_params)
+  assert_trees_close(state, ref_state)
+
+
 # Fused kernels (GPT-2's [out, in] c_attn, Gemma's kv_einsum and gating_einsum,
 # BLOOM's per-head interleaved query_key_value), sharded along their part axes.
 FUSED = {
