@@ -85,6 +85,10 @@ def many_leaves(quick: bool) -> str:
       f"call (JAX's and the partition's), {pairs} interleaved pair(s), no warm-up. Adam-mini's "
       "init derives the partition (every rule tried on every leaf), AdamW's makes zeros.",
       table(["tree", "leaves", "step", "adamw", "adam_mini", "adam_mini / adamw"], rows),
+      "Before commit b762e4b, which compiles each rule's pattern once into a regular expression "
+      "(and skips a rule at once when a component it names is absent) and traces v's zeros once "
+      "for each kind of leaf, the Qwen3-30B-A3B init took 118.2 s against AdamW's 7.4 s (one "
+      "run each, commit 33be908, a 2-core AMD EPYC): ~8 ms of rule matching per leaf.",
   ])
 
 
