@@ -31,6 +31,27 @@ def _fresh() -> None:
   blocks._pattern_regex.cache_clear()
 
 
+def _compile_runs(txs, tree, states, fresh) -> dict:
+  """For each optimizer, a run that traces, lowers and compiles its update
+  step: a fresh function object and, by ``fresh``, empty caches on every
+  call, so nothing traced or compiled before is reused (Adam-mini's per-leaf
+  inner jits included): the cost of the first compile in a process."""
+
+  def compile_once(name):
+    def run():
+      fresh()
+
+      def step(params, state, grads):
+        updates, state = txs[name].update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+      return jax.jit(step, donate_argnums=(0, 1)).lower(tree, states[name], tree).compile()
+
+    return run
+
+  return {name: compile_once(name) for name in txs}
+
+
 def many_leaves(quick: bool) -> str:
   """Setting up on a tree of many leaves: a PyTorch MoE checkpoint, one
   Linear per expert."""
@@ -61,18 +82,7 @@ def many_leaves(quick: bool) -> str:
     if compile_too:
       states = {k: jax.eval_shape(tx.init, tree) for k, tx in txs.items()}
 
-      def compile_once(name, tree=tree, txs=txs, states=states):
-        def run():
-          _fresh()
-
-          def step(params, state, grads):
-            updates, state = txs[name].update(grads, state, params)
-            return optax.apply_updates(params, updates), state
-
-          return jax.jit(step, donate_argnums=(0, 1)).lower(tree, states[name], tree).compile()
-        return run
-
-      times = interleaved({k: compile_once(k) for k in txs}, pairs, warmup=0)
+      times = interleaved(_compile_runs(txs, tree, states, _fresh), pairs, warmup=0)
       ratio = Ratio.of(times["adam_mini"], times["adamw"])
       log(f"  compile, {config.name}: {ratio}")
       rows.append([config.name, f"{leaves:,}", "trace, lower and compile the update",
@@ -100,22 +110,7 @@ def section(quick: bool) -> str:
          "adam_mini": optax_mini.adam_mini(1e-3, head_dim=config.head_dim)}
   states = {k: jax.eval_shape(tx.init, shapes) for k, tx in txs.items()}
 
-  def compile_once(name):
-    def run():
-      # A fresh function object and empty caches on every call, so nothing
-      # traced or compiled before is reused (Adam-mini's per-leaf inner jits
-      # included): the cost of the first compile in a process.
-      jax.clear_caches()
-
-      def step(params, state, grads):
-        updates, state = txs[name].update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-      return jax.jit(step, donate_argnums=(0, 1)).lower(shapes, states[name], shapes).compile()
-
-    return run
-
-  times = interleaved({k: compile_once(k) for k in txs}, pairs, warmup=1)
+  times = interleaved(_compile_runs(txs, shapes, states, jax.clear_caches), pairs, warmup=1)
   ratio = Ratio.of(times["adam_mini"], times["adamw"])
   log(f"  compile: {ratio}")
   return "\n\n".join([

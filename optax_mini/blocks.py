@@ -462,6 +462,14 @@ class _StoredRule(Rule):
   __slots__ = ()
 
 
+class _TorchConvRule(_StoredRule):
+  """A default rule for a PyTorch convolution's ``weight`` ``[out, in,
+  (t,) k, k]`` (its window square): it claims a leaf of three or more axes
+  whose last two are equal, in a tree read with ``weight_layout="torch"``."""
+
+  __slots__ = ()
+
+
 class _LeafRule(Rule):
   """A default rule for a parameter's own name: its pattern must end at the
   leaf (``latents``, never ``latents/kernel``, a module's)."""
@@ -968,7 +976,11 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # 2F] (gate and up interleaved; per output neuron either way) and
     # experts/down_proj.
     Rule("experts/expert_feedforward_*", "neuron", MLP_LAYOUTS, where=EXPERTS_CHECK),
+    # HF transformers 5's fused experts under the same names, [E, out, in]
+    # or [E, in, out]: laid out as their siblings say (EXPERT_WEIGHTS).
     Rule("experts/gate_up_proj", "gate,up", "e i (o p)", where=EXPERTS_CHECK),
+    Rule("experts/up_proj", "neuron", "e i o", where=EXPERTS_CHECK),
+    Rule("experts/down_proj", "neuron", "e i o", where=EXPERTS_CHECK),
     # HF Granite MoE's ParallelExperts under block_sparse_moe: input_linear
     # [E, 2F, d] and output_linear [E, d, F], F.linear(x, weight[e]) (read
     # as PyTorch stores an experts' kernel, its experts first).
@@ -1274,6 +1286,13 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         (Rule if leaf == "kernel" else _KernelLeafRule)(f"{name}{'/*' * depth}/{leaf}", "neuron")
         for name in ("*embed*", "*embd*") for depth in range(3) for leaf in ("kernel", "w", "weights")
     ),
+    # A PyTorch convolution under an embedding-named module (CLIP's,
+    # SigLIP's, Idefics3's patch_embedding/weight [d, 3, p, p], ViT's and
+    # DINOv2's patch_embeddings/projection/weight, Qwen2-VL's
+    # patch_embed/proj/weight [d, 3, t, p, p]) is no table: one v per output
+    # channel, as the official per-row rule gives it.
+    *(_TorchConvRule(f"{name}{'/*' * depth}/weight", "neuron", ("o i i", "o i i i", "o i i i i"))
+      for name in ("*embed*", "*embd*") for depth in range(3)),
     # HF's weight-normed positional convolution (wav2vec2, HuBERT:
     # pos_conv_embed/conv/weight_v [out, in / groups, k], as PyTorch stores
     # it): one v per output channel (under "*embed*" it is no table).
@@ -2279,6 +2298,96 @@ def _c_proj_layouts(
   return layouts
 
 
+#: HF transformers 5 fuses a mixture's experts into parameters of its
+#: ``experts`` module, ``gate_up_proj`` (or, without a gate, ``up_proj``)
+#: and ``down_proj``: by default stored ``[E, out, in]`` and applied as
+#: ``F.linear(x, w[e])`` (Mixtral, Qwen2/3-MoE, Qwen3-Next, OLMoE, PhiMoE,
+#: DeepSeek-V3, GLM-4-MoE, MiniMax, Granite MoE, Nemotron-H, ...), and
+#: ``[E, in, out]``, applied as ``x @ w[e]``, where its experts are
+#: ``is_transposed`` (GPT-OSS, Aria, Llama 4, Ergo; keras-hub's GPT-OSS
+#: too, and any Flax ``kernel``, which is read so unless its siblings say
+#: otherwise). One tensor's shape cannot say which (Qwen3-30B-A3B's
+#: ``gate_up_proj [128, 1536, 2048]`` reads as 1536 inputs as well); its
+#: pair can, gate|up's outputs being twice down's inputs, and without a gate
+#: the model width can, the input of the router beside the experts
+#: (``gate`` or ``router``, ``[E, d]`` or ``[d, E]``). Each name: its
+#: parts, and its layout as stored when ``[E, in, out]`` and when ``[E,
+#: out, in]``.
+EXPERT_WEIGHTS = {
+    "gate_up_proj": ("gate,up", "e i (o p)", "e (p o) i"),
+    "up_proj": ("neuron", "e i o", "e o i"),
+    "down_proj": ("neuron", "e i o", "e o i"),
+}
+#: The router of a mixture, beside its ``experts`` module.
+EXPERT_ROUTERS = ("gate", "router")
+
+
+class _Unsettled(NamedTuple):
+  """Why a leaf's layout, which its siblings should settle, is not settled."""
+
+  message: str
+
+
+def _expert_weight_layouts(
+    components: tuple[tuple[str, ...], ...], shapes: tuple[tuple[int, ...], ...], rules: BlockRules,
+) -> dict[tuple[str, ...], str | _Unsettled]:
+  """Each fused expert weight's layout as stored (:data:`EXPERT_WEIGHTS`),
+  or why its siblings cannot settle it."""
+  logical_of = {c: _logical_shape(c, shape, rules) for c, shape in zip(components, shapes)}
+  layouts: dict[tuple[str, ...], str | _Unsettled] = {}
+  for path, logical in logical_of.items():
+    at = next((k for k in range(1, len(path))
+               if path[k] in EXPERT_WEIGHTS and path[k - 1] == "experts"), None)
+    if at is None or len(logical) != 3:
+      continue
+    siblings = {name: logical_of.get(path[:at] + (name,) + path[at + 1:]) for name in EXPERT_WEIGHTS}
+    down = siblings["down_proj"]
+    wide, ratio = siblings["gate_up_proj"], 2
+    if wide is None:
+      wide, ratio = siblings["up_proj"], 1
+    # [E, in, out] (flip 1) or [E, out, in] (flip 0): gate|up [E, ratio * F, d]
+    # and down [E, d, F], or [E, d, ratio * F] and [E, F, d].
+    fits = [wide is not None and down is not None and len(wide) == len(down) == 3
+            and wide[0] == down[0] and wide[1 + flip] == ratio * down[2 - flip]
+            and wide[2 - flip] == down[1 + flip] for flip in (0, 1)]
+    if ratio == 1 and fits[0]:
+      # Without a gate the pair reads the same both ways: the router's input says d.
+      width = _router_width(path[:at - 1], wide[0], logical_of)
+      fits = [width is not None and wide[2 - flip] == width != wide[1 + flip] for flip in (0, 1)]
+    _, in_first, out_first = EXPERT_WEIGHTS[path[at]]
+    if fits == [False, True]:
+      layouts[path] = in_first
+    elif fits == [True, False]:
+      layouts[path] = out_first
+    elif path[at + 1:] in ((), ("weight",)):  # a PyTorch parameter (a Flax kernel is [E, in, out])
+      parts = EXPERT_WEIGHTS[path[at]][0]
+      layouts[path] = _Unsettled(
+          "a mixture's fused expert weight, stored [experts, out, in] (HF transformers 5's "
+          "default, F.linear(x, w[e])) or [experts, in, out] (its transposed experts: GPT-OSS, "
+          "Llama 4, Aria, Ergo), and the tree does not say which (its gate|up and down_proj "
+          "beside it, whose sizes would tell, or without a gate its up_proj, down_proj and the "
+          "router's [experts, d] weight beside the experts). Say which with a rule: "
+          f"blocks=optax_mini.BlockRules(rules=[Rule({'experts/' + path[at]!r}, {parts!r}, "
+          f"layout={out_first!r})]) for [experts, out, in], layout={in_first!r} for "
+          "[experts, in, out].")
+  return layouts
+
+
+def _router_width(
+    module: tuple[str, ...], experts: int, logical_of: dict[tuple[str, ...], tuple[int, ...]]
+) -> int | None:
+  """The input width of the router of ``experts`` experts under ``module``
+  (:data:`EXPERT_ROUTERS`), if the tree says it."""
+  widths = {
+      shape[1 - shape.index(experts)]
+      for path, shape in logical_of.items()
+      if path[:len(module)] == module and len(path) > len(module)
+      and path[len(module)] in EXPERT_ROUTERS and len(shape) == 2 and experts in shape
+      and shape[0] != shape[1] and not is_bias(path)
+  }
+  return widths.pop() if len(widths) == 1 else None
+
+
 def _stack_axes_for(
     components: tuple[str, ...], ndim: int, stacked: tuple[tuple[str, tuple[int, ...]], ...], where: str
 ) -> tuple[int, ...]:
@@ -2385,10 +2494,11 @@ def _claim(
     beside: frozenset[int] = frozenset(),
     c_proj_layout: str | None = None,
     paired_bias: bool = False,
+    pair_layout: str | _Unsettled | None = None,
 ) -> tuple[BlockSpec, int | None]:
   try:
     return _claim_leaf(components, shape, head_dim, rules, where, named, attention_out, beside,
-                       c_proj_layout, paired_bias)
+                       c_proj_layout, paired_bias, pair_layout)
   except ValueError as e:
     declared = [pattern for pattern, _ in rules.stacked]
     if not declared or named is not None or _stack_axes_for(components, len(shape), rules.stacked, where):
@@ -2414,6 +2524,7 @@ def _claim_leaf(
     beside: frozenset[int] = frozenset(),
     c_proj_layout: str | None = None,
     paired_bias: bool = False,
+    pair_layout: str | _Unsettled | None = None,
 ) -> tuple[BlockSpec, int | None]:
   """The leaf's spec and the index (in ``rules.all_rules()``) of the rule
   that claimed it, ``None`` for the fallback; the index lets
@@ -2485,12 +2596,21 @@ def _claim_leaf(
     fused = "," in target
     if (fused or target in _KERNEL_ROLES) and nd < 2:
       continue
+    if isinstance(rule, _TorchConvRule) and not (
+        rules.weight_layout == "torch" and nd >= 3 and logical_shape[-1] == logical_shape[-2]):
+      continue
     # A user rule's own layout describes the leaf as stored; the defaults'
     # (and a role's usual layouts) describe Flax kernels.
     literal = (index < len(rules.rules) or isinstance(rule, _StoredRule)) and rule.layout is not None
     if index >= len(rules.rules) and c_proj_layout is not None and rule.pattern in GPT2_C_PROJ:
       # GPT-2's c_proj laid out as the c_attn beside it (GPT2_C_PROJ).
       rule, literal = _StoredRule(rule.pattern, target, c_proj_layout), True
+    if (index >= len(rules.rules) and pair_layout is not None
+        and rule.pattern.rpartition("/")[2] in EXPERT_WEIGHTS and rule.pattern.startswith("experts/")):
+      # A fused expert weight laid out as its siblings say (EXPERT_WEIGHTS).
+      if isinstance(pair_layout, _Unsettled):
+        raise ValueError(f"{where}: shape {shape}: {pair_layout.message}")
+      rule, literal = _StoredRule(rule.pattern, target, pair_layout), True
     if (index >= len(rules.rules) and rule.layout is None and attention_out is not None
         and nd == 3 and components[-2] in ATTENTION_OUTPUTS
         and logical_shape == attention_out[2:] + attention_out[:2] != attention_out):
@@ -2980,9 +3100,10 @@ def _flat_claims_from_rules(
       _check_not_an_undeclared_stack(c, logical, stack, path_str(path))
   c_proj = _c_proj_layouts(components, shapes, rules)
   paired = paired_biases(components)
+  experts = _expert_weight_layouts(components, shapes, rules)
   return tuple(
       _claim(c, shape, head_dim, rules, path_str(path), names, outputs.get(c[:-2]), beside,
-             c_proj.get(c[:-2]) if c[-2:-1] == ("c_proj",) else None, c in paired)
+             c_proj.get(c[:-2]) if c[-2:-1] == ("c_proj",) else None, c in paired, experts.get(c))
       for c, path, shape, names in zip(components, paths, shapes, named)
   )
 

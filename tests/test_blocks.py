@@ -1398,6 +1398,101 @@ def test_pytorch_checkpoint_experts_stored_in_or_out_first():
                                rtol=1e-5, err_msg=key)
 
 
+@pytest.mark.parametrize("d", [16, 24], ids=["2F == d", "2F != d"])
+def test_transformers5_fused_experts_read_as_their_pair_says(d):
+  """HF transformers 5 fuses each mixture's experts into experts/gate_up_proj
+  and experts/down_proj, [E, 2F, d] and [E, d, F] applied as F.linear(x,
+  w[e]) by default (Mixtral, Qwen3-MoE, DeepSeek-V3, ...), [E, d, 2F] and
+  [E, F, d] applied as x @ w[e] where transposed (GPT-OSS, Llama 4). Every
+  default-layout one was read as GPT-OSS's: each expert's outputs averaged,
+  its inputs kept, silently (Qwen3-30B-A3B's gate_up_proj [128, 1536,
+  2048] gave v [128, 2048]; with 2F == d no shape check could tell). The
+  pair settles it; without a gate (Nemotron-H's up_proj, Ergo's
+  transposed one) the router's input width does. v against float64 NumPy:
+  one per expert and output neuron."""
+  rng = np.random.default_rng(0)
+  e, f = 4, 8
+  flat = {  # name: (shape, the axis each expert's outputs are averaged over)
+      "mixtral.layers.0.mlp.experts.gate_up_proj": ((e, 2 * f, d), 2),
+      "mixtral.layers.0.mlp.experts.down_proj": ((e, d, f), 2),
+      "gpt_oss.layers.0.mlp.experts.gate_up_proj": ((e, d, 2 * f), 1),
+      "gpt_oss.layers.0.mlp.experts.down_proj": ((e, f, d), 1),
+      "nemotron_h.layers.1.mixer.experts.up_proj": ((e, f, d), 2),
+      "nemotron_h.layers.1.mixer.experts.down_proj": ((e, d, f), 2),
+      "nemotron_h.layers.1.mixer.gate.weight": ((e, d), 1),
+      "ergo.layers.1.mlp.experts.up_proj": ((e, d, f), 1),
+      "ergo.layers.1.mlp.experts.down_proj": ((e, f, d), 1),
+      "ergo.layers.1.mlp.gate.linear.weight": ((e, d), 1),
+  }
+  grads = {k: rng.standard_normal(shape).astype(np.float32) for k, (shape, _) in flat.items()}
+  nu = _nu_after_one_step(grads, blocks=BlockRules(weight_layout="torch"))
+  for key, (_, averaged) in flat.items():
+    np.testing.assert_allclose(nu[key], np.mean(grads[key].astype(np.float64) ** 2, axis=averaged),
+                               rtol=1e-5, err_msg=key)
+
+
+def test_transformers5_fused_experts_the_tree_cannot_settle_raise():
+  """A fused expert weight whose siblings cannot say its layout (a tree
+  with gate_up_proj alone, shapes that fit neither pairing, a gateless pair
+  without its router) raises, naming the leaf and the rule for each
+  layout; the rule settles it."""
+  e, f, d = 4, 8, 16
+  cases = (
+      {"mlp.experts.gate_up_proj": (e, 2 * f, d)},
+      {"mlp.experts.gate_up_proj": (e, 2 * f, d), "mlp.experts.down_proj": (e, f, d + 1)},
+      {"mlp.experts.up_proj": (e, f, d), "mlp.experts.down_proj": (e, d, f)},
+  )
+  for flat in cases:
+    tree = {k: jnp.zeros(shape) for k, shape in flat.items()}
+    with pytest.raises(ValueError, match=r"experts.*\[experts, out, in\].*layout='e \(p o\) i'|"
+                                         r"experts.*\[experts, out, in\].*layout='e o i'"):
+      optax_mini.explain(tree, blocks=BlockRules(weight_layout="torch"))
+  rules = BlockRules(weight_layout="torch", rules=[
+      optax_mini.Rule("experts/gate_up_proj", "gate,up", layout="e (p o) i")])
+  report = optax_mini.explain({"mlp.experts.gate_up_proj": jnp.zeros((e, 2 * f, d))}, blocks=rules)
+  assert report.rows[0].v_shape == (e, 2 * f)
+
+
+def test_transformers5_and_4_trees_of_one_mixtral_get_the_same_blocks():
+  """The same Mixtral as transformers 4 keeps it (one nn.Linear [out, in]
+  per expert, as its checkpoints on the Hub) and as transformers 5 does
+  (fused [E, 2F, d] and [E, d, F]): the same number of v, counted from the
+  config (one per expert and output neuron)."""
+  e, f, d, layers = 8, 24, 16, 2
+  v4, v5 = {}, {}
+  for layer in range(layers):
+    p = f"model.layers.{layer}.block_sparse_moe.experts."
+    for x in range(e):
+      v4 |= {f"{p}{x}.w1.weight": (f, d), f"{p}{x}.w3.weight": (f, d), f"{p}{x}.w2.weight": (d, f)}
+    p = f"model.layers.{layer}.mlp.experts."
+    v5 |= {p + "gate_up_proj": (e, 2 * f, d), p + "down_proj": (e, d, f)}
+  expected = layers * e * (2 * f + d)
+  for flat in (v4, v5):
+    tree = {k: jax.ShapeDtypeStruct(shape, jnp.float32) for k, shape in flat.items()}
+    assert optax_mini.explain(tree, blocks=BlockRules(weight_layout="torch")).num_v == expected
+
+
+def test_pytorch_patch_embedding_convolutions_are_no_tables():
+  """CLIP's, SigLIP's and Idefics3's vision embeddings keep their patch
+  convolution as embeddings/patch_embedding/weight [d, 3, p, p] (Qwen2-VL's
+  patch_embed/proj/weight [d, 3, t, p, p]): under an embedding's name it was
+  read as a table and raised (its vocabulary axis not 4x the others), in
+  every such PyTorch tree. One v per output channel, as the official per-row
+  rule gives it, against float64 NumPy; the position table beside it stays
+  one v per position."""
+  rng = np.random.default_rng(0)
+  flat = {
+      "vision_model.embeddings.patch_embedding.weight": ((32, 3, 16, 16), (1, 2, 3)),
+      "visual.patch_embed.proj.weight": ((32, 3, 2, 14, 14), (1, 2, 3, 4)),
+      "vision_model.embeddings.position_embedding.weight": ((197, 32), (1,)),
+  }
+  grads = {k: rng.standard_normal(shape).astype(np.float32) for k, (shape, _) in flat.items()}
+  nu = _nu_after_one_step(grads, blocks=BlockRules(weight_layout="torch"))
+  for key, (_, averaged) in flat.items():
+    np.testing.assert_allclose(nu[key], np.mean(grads[key].astype(np.float64) ** 2, axis=averaged),
+                               rtol=1e-5, err_msg=key)
+
+
 def test_gpt2_c_proj_is_laid_out_as_the_c_attn_beside_it():
   """GPTBigCode (StarCoder) keeps GPT-2's names on nn.Linear weights [out,
   in]: its square attention c_proj was read as GPT-2's Conv1D [in, out] (one
