@@ -2441,7 +2441,10 @@ def block_spec_for(
     blocks: a :class:`BlockRules`, or ``None`` for the defaults.
 
   Returns:
-    The spec, in the leaf's own axes (stack axes included).
+    The spec, in the leaf's own axes (stack axes included). A leaf whose
+    layout only its siblings settle (HF transformers 5's fused expert
+    weights, which raise here) is read by :func:`block_specs` over the
+    whole tree.
 
   Example:
     >>> import jax.numpy as jnp
@@ -2470,7 +2473,9 @@ def _spec_for(
     rules: BlockRules,
     where: str,
 ) -> BlockSpec:
-  return _claim(components, shape, head_dim, rules, where)[0]
+  # One leaf, no siblings: a PyTorch fused expert weight cannot be settled.
+  pair_layout = _expert_weight_layouts((components,), (shape,), rules).get(components)
+  return _claim(components, shape, head_dim, rules, where, pair_layout=pair_layout)[0]
 
 
 def _leaf_head_dim(head_dim: Any, components: tuple[str, ...]) -> int | None:

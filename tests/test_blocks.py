@@ -1447,6 +1447,10 @@ def test_transformers5_fused_experts_the_tree_cannot_settle_raise():
     with pytest.raises(ValueError, match=r"experts.*\[experts, out, in\].*layout='e \(p o\) i'|"
                                          r"experts.*\[experts, out, in\].*layout='e o i'"):
       optax_mini.explain(tree, blocks=BlockRules(weight_layout="torch"))
+  # One leaf alone, as block_spec_for reads it, has no siblings to say.
+  with pytest.raises(ValueError, match=r"experts.*\[experts, out, in\]"):
+    optax_mini.block_spec_for(("model", "layers", "0", "mlp", "experts", "gate_up_proj"),
+                              jnp.zeros((e, 2 * f, d)), blocks=BlockRules(weight_layout="torch"))
   rules = BlockRules(weight_layout="torch", rules=[
       optax_mini.Rule("experts/gate_up_proj", "gate,up", layout="e (p o) i")])
   report = optax_mini.explain({"mlp.experts.gate_up_proj": jnp.zeros((e, 2 * f, d))}, blocks=rules)
